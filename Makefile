@@ -1,0 +1,40 @@
+# Two entry points on a fresh Debian machine: `make demo` and `make test`. Each installs what it needs.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DATA   ?= data/bible
+RUN    ?= runs/demo
+DEMO_MINUTES ?= 30
+# The CPU wheel of torch 2.13.0; an unpinned torch would pull a multi-GB CUDA build.
+TORCH  ?= torch==2.13.0
+
+.PHONY: setup demo test test-slow bench clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -m venv --help >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq python3-venv; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[test,tensorboard]'
+	@touch $@
+
+setup: $(STAMP)
+
+# The Bible quickstart: corpus, time-boxed training of the small preset, checkpoint
+# averaging, famous verses side by side, sacreBLEU on the test split.
+demo: $(STAMP)
+	$(BIN)/aiayn prepare bible --out $(DATA)
+	$(BIN)/aiayn train --data $(DATA) --out $(RUN) --preset small max_minutes=$(DEMO_MINUTES) $(TRAIN_ARGS)
+	$(BIN)/aiayn average $(RUN) --last 5
+	$(BIN)/aiayn showcase --model $(RUN) --data $(DATA)
+	$(BIN)/aiayn evaluate --model $(RUN) --data $(DATA) --split test --out $(RUN)/eval
+	@echo "run folder: $(RUN)  (metrics.csv, checkpoints/, averaged.pt, eval/)"
+
+test: $(STAMP)
+	$(BIN)/pytest -q
+
+test-slow: $(STAMP)
+	$(BIN)/pytest -q -m slow
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -1,0 +1,178 @@
+"""Checkpoints: written atomically, loaded without executing pickled code, averaged as §6.1.
+
+A checkpoint is one ``torch.save`` file holding only tensors, numbers and strings, so it
+loads with ``torch.load(weights_only=True)``: no code from the file ever runs. It is written
+to a temporary file, fsynced and renamed, so a kill mid-write leaves the previous one intact.
+
+Run folder layout:
+    RUN/config.yaml   resolved config          RUN/metrics.csv, RUN/tb/   logs
+    RUN/spm.model     tokenizer (copied)       RUN/checkpoints/step_00001000.pt, best.pt
+    RUN/averaged.pt   from ``aiayn average``
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aiayn.config import AiaynError, Config, from_dict
+
+FORMAT = "aiayn-checkpoint-1"
+STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def step_path(run_dir: Path, step: int) -> Path:
+    return checkpoint_dir(run_dir) / f"step_{step:08d}.pt"
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` to ``path`` atomically: temporary file, fsync, rename, fsync folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format": FORMAT, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``; a damaged file is a one-line error."""
+    path = Path(path)
+    if not path.is_file():
+        raise AiaynError(f"{path}: no such checkpoint")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, bad pickle, refused global: all mean "not usable"
+        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise AiaynError(f"{path}: checkpoint is truncated or corrupt ({reason}); "
+                         "delete it to fall back to an earlier one") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT or "model" not in state:
+        raise AiaynError(f"{path}: not an aiayn checkpoint (expected format {FORMAT})")
+    return state
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Step checkpoints of a run, oldest first."""
+    folder = checkpoint_dir(run_dir)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := STEP_FILE.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_good_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest step checkpoint that loads; damaged ones are reported and skipped."""
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            return path, load_checkpoint(path)
+        except AiaynError as e:
+            print(f"aiayn: warning: {e}; falling back to the previous checkpoint", file=sys.stderr)
+    return None
+
+
+def prune_checkpoints(run_dir: Path, keep_last: int) -> None:
+    for path in list_checkpoints(run_dir)[:-keep_last]:
+        path.unlink(missing_ok=True)
+
+
+def average_state_dicts(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Mean of model weights, accumulated in float64 and cast back; integer buffers are
+    copied from the last state rather than divided (pitfall 20)."""
+    if not states:
+        raise AiaynError("no checkpoints to average")
+    out = {}
+    for key, last in states[-1].items():
+        if not torch.is_floating_point(last):
+            out[key] = last.clone()
+            continue
+        total = torch.zeros_like(last, dtype=torch.float64)
+        for state in states:
+            total += state[key].to(torch.float64)
+        out[key] = (total / len(states)).to(last.dtype)
+    return out
+
+
+def average_checkpoints(run_dir: Path, last: int, out: Path) -> Path:
+    """§6.1: average the last ``last`` step checkpoints of a run (5 for base, 20 for big)."""
+    paths = list_checkpoints(run_dir)
+    if not paths:
+        raise AiaynError(f"{run_dir}: no checkpoints to average (expected {checkpoint_dir(run_dir)}/step_*.pt)")
+    chosen = paths[-last:]
+    states = [load_checkpoint(p) for p in chosen]
+    averaged = {
+        "model": average_state_dicts([s["model"] for s in states]),
+        "config": states[-1]["config"],
+        "step": states[-1]["step"],
+        "averaged_steps": [int(s["step"]) for s in states],
+    }
+    save_checkpoint(Path(out), averaged)
+    return Path(out)
+
+
+def resolve_model_path(path: Path) -> Path:
+    """A run folder means its averaged model, else its best, else its latest checkpoint."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise AiaynError(f"{path}: no such run folder or checkpoint")
+    for candidate in (path / "averaged.pt", checkpoint_dir(path) / "best.pt"):
+        if candidate.is_file():
+            return candidate
+    steps = list_checkpoints(path)
+    if steps:
+        return steps[-1]
+    raise AiaynError(f"{path}: no checkpoint found; train one with `aiayn train --out {path}`")
+
+
+def find_tokenizer(model_path: Path) -> Path:
+    for folder in (model_path.parent, model_path.parent.parent):
+        if (folder / "spm.model").is_file():
+            return folder / "spm.model"
+    raise AiaynError(f"{model_path}: no spm.model beside the checkpoint or in its run folder")
+
+
+@dataclass
+class Loaded:
+    model: torch.nn.Module
+    config: Config
+    tokenizer: Any  # aiayn.tokenizer.Tokenizer
+    path: Path
+    step: int
+
+
+def load_for_inference(path: str | Path, device: str | torch.device = "cpu") -> Loaded:
+    """Model (eval mode), config and tokenizer from a run folder or a checkpoint file."""
+    from aiayn.model import Transformer
+    from aiayn.tokenizer import Tokenizer
+
+    model_path = resolve_model_path(Path(path))
+    state = load_checkpoint(model_path)
+    config = from_dict(json.loads(state["config"]))
+    model = Transformer(config.model)
+    model.load_state_dict(state["model"])
+    model.to(device).eval()
+    return Loaded(model, config, Tokenizer.load(find_tokenizer(model_path)), model_path, int(state.get("step", 0)))

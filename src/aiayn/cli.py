@@ -1,0 +1,234 @@
+"""The ``aiayn`` command: one subcommand per stage of the data flow.
+
+Each ``_add_*`` function declares one subcommand's arguments; its handler is imported only
+when it runs, so ``aiayn --help`` stays fast. User errors (``AiaynError``) print one line
+and exit with status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from aiayn import __version__
+from aiayn.config import AiaynError
+
+
+def _model_info(args: argparse.Namespace) -> None:
+    from aiayn.config import load_config
+    from aiayn.model import Transformer, count_parameters
+
+    cfg = load_config(args.preset, args.config, args.overrides)
+    print(f"preset: {cfg.preset}")
+    for section in ("model", "data", "train", "decode"):
+        print(f"{section}:")
+        for key, value in getattr(cfg, section).__dict__.items():
+            print(f"  {key}: {value}")
+    import torch
+
+    with torch.device("meta"):
+        model = Transformer(cfg.model)
+    n = count_parameters(model)
+    print(f"parameters: {n:,} ({n / 1e6:.1f}M) with a shared vocabulary of {cfg.model.vocab_size:,}")
+
+
+def _add_model_info(sub) -> None:
+    p = sub.add_parser("model-info", help="print a preset's resolved config and parameter count")
+    p.add_argument("preset", help="tiny | small | base | big")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. d_model=256")
+    p.add_argument("--config", help="YAML file applied after the preset")
+    p.set_defaults(func=_model_info)
+
+
+def _data_stats(args: argparse.Namespace) -> None:
+    from aiayn.batching import format_report, padding_report
+
+    print(format_report(padding_report(args.data, args.batch_tokens, args.split)))
+
+
+def _add_data_stats(sub) -> None:
+    p = sub.add_parser("data-stats", help="tokenize a prepared split and report its batching and padding")
+    p.add_argument("--data", required=True, help="data folder written by `aiayn prepare`")
+    p.add_argument("--batch-tokens", type=int, default=4096, help="padded tokens per side in one batch")
+    p.add_argument("--split", default="train", choices=("train", "valid", "test"))
+    p.set_defaults(func=_data_stats)
+
+
+def _train(args: argparse.Namespace) -> None:
+    from aiayn.train import train
+
+    result = train(args.data, args.resume or args.out, args.preset, args.config, args.overrides,
+                   resume=args.resume is not None)
+    if not result:  # a torchrun rank other than 0
+        return
+    summary = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items())
+    print(f"aiayn: training finished: {summary}")
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a model with the paper's recipe (§5)",
+                       description="Train a Transformer. Also runs under torchrun for DistributedDataParallel: "
+                       "torchrun --nproc_per_node=N -m aiayn train ...")
+    p.add_argument("--data", help="a data folder made by `aiayn prepare`")
+    p.add_argument("--out", help="the run folder to create")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest good checkpoint")
+    p.add_argument("--preset", help="tiny | small | base | big (default base, or the config file's)")
+    p.add_argument("--config", help="YAML file applied after the preset")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. max_minutes=20")
+    p.set_defaults(func=_train)
+
+
+def _average(args: argparse.Namespace) -> None:
+    from aiayn.checkpoint import average_checkpoints
+
+    out = average_checkpoints(Path(args.run_dir), args.last, Path(args.out or Path(args.run_dir) / "averaged.pt"))
+    print(f"aiayn: averaged the last {args.last} checkpoints into {out}")
+
+
+def _add_average(sub) -> None:
+    p = sub.add_parser("average", help="average the last checkpoints of a run (§6.1)")
+    p.add_argument("run_dir")
+    p.add_argument("--last", type=int, default=5, help="how many checkpoints (paper: 5 for base, 20 for big)")
+    p.add_argument("--out", help="output file (default RUN_DIR/averaged.pt)")
+    p.set_defaults(func=_average)
+
+
+def _translate(args: argparse.Namespace) -> None:
+    from aiayn import translate
+
+    translate.run(args)
+
+
+def _add_decoding(p: argparse.ArgumentParser) -> None:
+    """Options shared by translate and evaluate; None means the model's config (§6.1: beam 4, α 0.6)."""
+    p.add_argument("--model", required=True, help="a run folder (its averaged, best or latest checkpoint) "
+                   "or a checkpoint file")
+    p.add_argument("--beam", type=int, help="beam size (default: the config's, 4 as in the paper); 1 = greedy")
+    p.add_argument("--alpha", type=float, help="length penalty α (default: the config's, 0.6 as in the paper)")
+    p.add_argument("--batch-tokens", type=int, help="padded source tokens per batch (default: data.batch_tokens)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+
+
+def _add_translate(sub) -> None:
+    p = sub.add_parser("translate", help="translate text with a trained model (beam search, §6.1)",
+                       description="Translate one sentence per line, from --input or stdin, to --output or "
+                       "stdout, one output line per input line in input order. With --nbest N > 1 each "
+                       "input line gives N lines 'INDEX<TAB>SCORE<TAB>TEXT' (INDEX counts input lines "
+                       "from 0, best first; SCORE is the length-normalised log-probability). On a "
+                       "terminal without --input it prompts for sentences.")
+    _add_decoding(p)
+    p.add_argument("--input", help="text file, one sentence per line (default: stdin)")
+    p.add_argument("--output", help="file to write (default: stdout)")
+    p.add_argument("--nbest", type=int, help="translations per line (default 1; at most the beam size)")
+    p.add_argument("--sample", action="store_true", help="sample instead of beam search (--nbest N: N samples)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1)")
+    p.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest tokens (default 0: all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1: all)")
+    p.add_argument("--seed", type=int, help="seed for --sample, to repeat the same samples")
+    p.add_argument("--stream", action="store_true", help="translate stdin as lines arrive and flush each "
+                   "result at once (for pipes)")
+    p.add_argument("-i", "--interactive", action="store_true", help="prompt for sentences (the default on a "
+                   "terminal; on a pipe the same as --stream)")
+    p.set_defaults(func=_translate)
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from aiayn import evaluate
+
+    evaluate.run(args)
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="sacreBLEU and chrF of a model on a test set",
+                       description="Translate a test set and score the detokenized output against the raw "
+                       "references with sacreBLEU (BLEU and chrF, signatures printed).")
+    _add_decoding(p)
+    p.add_argument("--data", help="a data folder made by `aiayn prepare` (use with --split)")
+    p.add_argument("--split", default="test", choices=("train", "valid", "test"), help="default test")
+    p.add_argument("--src", help="source text file (instead of --data)")
+    p.add_argument("--ref", help="reference translations, aligned with --src")
+    p.add_argument("--hyp-out", help="write the translations to this file")
+    p.add_argument("--out", help="folder for hyp.LANG and scores.json")
+    p.set_defaults(func=_evaluate)
+
+
+def _prepare_bible(args: argparse.Namespace) -> None:
+    from aiayn.bible import prepare_bible
+
+    prepare_bible(Path(args.out), args.sword_dir and Path(args.sword_dir), args.vocab_size)
+
+
+def _prepare_files(args: argparse.Namespace) -> None:
+    from aiayn.corpus import prepare_files
+
+    prepare_files(Path(args.out), src=args.src and Path(args.src), tgt=args.tgt and Path(args.tgt),
+                  tsv=args.tsv and Path(args.tsv), src_lang=args.src_lang, tgt_lang=args.tgt_lang,
+                  valid=(args.valid_src, args.valid_tgt), test=(args.test_src, args.test_tgt),
+                  max_chars=args.max_chars, vocab_size=args.vocab_size, seed=args.seed)
+
+
+def _add_prepare(sub) -> None:
+    p = sub.add_parser("prepare", help="build a data folder: aligned splits, joint tokenizer, meta.json")
+    p.set_defaults(func=lambda args: p.print_help())
+    kinds = p.add_subparsers(dest="kind", metavar="KIND")
+    b = kinds.add_parser("bible", help="Spanish->English: Reina-Valera 1909 and World English Bible (SWORD)")
+    b.add_argument("--out", default="data/bible", help="data folder to write (default: data/bible)")
+    b.add_argument("--sword-dir", help="a SWORD library (mods.d/, modules/); default: $SWORD_PATH, ~/.sword, "
+                   "/usr/share/sword, else the Debian packages are downloaded into ~/.cache/aiayn/sword")
+    b.add_argument("--vocab-size", type=int, default=8000, help="joint SentencePiece vocabulary (default 8000)")
+    b.set_defaults(func=_prepare_bible)
+    f = kinds.add_parser("files", help="any parallel corpus: two line-aligned files or one TSV")
+    f.add_argument("--src", help="source-language text, one sentence a line (e.g. train.de)")
+    f.add_argument("--tgt", help="target-language text, line-aligned with --src (e.g. train.en)")
+    f.add_argument("--tsv", help="instead of --src/--tgt: rows of src<TAB>tgt or ref<TAB>src<TAB>tgt")
+    f.add_argument("--src-lang", help="source language code (default: the --src file suffix)")
+    f.add_argument("--tgt-lang", help="target language code (default: the --tgt file suffix)")
+    for split in ("valid", "test"):
+        f.add_argument(f"--{split}-src", help=f"{split} source file (default: held out from the corpus)")
+        f.add_argument(f"--{split}-tgt", help=f"{split} target file, line-aligned with --{split}-src")
+    f.add_argument("--out", default="data/corpus", help="data folder to write (default: data/corpus)")
+    f.add_argument("--max-chars", type=int, default=1000, help="drop pairs with a longer side (default 1000)")
+    f.add_argument("--vocab-size", type=int, default=8000, help="joint SentencePiece vocabulary (default 8000)")
+    f.add_argument("--seed", type=int, default=1, help="seed of the valid/test hold-out (default 1)")
+    f.set_defaults(func=_prepare_files)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aiayn",
+        description="The Transformer of 'Attention Is All You Need': prepare data, train, translate, "
+        "evaluate and look inside.",
+    )
+    parser.add_argument("--version", action="version", version=f"aiayn {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (_add_model_info, _add_prepare, _add_data_stats, _add_train, _add_average, _add_translate, _add_evaluate):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may stand between options (`--preset small max_minutes=20 --out runs/x`).
+    if hasattr(args, "overrides"):
+        args.overrides = list(args.overrides) + [e for e in extra if "=" in e and not e.startswith("-")]
+        extra = [e for e in extra if not ("=" in e and not e.startswith("-"))]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        result = args.func(args)
+    except AiaynError as e:
+        print(f"aiayn: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("aiayn: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,312 @@
+"""Configuration: nested dataclasses, presets, YAML files and ``key=value`` overrides.
+
+Names spell the paper out (Table 3): ``n_layers, d_model, d_ff, n_heads, d_k, d_v,
+dropout, label_smoothing, warmup_steps``. The resolved config is saved as JSON in every
+checkpoint and as YAML in every run folder, so a model always says how it was built.
+
+    cfg = load_config(preset="small", path="my.yaml", overrides=["d_model=128", "train.max_minutes=20"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Special token ids, fixed for every tokenizer aiayn trains (see tokenizer.py).
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+
+
+class AiaynError(Exception):
+    """A user-facing error: the CLI prints its one-line message, never a traceback."""
+
+
+@dataclass
+class ModelConfig:
+    """The network of §3. ``d_k``/``d_v`` default to ``d_model // n_heads`` as in the paper."""
+
+    vocab_size: int = 37000
+    d_model: int = 512
+    d_ff: int = 2048
+    n_heads: int = 8
+    d_k: int | None = None
+    d_v: int | None = None
+    n_layers: int = 6  # encoder layers (N)
+    n_decoder_layers: int | None = None  # None: same as n_layers
+    dropout: float = 0.1  # P_drop: residual dropout and dropout on embeddings + positions
+    positional: str = "sinusoidal"  # sinusoidal | learned (Table 3 row E)
+    norm: str = "post"  # post (paper) | pre
+    tie_embeddings: str = "all"  # all (src, tgt, softmax) | decoder (tgt, softmax) | none
+    max_len: int = 1024  # longest sequence the positional table covers
+
+    @property
+    def head_dim_k(self) -> int:
+        return self.d_k if self.d_k is not None else self.d_model // self.n_heads
+
+    @property
+    def head_dim_v(self) -> int:
+        return self.d_v if self.d_v is not None else self.d_model // self.n_heads
+
+    @property
+    def decoder_layers(self) -> int:
+        return self.n_decoder_layers if self.n_decoder_layers is not None else self.n_layers
+
+
+@dataclass
+class DataConfig:
+    """Batching of §5.1: batches of about ``batch_tokens`` source and as many target tokens."""
+
+    batch_tokens: int = 4096  # padded tokens per side in one batch (per rank)
+    max_len: int = 256  # longer training pairs (in subwords, either side) are dropped
+    valid_bleu_sentences: int = 200  # size of the fixed subset for greedy BLEU during training
+
+
+@dataclass
+class TrainConfig:
+    """The recipe of §5: label smoothing, Adam(0.9, 0.98, 1e-9), Eq. 3 warmup."""
+
+    label_smoothing: float = 0.1  # ε_ls
+    warmup_steps: int = 4000
+    lr_scale: float = 1.0  # multiplies Eq. 3; the paper uses 1
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.98
+    adam_eps: float = 1e-9
+    weight_decay: float = 0.0
+    update_tokens: int = 0  # target tokens per update via gradient accumulation; 0: one batch per update
+    clip_norm: float = 0.0  # 0: no clipping
+    max_steps: int = 100_000
+    max_epochs: int = 0  # 0: no limit
+    max_minutes: float = 0.0  # 0: no limit
+    seed: int = 1
+    log_every: int = 50  # steps between metrics.csv lines
+    eval_every: int = 500  # steps between validation runs
+    checkpoint_every_steps: int = 1000
+    checkpoint_every_minutes: float = 10.0  # the paper wrote one every 10 minutes
+    keep_last: int = 5
+    precision: str = "auto"  # auto (bf16 on CUDA; on CPU only where it measures faster) | fp32 | bf16
+    compile: bool = False
+    threads: int = 0  # CPU threads; 0: all cores of this process (or OMP_NUM_THREADS)
+    max_bad_steps: int = 5  # consecutive NaN/inf losses before training stops
+
+
+@dataclass
+class DecodeConfig:
+    """Decoding of §6.1: beam 4, GNMT length penalty α = 0.6, max length = source + 50."""
+
+    beam_size: int = 4
+    alpha: float = 0.6
+    length_penalty: str = "gnmt"  # gnmt ((5+|Y|)/6)^α | fairseq |Y|^α | none
+    max_len_offset: int = 50  # output length limit = source length + this
+    min_len: int = 0
+    nbest: int = 1
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    preset: str = "base"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save_yaml(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+SECTIONS = ("model", "data", "train", "decode")
+
+# Presets as data. ``base`` and ``big`` are the paper's; ``small`` trains on a CPU in
+# minutes; ``tiny`` exists for tests. Small data wants a short warmup: the Bible corpus
+# gives ~1,000 updates in 20 CPU minutes, so the paper's 4,000 warmup steps would never end.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "tiny": {
+        "model": dict(vocab_size=64, d_model=32, d_ff=64, n_heads=4, n_layers=2, dropout=0.0, max_len=256),
+        "data": dict(batch_tokens=512, max_len=64),
+        "train": dict(warmup_steps=100, lr_scale=1.0, max_steps=1000, log_every=10, eval_every=100,
+                      checkpoint_every_steps=100, checkpoint_every_minutes=0.0),
+    },
+    "small": {
+        "model": dict(vocab_size=8000, d_model=256, d_ff=1024, n_heads=4, n_layers=3, dropout=0.1),
+        "data": dict(batch_tokens=3000),
+        "train": dict(warmup_steps=400, lr_scale=0.4, eval_every=250, checkpoint_every_steps=250,
+                      checkpoint_every_minutes=5.0),
+    },
+    "base": {},
+    "big": {
+        "model": dict(d_model=1024, d_ff=4096, n_heads=16, dropout=0.3),
+        "train": dict(max_steps=300_000),
+    },
+}
+
+ENUMS = {
+    ("model", "positional"): ("sinusoidal", "learned"),
+    ("model", "norm"): ("post", "pre"),
+    ("model", "tie_embeddings"): ("all", "decoder", "none"),
+    ("train", "precision"): ("auto", "fp32", "bf16"),
+    ("decode", "length_penalty"): ("gnmt", "fairseq", "none"),
+}
+
+
+def _section_fields(section: str) -> dict[str, dataclasses.Field]:
+    cls = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "decode": DecodeConfig}[section]
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def resolve_key(key: str) -> tuple[str, str]:
+    """``d_model`` -> (``model``, ``d_model``); ``train.max_minutes`` passes through."""
+    if "." in key:
+        section, name = key.split(".", 1)
+        if section not in SECTIONS or name not in _section_fields(section):
+            raise AiaynError(f"unknown config key '{key}' (sections: {', '.join(SECTIONS)})")
+        return section, name
+    owners = [s for s in SECTIONS if key in _section_fields(s)]
+    if not owners:
+        raise AiaynError(f"unknown config key '{key}'; run `aiayn model-info tiny` to see every key")
+    if len(owners) > 1:
+        raise AiaynError(f"config key '{key}' is ambiguous: write {' or '.join(f'{s}.{key}' for s in owners)}")
+    return owners[0], key
+
+
+def _coerce(section: str, name: str, value: Any) -> Any:
+    """Cast a YAML-parsed value to the field's declared type, or fail naming the key."""
+    f = _section_fields(section)[name]
+    kind = str(f.type)
+    key = f"{section}.{name}"
+    if value is None:
+        if "None" in kind:
+            return None
+        raise AiaynError(f"config key '{key}' cannot be empty")
+    try:
+        if kind.startswith("int"):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if kind.startswith("float"):
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if kind.startswith("bool"):
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if kind.startswith("str"):
+            return str(value)
+    except (TypeError, ValueError):
+        raise AiaynError(f"config key '{key}' expects {kind}, got {value!r}") from None
+    return value
+
+
+def apply(cfg: Config, section: str, name: str, value: Any) -> None:
+    setattr(getattr(cfg, section), name, _coerce(section, name, value))
+
+
+def _apply_tree(cfg: Config, tree: dict[str, Any], origin: str) -> None:
+    for section, values in tree.items():
+        if section == "preset":
+            continue
+        if section not in SECTIONS or not isinstance(values, dict):
+            raise AiaynError(f"{origin}: unknown config section '{section}' (expected {', '.join(SECTIONS)})")
+        for name, value in values.items():
+            if name not in _section_fields(section):
+                raise AiaynError(f"{origin}: unknown config key '{section}.{name}'")
+            apply(cfg, section, name, value)
+
+
+def preset(name: str) -> Config:
+    if name not in PRESETS:
+        raise AiaynError(f"unknown preset '{name}' (choose from {', '.join(PRESETS)})")
+    cfg = Config(preset=name)
+    _apply_tree(cfg, PRESETS[name], f"preset {name}")
+    return cfg
+
+
+def from_dict(tree: dict[str, Any]) -> Config:
+    """Rebuild a config saved by ``Config.to_dict`` (checkpoints, run folders)."""
+    cfg = Config(preset=tree.get("preset", "base"))
+    _apply_tree(cfg, tree, "saved config")
+    return validate(cfg)
+
+
+def parse_override(item: str) -> tuple[str, str, Any]:
+    if "=" not in item:
+        raise AiaynError(f"override '{item}' is not of the form key=value")
+    key, raw = item.split("=", 1)
+    section, name = resolve_key(key.strip())
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return section, name, value
+
+
+def load_config(preset_name: str | None = None, path: str | Path | None = None,
+                overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Preset, then YAML file, then ``key=value`` overrides; validated at the end."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            tree = yaml.safe_load(p.read_text()) or {}
+        except FileNotFoundError:
+            raise AiaynError(f"{p}: config file not found") from None
+        except yaml.YAMLError as e:
+            line = getattr(getattr(e, "problem_mark", None), "line", None)
+            where = f":{line + 1}" if line is not None else ""
+            raise AiaynError(f"{p}{where}: not valid YAML; fix the syntax") from None
+        if not isinstance(tree, dict):
+            raise AiaynError(f"{p}: expected a mapping of sections (model:, train:, ...)")
+    cfg = preset(preset_name or tree.get("preset") or "base")
+    if tree:
+        _apply_tree(cfg, tree, str(path))
+    for item in overrides:
+        apply(cfg, *parse_override(item))
+    return validate(cfg)
+
+
+def validate(cfg: Config) -> Config:
+    """Reject impossible combinations with a message naming the key."""
+    m = cfg.model
+    for (section, name), allowed in ENUMS.items():
+        value = getattr(getattr(cfg, section), name)
+        if value not in allowed:
+            raise AiaynError(f"config key '{section}.{name}' must be one of {', '.join(allowed)}, got '{value}'")
+    positive = [("model", "vocab_size"), ("model", "d_model"), ("model", "d_ff"), ("model", "n_heads"),
+                ("model", "n_layers"), ("model", "max_len"), ("data", "batch_tokens"), ("data", "max_len"),
+                ("train", "warmup_steps"), ("train", "max_steps"), ("train", "keep_last"),
+                ("decode", "beam_size"), ("decode", "nbest")]
+    for section, name in positive:
+        if getattr(getattr(cfg, section), name) <= 0:
+            raise AiaynError(f"config key '{section}.{name}' must be positive")
+    for name in ("d_k", "d_v", "n_decoder_layers"):
+        value = getattr(m, name)
+        if value is not None and value <= 0:
+            raise AiaynError(f"config key 'model.{name}' must be positive")
+    if (m.d_k is None or m.d_v is None) and m.d_model % m.n_heads:
+        raise AiaynError(f"config key 'model.d_model' ({m.d_model}) must be divisible by model.n_heads "
+                         f"({m.n_heads}), or set model.d_k and model.d_v")
+    if not 0.0 <= m.dropout < 1.0:
+        raise AiaynError(f"config key 'model.dropout' must be in [0, 1), got {m.dropout}")
+    if not 0.0 <= cfg.train.label_smoothing < 1.0:
+        raise AiaynError(f"config key 'train.label_smoothing' must be in [0, 1), got {cfg.train.label_smoothing}")
+    for name in ("lr_scale", "adam_eps"):
+        if not getattr(cfg.train, name) > 0 or not math.isfinite(getattr(cfg.train, name)):
+            raise AiaynError(f"config key 'train.{name}' must be a positive number")
+    for name in ("adam_beta1", "adam_beta2"):
+        if not 0.0 <= getattr(cfg.train, name) < 1.0:
+            raise AiaynError(f"config key 'train.{name}' must be in [0, 1)")
+    for name in ("max_minutes", "clip_norm", "weight_decay", "checkpoint_every_minutes", "update_tokens",
+                 "max_epochs", "threads", "checkpoint_every_steps"):
+        if getattr(cfg.train, name) < 0:
+            raise AiaynError(f"config key 'train.{name}' cannot be negative")
+    if cfg.decode.nbest > cfg.decode.beam_size:
+        raise AiaynError("config key 'decode.nbest' cannot exceed decode.beam_size")
+    if cfg.decode.alpha < 0 or cfg.decode.min_len < 0 or cfg.decode.max_len_offset < 0:
+        raise AiaynError("config keys 'decode.alpha', 'decode.min_len', 'decode.max_len_offset' cannot be negative")
+    return cfg

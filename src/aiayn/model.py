@@ -1,0 +1,389 @@
+"""The Transformer of §3 of *Attention Is All You Need*, one class per idea of the paper.
+
+Shape legend (batch-first everywhere):
+    B    batch (sentences)            N    decoder rows = B × beam
+    S    source length                T    target length (queries)
+    D    d_model                      V    vocabulary size
+    H    heads                        d_k, d_v   per-head key / value width
+
+Masks have one polarity, everywhere: True = this key may be attended to.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from aiayn.config import ModelConfig
+
+
+def padding_mask(mask: Tensor) -> Tensor:
+    """(B, S) True = real token -> (B, 1, 1, S) attention mask.
+
+    A row with no real token at all would make softmax 0/0 = NaN (pitfall 1); such a row
+    is let attend everywhere instead. Its outputs are padding and never reach the loss.
+    """
+    mask = mask | ~mask.any(dim=-1, keepdim=True)
+    return mask[:, None, None, :]  # (B, 1, 1, S)
+
+
+def causal_mask(t_q: int, t_k: int, device: torch.device | None = None) -> Tensor:
+    """(T_q, T_k): query i may see key j iff j <= i + (T_k - T_q), aligned bottom-right so a
+    few new queries against a longer cache see the whole past (pitfall 4)."""
+    q = torch.arange(t_q, device=device)[:, None]
+    k = torch.arange(t_k, device=device)[None, :]
+    return k <= q + (t_k - t_q)
+
+
+class ScaledDotProductAttention(nn.Module):
+    """Eq. 1: Attention(Q, K, V) = softmax(Q Kᵀ / √d_k) V.
+
+    Uses PyTorch's fused kernel unless the weights are asked for; the explicit path
+    computes softmax in float32 and returns the weights (B, H, T_q, T_k).
+    """
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None,
+                is_causal: bool = False, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+        if not need_weights:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal and mask is None)
+            return out, None
+        scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, T_q, T_k)
+        if is_causal:
+            causal = causal_mask(q.size(-2), k.size(-2), q.device)
+            mask = causal if mask is None else mask & causal
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        weights = scores.float().softmax(dim=-1).to(v.dtype)
+        return weights @ v, weights  # (B, H, T_q, d_v)
+
+
+class MultiHeadAttention(nn.Module):
+    """§3.2.2: MultiHead(Q, K, V) = Concat(head_1, …, head_h) Wᴼ, head_i = Attention(Q W_iᵠ, K W_iᴷ, V W_iⱽ).
+
+    Keys and values are projected by ``project_kv`` so a decoder can keep them in a cache
+    (self-attention grows by one step; cross-attention is computed once per sentence).
+    """
+
+    def __init__(self, d_model: int, n_heads: int, d_k: int, d_v: int):
+        super().__init__()
+        self.n_heads, self.d_k, self.d_v = n_heads, d_k, d_v
+        self.w_q = nn.Linear(d_model, n_heads * d_k)
+        self.w_k = nn.Linear(d_model, n_heads * d_k)
+        self.w_v = nn.Linear(d_model, n_heads * d_v)
+        self.w_o = nn.Linear(n_heads * d_v, d_model)
+        self.attention = ScaledDotProductAttention()
+
+    def _split(self, x: Tensor, d: int) -> Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, self.n_heads, d).transpose(1, 2)  # (B, H, T, d)
+
+    def project_kv(self, source: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, S, D) -> K (B, H, S, d_k), V (B, H, S, d_v)."""
+        return self._split(self.w_k(source), self.d_k), self._split(self.w_v(source), self.d_v)
+
+    def forward(self, x: Tensor, kv: tuple[Tensor, Tensor], mask: Tensor | None = None, is_causal: bool = False,
+                need_weights: bool = False, beam: int = 1) -> tuple[Tensor, Tensor | None]:
+        """x (N, T, D) queries; kv from ``project_kv``. With ``beam`` > 1, the N = B × beam
+        query rows share B key/value rows (cross-attention in beam search): the beams are
+        folded into the query axis instead of copying the encoder output beam times."""
+        k, v = kv
+        n, t, _ = x.shape
+        q = self._split(self.w_q(x), self.d_k)  # (N, H, T, d_k)
+        if beam > 1:
+            q = q.view(n // beam, beam, self.n_heads, t, self.d_k).transpose(1, 2)  # (B, H, beam, T, d_k)
+            q = q.reshape(n // beam, self.n_heads, beam * t, self.d_k)  # (B, H, beam·T, d_k)
+        out, weights = self.attention(q, k, v, mask, is_causal, need_weights)  # (·, H, ·, d_v)
+        if beam > 1:
+            out = out.view(n // beam, self.n_heads, beam, t, self.d_v).transpose(1, 2)  # (B, beam, H, T, d_v)
+            out = out.reshape(n, self.n_heads, t, self.d_v)  # (N, H, T, d_v)
+            if weights is not None:
+                s = weights.size(-1)
+                weights = weights.view(n // beam, self.n_heads, beam, t, s).transpose(1, 2).reshape(n, self.n_heads, t, s)
+        out = out.transpose(1, 2).reshape(n, t, self.n_heads * self.d_v)  # (N, T, H·d_v)
+        return self.w_o(out), weights
+
+
+class PositionwiseFeedForward(nn.Module):
+    """Eq. 2: FFN(x) = max(0, x W₁ + b₁) W₂ + b₂."""
+
+    def __init__(self, d_model: int, d_ff: int):
+        super().__init__()
+        self.w_1 = nn.Linear(d_model, d_ff)
+        self.w_2 = nn.Linear(d_ff, d_model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w_2(F.relu(self.w_1(x)))
+
+
+def sinusoid_table(max_len: int, d_model: int) -> Tensor:
+    """§3.5: PE(pos, 2i) = sin(pos / 10000^(2i/d_model)), PE(pos, 2i+1) = cos(…), interleaved
+    as in the paper (not the sin-half | cos-half layout of tensor2tensor, fairseq, Marian).
+    Computed in float64 so large positions stay exact (pitfall 9). Returns (max_len, D)."""
+    pos = torch.arange(max_len, dtype=torch.float64)[:, None]
+    two_i = torch.arange(0, d_model, 2, dtype=torch.float64)
+    angle = pos / 10000.0 ** (two_i / d_model)  # (max_len, ⌈D/2⌉)
+    table = torch.zeros(max_len, d_model, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(angle)
+    table[:, 1::2] = torch.cos(angle[:, : d_model // 2])
+    return table.float()
+
+
+class PositionalEncoding(nn.Module):
+    """§3.5: fixed sinusoids, or learned position embeddings (Table 3, row E)."""
+
+    def __init__(self, max_len: int, d_model: int, learned: bool = False):
+        super().__init__()
+        self.learned = nn.Embedding(max_len, d_model) if learned else None
+        if not learned:
+            self.register_buffer("table", sinusoid_table(max_len, d_model), persistent=False)
+
+    def forward(self, length: int, offset: int = 0) -> Tensor:
+        """Encodings for positions offset … offset+length-1: (length, D)."""
+        table = self.learned.weight if self.learned is not None else self.table
+        if offset + length > table.size(0):
+            raise ValueError(f"sequence of {offset + length} positions exceeds model.max_len={table.size(0)}")
+        return table[offset: offset + length]
+
+
+class InputEmbedding(nn.Module):
+    """§3.4 + §3.5: token embedding × √d_model + positional encoding, then dropout (§5.4)."""
+
+    def __init__(self, tokens: nn.Embedding, positions: PositionalEncoding, dropout: float):
+        super().__init__()
+        self.tokens, self.positions = tokens, positions
+        self.scale = math.sqrt(tokens.embedding_dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, ids: Tensor, offset: int = 0) -> Tensor:
+        x = self.tokens(ids) * self.scale + self.positions(ids.size(1), offset)  # (B, T, D)
+        return self.dropout(x)
+
+
+class Residual(nn.Module):
+    """§3.1 / §5.4: LayerNorm(x + Dropout(Sublayer(x))) (post-norm, the paper), or
+    x + Dropout(Sublayer(LayerNorm(x))) (pre-norm, a named option)."""
+
+    def __init__(self, d_model: int, dropout: float, pre_norm: bool):
+        super().__init__()
+        self.norm = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.pre_norm = pre_norm
+
+    def before(self, x: Tensor) -> Tensor:
+        return self.norm(x) if self.pre_norm else x
+
+    def after(self, x: Tensor, sublayer_out: Tensor) -> Tensor:
+        x = x + self.dropout(sublayer_out)
+        return x if self.pre_norm else self.norm(x)
+
+
+class EncoderLayer(nn.Module):
+    """§3.1: multi-head self-attention, then the position-wise FFN, each in a residual block."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        pre = cfg.norm == "pre"
+        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.head_dim_k, cfg.head_dim_v)
+        self.ffn = PositionwiseFeedForward(cfg.d_model, cfg.d_ff)
+        self.res_attn = Residual(cfg.d_model, cfg.dropout, pre)
+        self.res_ffn = Residual(cfg.d_model, cfg.dropout, pre)
+
+    def forward(self, x: Tensor, mask: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+        h = self.res_attn.before(x)
+        a, weights = self.self_attn(h, self.self_attn.project_kv(h), mask, need_weights=need_weights)
+        x = self.res_attn.after(x, a)
+        x = self.res_ffn.after(x, self.ffn(self.res_ffn.before(x)))
+        return x, weights
+
+
+class DecoderLayer(nn.Module):
+    """§3.1: masked self-attention, encoder–decoder attention, FFN, each in a residual block."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        pre = cfg.norm == "pre"
+        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.head_dim_k, cfg.head_dim_v)
+        self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.head_dim_k, cfg.head_dim_v)
+        self.ffn = PositionwiseFeedForward(cfg.d_model, cfg.d_ff)
+        self.res_self = Residual(cfg.d_model, cfg.dropout, pre)
+        self.res_cross = Residual(cfg.d_model, cfg.dropout, pre)
+        self.res_ffn = Residual(cfg.d_model, cfg.dropout, pre)
+
+    def forward(self, x: Tensor, cross_kv: tuple[Tensor, Tensor], src_mask: Tensor,
+                past_kv: tuple[Tensor, Tensor] | None = None, need_weights: bool = False, beam: int = 1,
+                ) -> tuple[Tensor, tuple[Tensor, Tensor], Tensor | None, Tensor | None]:
+        """x (N, T, D) new target positions; past_kv: cached self-attention K/V of earlier
+        positions. Returns the output, the grown self-attention K/V, and the weights."""
+        h = self.res_self.before(x)
+        k, v = self.self_attn.project_kv(h)  # (N, H, T, d_k), (N, H, T, d_v)
+        if past_kv is not None:
+            k, v = torch.cat([past_kv[0], k], dim=2), torch.cat([past_kv[1], v], dim=2)  # (N, H, t+T, ·)
+        t_q, t_k = x.size(1), k.size(2)
+        # One new query may see every cached key; a whole sequence uses the kernel's own
+        # causal mask; a few new queries against a cache need it aligned bottom-right.
+        mask = causal_mask(t_q, t_k, x.device) if 1 < t_q < t_k else None
+        a, self_w = self.self_attn(h, (k, v), mask, is_causal=t_q == t_k > 1, need_weights=need_weights)
+        x = self.res_self.after(x, a)
+        a, cross_w = self.cross_attn(self.res_cross.before(x), cross_kv, src_mask, need_weights=need_weights, beam=beam)
+        x = self.res_cross.after(x, a)
+        x = self.res_ffn.after(x, self.ffn(self.res_ffn.before(x)))
+        return x, (k, v), self_w, cross_w
+
+
+@dataclass(frozen=True)
+class DecoderCache:
+    """State for incremental decoding, passed in and returned (never kept on a module).
+
+    self_kv:  per layer, K (N, H, t, d_k) and V (N, H, t, d_v) of the t tokens decoded so far
+    cross_kv: per layer, K (B, H, S, d_k) and V (B, H, S, d_v) of the encoder output, computed once
+    src_mask: (B, 1, 1, S) attention mask of the source
+    beam:     decoder rows per sentence (N = B × beam); rows of a sentence are contiguous
+    """
+
+    self_kv: tuple[tuple[Tensor, Tensor], ...]
+    cross_kv: tuple[tuple[Tensor, Tensor], ...]
+    src_mask: Tensor
+    beam: int = 1
+
+    @property
+    def length(self) -> int:
+        return self.self_kv[0][0].size(2)
+
+    def reorder(self, index: Tensor) -> DecoderCache:
+        """Keep decoder rows ``index`` (beam reordering; finished sentences dropped).
+
+        Cross-attention K/V are per sentence, so they are only gathered when the set of
+        sentences changes (pitfall 16), never copied per beam.
+        """
+        self_kv = tuple((k.index_select(0, index), v.index_select(0, index)) for k, v in self.self_kv)
+        sentences, counts = torch.unique_consecutive(index // self.beam, return_counts=True)
+        beam = index.numel() // max(sentences.numel(), 1)
+        if sentences.numel() and not bool((counts == beam).all()):
+            raise ValueError("reorder: each sentence must keep the same number of contiguous rows")
+        n_sentences = self.src_mask.size(0)
+        unchanged = sentences.numel() == n_sentences and bool(
+            (sentences == torch.arange(n_sentences, device=index.device)).all())
+        if unchanged:
+            return DecoderCache(self_kv, self.cross_kv, self.src_mask, beam)
+        cross_kv = tuple((k.index_select(0, sentences), v.index_select(0, sentences)) for k, v in self.cross_kv)
+        return DecoderCache(self_kv, cross_kv, self.src_mask.index_select(0, sentences), beam)
+
+
+class Encoder(nn.Module):
+    """§3.1: a stack of N identical layers over the embedded source."""
+
+    def __init__(self, cfg: ModelConfig, embedding: InputEmbedding):
+        super().__init__()
+        self.embedding = embedding
+        self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.n_layers))
+        # Pre-norm leaves the residual stream un-normalised: normalise it once at the top.
+        self.final_norm = nn.LayerNorm(cfg.d_model) if cfg.norm == "pre" else nn.Identity()
+
+    def forward(self, src: Tensor, src_mask: Tensor, need_weights: bool = False) -> tuple[Tensor, list[Tensor] | None]:
+        mask = padding_mask(src_mask)  # (B, 1, 1, S)
+        x = self.embedding(src)  # (B, S, D)
+        weights = []
+        for layer in self.layers:
+            x, w = layer(x, mask, need_weights)
+            weights.append(w)
+        return self.final_norm(x), (weights if need_weights else None)
+
+
+class Decoder(nn.Module):
+    """§3.1: a stack of N identical layers; position i attends to outputs before i only."""
+
+    def __init__(self, cfg: ModelConfig, embedding: InputEmbedding):
+        super().__init__()
+        self.embedding = embedding
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
+        self.final_norm = nn.LayerNorm(cfg.d_model) if cfg.norm == "pre" else nn.Identity()
+
+    def forward(self, tgt: Tensor, cross_kv: list[tuple[Tensor, Tensor]] | tuple, src_mask: Tensor,
+                past: tuple[tuple[Tensor, Tensor], ...] | None = None, need_weights: bool = False, beam: int = 1,
+                ) -> tuple[Tensor, tuple[tuple[Tensor, Tensor], ...], dict[str, list[Tensor]] | None]:
+        offset = past[0][0].size(2) if past else 0
+        x = self.embedding(tgt, offset)  # (N, T, D)
+        new_kv, self_ws, cross_ws = [], [], []
+        for i, layer in enumerate(self.layers):
+            x, kv, sw, cw = layer(x, cross_kv[i], src_mask, past[i] if past else None, need_weights, beam)
+            new_kv.append(kv)
+            self_ws.append(sw)
+            cross_ws.append(cw)
+        weights = {"self": self_ws, "cross": cross_ws} if need_weights else None
+        return self.final_norm(x), tuple(new_kv), weights
+
+
+class Transformer(nn.Module):
+    """§3: encoder–decoder with (by default) one embedding matrix shared by the source
+    embedding, the target embedding and the pre-softmax projection (§3.4)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        learned = cfg.positional == "learned"
+        tgt_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        src_tokens = tgt_tokens if cfg.tie_embeddings == "all" else nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.encoder = Encoder(cfg, InputEmbedding(src_tokens, PositionalEncoding(cfg.max_len, cfg.d_model, learned),
+                                                   cfg.dropout))
+        self.decoder = Decoder(cfg, InputEmbedding(tgt_tokens, PositionalEncoding(cfg.max_len, cfg.d_model, learned),
+                                                   cfg.dropout))
+        self.out_proj = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.reset_parameters()
+        if cfg.tie_embeddings != "none":
+            self.out_proj.weight = tgt_tokens.weight
+
+    def reset_parameters(self) -> None:
+        """Xavier-uniform projections and zero biases (as tensor2tensor and fairseq); embeddings
+        N(0, d_model^-0.5), so that × √d_model gives unit scale and, tied to the output layer,
+        logits start small (pitfall 8)."""
+        for name, p in self.named_parameters():
+            if p.dim() > 1 and "tokens" not in name and "learned" not in name:
+                nn.init.xavier_uniform_(p)
+            elif p.dim() == 1 and name.endswith("bias"):
+                nn.init.zeros_(p)
+        for module in self.modules():
+            if isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=self.cfg.d_model ** -0.5)
+
+    def encode(self, src: Tensor, src_mask: Tensor, need_weights: bool = False) -> tuple[Tensor, list[Tensor] | None]:
+        """src (B, S) ids, src_mask (B, S) True = real -> memory (B, S, D) and, on request,
+        per-layer self-attention weights (B, H, S, S)."""
+        return self.encoder(src, src_mask, need_weights)
+
+    def init_cache(self, memory: Tensor, src_mask: Tensor) -> DecoderCache:
+        """Project the encoder output once for every decoder layer's cross-attention."""
+        cross_kv = tuple(layer.cross_attn.project_kv(memory) for layer in self.decoder.layers)
+        n, h = memory.size(0), self.cfg.n_heads
+        empty = (memory.new_zeros(n, h, 0, self.cfg.head_dim_k), memory.new_zeros(n, h, 0, self.cfg.head_dim_v))
+        return DecoderCache((empty,) * len(self.decoder.layers), cross_kv, padding_mask(src_mask))
+
+    def decode(self, tgt_in: Tensor, memory: Tensor | None = None, src_mask: Tensor | None = None,
+               cache: DecoderCache | None = None, need_weights: bool = False,
+               ) -> tuple[Tensor, DecoderCache | None, dict[str, list[Tensor]] | None]:
+        """Without a cache: tgt_in (B, T) is the whole shifted target (teacher forcing).
+        With a cache (from ``init_cache``): tgt_in (N, T_new) holds only the new tokens and
+        the grown cache is returned. Logits (·, T, V)."""
+        if cache is None:
+            if memory is None or src_mask is None:
+                raise ValueError("decode needs memory and src_mask when no cache is given")
+            cross_kv = [layer.cross_attn.project_kv(memory) for layer in self.decoder.layers]
+            x, _, weights = self.decoder(tgt_in, cross_kv, padding_mask(src_mask), None, need_weights)
+            return self.out_proj(x), None, weights
+        x, self_kv, weights = self.decoder(tgt_in, cache.cross_kv, cache.src_mask, cache.self_kv, need_weights,
+                                           cache.beam)
+        return self.out_proj(x), DecoderCache(self_kv, cache.cross_kv, cache.src_mask, cache.beam), weights
+
+    def forward(self, src: Tensor, tgt_in: Tensor, src_mask: Tensor) -> Tensor:
+        """Teacher-forced logits (B, T, V) for training."""
+        memory, _ = self.encode(src, src_mask)
+        logits, _, _ = self.decode(tgt_in, memory, src_mask)
+        return logits
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Distinct parameters (tied matrices counted once, as in the paper's Table 3)."""
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,283 @@
+"""Text in, text out: tokenize, batch by length, encode once, search with the KV cache, detokenize.
+
+    translator = Translator.load("runs/demo")            # a run folder or a checkpoint file
+    translator.translate(["En el principio creó Dios los cielos y la tierra."])[0][0].text
+
+One sentence's journey: ``Tokenizer.encode_batch`` -> ``batching.source_row`` (subwords + EOS,
+as in training) -> ``Transformer.encode`` -> ``search.beam_search`` calling ``make_step_fn``'s
+step once per output token -> ``Tokenizer.decode`` of the whole id sequence (pitfall 23).
+Output length is limited to the source length + ``decode.max_len_offset`` subwords (§6.1: +50).
+"""
+
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+from torch import Tensor
+
+from aiayn.batching import source_row
+from aiayn.config import BOS_ID, EOS_ID, PAD_ID, AiaynError, Config
+from aiayn import search
+from aiayn.search import Hypothesis
+
+# Tokens a target can never contain: PAD only fills rows, BOS only starts them.
+BANNED = (PAD_ID, BOS_ID)
+
+
+@dataclass
+class Translation(Hypothesis):
+    text: str  # detokenized tokens
+
+
+@dataclass
+class _Encoded:
+    """Search state for decoding without a cache: the encoder output, one row per decoder row."""
+
+    memory: Tensor  # (N, S, D)
+    src_mask: Tensor  # (N, S)
+
+    def reorder(self, index: Tensor) -> _Encoded:
+        return _Encoded(self.memory.index_select(0, index), self.src_mask.index_select(0, index))
+
+
+def _log_probs(logits: Tensor) -> Tensor:
+    """(N, V) logits of the newest position -> float32 log-probabilities, banned tokens at -inf."""
+    log_probs = logits.float().log_softmax(dim=-1)
+    log_probs[:, list(BANNED)] = -float("inf")
+    return log_probs
+
+
+def make_step_fn(model: Any, memory: Tensor, src_mask: Tensor,
+                 use_cache: bool = True) -> tuple[Callable[[Tensor, Any], tuple[Tensor, Any]], Any]:
+    """A ``search`` step function and its initial state for one encoded batch.
+
+    With the cache (``model.init_cache``), each step feeds only the newest token and the
+    cache grows by one position; without it, each step re-runs the decoder over the whole
+    prefix (slow, kept as the reference the cached path is tested against, pitfall 16).
+    """
+    if use_cache:
+        def cached_step(prefix: Tensor, cache: Any) -> tuple[Tensor, Any]:
+            logits, cache, _ = model.decode(prefix[:, -1:], cache=cache)  # (N, 1, V)
+            return _log_probs(logits[:, -1]), cache
+
+        return cached_step, model.init_cache(memory, src_mask)
+
+    def full_step(prefix: Tensor, enc: _Encoded) -> tuple[Tensor, Any]:
+        logits, _, _ = model.decode(prefix, enc.memory, enc.src_mask)  # (N, t, V)
+        return _log_probs(logits[:, -1]), enc
+
+    return full_step, _Encoded(memory, src_mask)
+
+
+def length_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
+    """Indices grouped longest first so that rows × longest row ≤ ``batch_tokens`` (at least
+    one sentence per batch): similar lengths share a batch and padding stays small."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= batch_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Translator:
+    """A model, its tokenizer and its config's decoding settings (§6.1 by default: beam 4, α = 0.6)."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, config: Config,
+                 device: str | torch.device | None = None):
+        if tokenizer.vocab_size > config.model.vocab_size:
+            raise AiaynError(f"tokenizer has {tokenizer.vocab_size} pieces but the model only "
+                             f"{config.model.vocab_size}; use the spm.model the model was trained with")
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.model = model.to(self.device)
+        self.tokenizer = tokenizer
+        self.config = config
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device | None = None) -> Translator:
+        """From a run folder (its averaged, best or latest checkpoint) or a checkpoint file."""
+        from aiayn.checkpoint import load_for_inference
+
+        loaded = load_for_inference(path, device or default_device())
+        return cls(loaded.model, loaded.tokenizer, loaded.config)
+
+    def translate(self, lines: Sequence[str], beam_size: int | None = None, alpha: float | None = None,
+                  nbest: int | None = None, sample: bool = False, temperature: float = 1.0, top_k: int = 0,
+                  top_p: float = 1.0, batch_tokens: int | None = None, seed: int | None = None,
+                  progress: bool = False) -> list[list[Translation]]:
+        """Translate ``lines``; per line, ``nbest`` translations, best first, in input order.
+
+        ``beam_size`` 1 means greedy search. ``sample`` draws ``nbest`` samples per line instead
+        (``seed`` makes them repeatable). ``batch_tokens`` bounds rows × longest source per batch.
+        Empty lines give an empty translation; lines longer than the model's positions are
+        truncated with a warning.
+        """
+        d = self.config.decode
+        beam_size = d.beam_size if beam_size is None else beam_size
+        alpha = d.alpha if alpha is None else alpha
+        nbest = d.nbest if nbest is None else nbest
+        if beam_size < 1 or nbest < 1:
+            raise AiaynError(f"beam size and nbest must be positive, got beam {beam_size}, nbest {nbest}")
+        if not sample and nbest > beam_size:
+            raise AiaynError(f"nbest ({nbest}) cannot exceed the beam size ({beam_size})")
+        batch_tokens = batch_tokens or self.config.data.batch_tokens
+        limit = self.config.model.max_len  # positions the model has, for the source and for the output
+
+        results: list[list[Translation]] = [[Translation([], 0.0, 0.0, True, "")] for _ in lines]
+        todo = [i for i, line in enumerate(lines) if line.strip()]
+        ids = self.tokenizer.encode_batch([lines[i] for i in todo])
+        rows = [source_row(x, limit) for x in ids]
+        cut = [todo[k] + 1 for k, x in enumerate(ids) if len(x) + 1 > limit]
+        if cut:
+            print(f"aiayn: warning: {len(cut)} input line(s) longer than the model's {limit} positions were "
+                  f"truncated (first: line {cut[0]})", file=sys.stderr)
+        generator = None
+        if sample and seed is not None:
+            generator = torch.Generator(self.device).manual_seed(seed)
+        settings = dict(beam_size=beam_size, alpha=alpha, nbest=nbest, sample=sample, temperature=temperature,
+                        top_k=top_k, top_p=top_p, generator=generator)
+
+        from tqdm import tqdm
+
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode(), tqdm(total=len(lines), unit="sent", disable=not progress,
+                                              file=sys.stderr, dynamic_ncols=True) as bar:
+                bar.update(len(lines) - len(todo))
+                for batch in length_batches([len(r) for r in rows], batch_tokens):
+                    hyps = self._translate_batch([rows[k] for k in batch], **settings)
+                    for k, nb in zip(batch, hyps):
+                        results[todo[k]] = [Translation(**vars(h), text=self.tokenizer.decode(h.tokens))
+                                            for h in nb]
+                    bar.update(len(batch))
+        finally:
+            self.model.train(was_training)
+        return results
+
+    def _translate_batch(self, rows: list[list[int]], beam_size: int, alpha: float, nbest: int, sample: bool,
+                         temperature: float, top_k: int, top_p: float,
+                         generator: torch.Generator | None) -> list[list[Hypothesis]]:
+        d, limit = self.config.decode, self.config.model.max_len
+        lengths = torch.tensor([len(r) for r in rows])
+        src = torch.full((len(rows), int(lengths.max())), PAD_ID, dtype=torch.long)  # (B, S)
+        for b, row in enumerate(rows):
+            src[b, : len(row)] = torch.tensor(row)
+        src_mask = torch.arange(src.size(1)) < lengths[:, None]  # (B, S) True = real token
+        src, src_mask = src.to(self.device), src_mask.to(self.device)
+        # Steps count EOS: at most (source subwords) + offset tokens, then EOS.
+        max_len = (lengths + d.max_len_offset).clamp(max=limit).to(self.device)
+        memory, _ = self.model.encode(src, src_mask)
+        step_fn, state = make_step_fn(self.model, memory, src_mask)
+        B = len(rows)
+        if sample:
+            index = torch.arange(B, device=self.device).repeat_interleave(nbest)
+            found = search.sample(step_fn, state.reorder(index), B * nbest, BOS_ID, EOS_ID, max_len[index],
+                              temperature, top_k, top_p, generator, d.min_len)
+            groups = [found[b * nbest:(b + 1) * nbest] for b in range(B)]
+            return [sorted(g, key=lambda h: (not h.finished, -h.score)) for g in groups]
+        if beam_size == 1:
+            return [[h] for h in search.greedy_search(step_fn, state, B, BOS_ID, EOS_ID, max_len, d.min_len)]
+        return search.beam_search(step_fn, state, B, BOS_ID, EOS_ID, max_len, beam_size, alpha,
+                                  d.length_penalty, d.min_len, nbest)
+
+
+
+# ---------------------------------------------------------------------------- the command
+
+
+def format_translations(index: int, translations: list[Translation], nbest: int) -> str:
+    """One line per input line, or with ``nbest`` > 1 one ``index<TAB>score<TAB>text`` line per
+    hypothesis (index counts input lines from 0, hypotheses best first)."""
+    if nbest == 1:
+        return translations[0].text + "\n"
+    return "".join(f"{index}\t{t.score:.4f}\t{t.text}\n" for t in translations)
+
+
+def arriving_chunks(stream: TextIO, size: int = 16) -> Iterator[list[str]]:
+    """Lines of ``stream`` as they arrive: wait for one, then take those already waiting (up to
+    ``size``), so a pipe is answered line by line while a fast producer still gets batches."""
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def read() -> None:
+        for line in stream:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    while (first := lines.get()) is not None:
+        chunk = [first]
+        while len(chunk) < size:
+            try:
+                line = lines.get_nowait()
+            except queue.Empty:
+                break
+            if line is None:
+                yield [x.rstrip("\r\n") for x in chunk]
+                return
+            chunk.append(line)
+        yield [x.rstrip("\r\n") for x in chunk]
+
+
+def run(args: Any) -> None:
+    """``aiayn translate``: files or stdin to files or stdout (see cli.py for the options)."""
+    from aiayn.corpus import read_lines
+
+    translator = Translator.load(args.model, args.device)
+    nbest = args.nbest if args.nbest is not None else (1 if args.sample else translator.config.decode.nbest)
+    options = dict(beam_size=args.beam, alpha=args.alpha, nbest=nbest, sample=args.sample,
+                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                   batch_tokens=args.batch_tokens, seed=args.seed)
+    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    try:
+        if args.input:
+            lines = read_lines(Path(args.input))
+            for i, t in enumerate(translator.translate(lines, progress=True, **options)):
+                out.write(format_translations(i, t, nbest))
+        elif sys.stdin.isatty():
+            _interactive(translator, options, nbest, out)
+        elif args.stream or args.interactive:
+            index = 0
+            for chunk in arriving_chunks(sys.stdin):
+                for t in translator.translate(chunk, **options):
+                    out.write(format_translations(index, t, nbest))
+                    index += 1
+                out.flush()
+        else:
+            lines = [line.rstrip("\r\n") for line in sys.stdin]
+            for i, t in enumerate(translator.translate(lines, **options)):
+                out.write(format_translations(i, t, nbest))
+    finally:
+        if out is not sys.stdout:
+            out.close()
+
+
+def _interactive(translator: Translator, options: dict[str, Any], nbest: int, out: TextIO) -> None:
+    try:
+        import readline  # noqa: F401  (line editing and history for input())
+    except ImportError:
+        pass
+    print("aiayn: type a sentence and press Enter; Ctrl-D quits", file=sys.stderr)
+    index = 0
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            print(file=sys.stderr)
+            return
+        out.write(format_translations(index, translator.translate([line], **options)[0], nbest))
+        out.flush()
+        index += 1

@@ -1,0 +1,165 @@
+"""Training: loss goes down, a run killed with SIGKILL resumes bit-exactly, two gloo ranks
+equal one process over the same global batches, damaged checkpoints fall back, NaN guard."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from aiayn import checkpoint as ckpt
+from aiayn.cli import main
+from aiayn.config import AiaynError
+from toydata import make_toy_data
+
+TINY = ["--preset", "tiny", "threads=1", "valid_bleu_sentences=0", "precision=fp32"]
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> Path:
+    return make_toy_data(tmp_path_factory.mktemp("toy"))
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return ckpt.load_checkpoint(path)["model"]
+
+
+def max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+
+
+def aiayn_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "aiayn", *args]
+
+
+def test_loss_decreases_and_run_folder_is_complete(toy, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(toy), "--out", str(run), *TINY, "max_steps=150", "eval_every=50",
+                 "log_every=10", "checkpoint_every_steps=50", "valid_bleu_sentences=20"]) == 0
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    valid = [float(r["valid_loss"]) for r in rows if r["valid_loss"]]
+    train = [float(r["train_loss"]) for r in rows if r["train_loss"]]
+    assert valid[-1] < valid[0] - 0.5 and train[-1] < train[0] - 0.5
+    assert all(r["valid_bleu"] for r in rows if r["valid_loss"])
+    for name in ("config.yaml", "spm.model", "spm.vocab", "run.json", "checkpoints/best.pt"):
+        assert (run / name).is_file(), name
+    assert [p.name for p in ckpt.list_checkpoints(run)] == ["step_00000050.pt", "step_00000100.pt",
+                                                             "step_00000150.pt"]
+    assert list((run / "tb").iterdir()), "TensorBoard events written"
+    saved = ckpt.load_checkpoint(run / "checkpoints" / "step_00000150.pt")
+    assert saved["step"] == 150 and '"d_model": 32' in saved["config"]
+    # A second `train` into the same folder must not overwrite the work.
+    assert main(["train", "--data", str(toy), "--out", str(run), *TINY]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_sigkill_and_resume_is_bit_exact(toy, tmp_path):
+    """Kill the run at random moments (several times), resume each time; the final weights
+    must equal those of an uninterrupted run of the same length (pitfall 19)."""
+    common = ["--data", str(toy), *TINY, "dropout=0.1", "max_steps=80", "checkpoint_every_steps=4",
+              "eval_every=1000", "checkpoint_every_minutes=0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    full = tmp_path / "full"
+    subprocess.run(aiayn_cmd("train", "--out", str(full), *common), check=True, env=env, capture_output=True)
+
+    run = tmp_path / "killed"
+    rng = random.Random(0)
+    args = aiayn_cmd("train", "--out", str(run), *common)
+    kills = 0
+    for _ in range(3):
+        proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        seen = len(ckpt.list_checkpoints(run)) if run.exists() else 0
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            if len(ckpt.list_checkpoints(run)) > seen:  # at least one new checkpoint: kill somewhere after
+                time.sleep(rng.uniform(0.0, 0.3))
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+                break
+            time.sleep(0.02)
+        proc.wait()
+        args = aiayn_cmd("train", "--resume", str(run))
+    subprocess.run(args, check=True, env=env, capture_output=True)
+    assert kills >= 2, "the run finished before it could be killed: make it longer"
+    assert max_diff(weights(full / "checkpoints" / "step_00000080.pt"),
+                    weights(run / "checkpoints" / "step_00000080.pt")) == 0.0
+
+
+def test_two_gloo_ranks_equal_one_process(toy, tmp_path):
+    """torchrun with 2 CPU ranks (gloo) vs 1 process accumulating the same 2 batches per update
+    (pitfall 7: the loss is normalised by the global token count)."""
+    common = ["--data", str(toy), *TINY, "max_steps=15", "eval_every=1000", "checkpoint_every_steps=15"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+                "-m", "aiayn"]
+    subprocess.run([*torchrun, "train", "--out", str(tmp_path / "ddp"), *common], check=True, env=env,
+                   capture_output=True, timeout=300)
+    subprocess.run(aiayn_cmd("train", "--out", str(tmp_path / "one"), *common, "update_tokens=1024"), check=True,
+                   env=env, capture_output=True, timeout=300)
+    diff = max_diff(weights(tmp_path / "ddp" / "checkpoints" / "step_00000015.pt"),
+                    weights(tmp_path / "one" / "checkpoints" / "step_00000015.pt"))
+    assert diff < 1e-5
+
+
+def test_corrupt_checkpoint_is_named_and_resume_falls_back(toy, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(toy), "--out", str(run), *TINY, "max_steps=20", "eval_every=1000",
+                 "checkpoint_every_steps=10", "keep_last=5"]) == 0
+    newest = run / "checkpoints" / "step_00000020.pt"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    with pytest.raises(AiaynError, match="step_00000020.pt: checkpoint is truncated or corrupt"):
+        ckpt.load_checkpoint(newest)
+    path, state = ckpt.latest_good_checkpoint(run)
+    assert path.name == "step_00000010.pt" and state["step"] == 10
+    assert "falling back" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "max_steps=20"]) == 0
+    assert ckpt.load_checkpoint(newest)["step"] == 20
+    # A pickle that would run code is refused, not executed.
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(b"\x80\x04cos\nsystem\n(S'echo pwned'\ntR.")
+    with pytest.raises(AiaynError, match="evil.pt"):
+        ckpt.load_checkpoint(evil)
+
+
+def test_average_is_the_mean_in_float64_and_copies_integers(tmp_path):
+    states = [{"w": torch.tensor([1.0, 2.0]) * (i + 1), "n": torch.tensor([7], dtype=torch.long)} for i in range(3)]
+    for i, s in enumerate(states):
+        ckpt.save_checkpoint(ckpt.step_path(tmp_path, (i + 1) * 10), {"model": s, "config": "{}", "step": (i + 1) * 10})
+    out = ckpt.average_checkpoints(tmp_path, last=2, out=tmp_path / "avg.pt")
+    averaged = ckpt.load_checkpoint(out)
+    assert torch.equal(averaged["model"]["w"], torch.tensor([2.5, 5.0]))
+    assert averaged["model"]["n"].dtype == torch.long and averaged["model"]["n"].item() == 7
+    assert averaged["averaged_steps"] == [20, 30]
+
+
+def test_nan_losses_skip_updates_then_stop_with_checkpoint_intact(toy, tmp_path, monkeypatch):
+    import aiayn.train as train_mod
+
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(toy), "--out", str(run), *TINY, "max_steps=10", "eval_every=1000",
+                 "checkpoint_every_steps=10"]) == 0
+    before = weights(run / "checkpoints" / "step_00000010.pt")
+    real = train_mod.label_smoothed_cross_entropy
+    calls = {"n": 0}
+
+    def poisoned(logits, target, epsilon):
+        loss, nll, n = real(logits, target, epsilon)
+        calls["n"] += 1
+        return (loss * math.nan, nll, n) if logits.requires_grad else (loss, nll, n)
+
+    monkeypatch.setattr(train_mod, "label_smoothed_cross_entropy", poisoned)
+    with pytest.raises(AiaynError, match="NaN/inf"):
+        train_mod.train(None, run, overrides=["max_steps=30", "max_bad_steps=3"], resume=True)
+    assert max_diff(before, weights(ckpt.list_checkpoints(run)[-1])) == 0.0
+    assert ckpt.list_checkpoints(run)[-1].name == "step_00000010.pt"

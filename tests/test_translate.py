@@ -1,0 +1,217 @@
+"""Translator on a tiny random-weight model (preset tiny, vocabulary 64) with a SentencePiece
+model trained here: cached == uncached decoding, batch invariance, limits, order, edge cases,
+and the `aiayn translate` command end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from aiayn import search
+from aiayn.batching import source_row
+from aiayn.checkpoint import save_checkpoint
+from aiayn.cli import main
+from aiayn.config import BOS_ID, EOS_ID, Config, preset
+from aiayn.model import Transformer
+from aiayn.tokenizer import Tokenizer
+from aiayn.translate import Translator, format_translations, length_batches, make_step_fn
+
+WORDS = "en el principio creo dios los cielos y la tierra luz agua noche dia mar".split()
+LINES = ["en el principio", "dios creo la luz y el agua", "la noche", "el mar y la tierra y los cielos y el dia",
+         "luz", "agua agua mar", "el principio de los cielos"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory) -> Tokenizer:
+    folder = tmp_path_factory.mktemp("spm")
+    rng = random.Random(0)
+    text = "\n".join(" ".join(rng.choices(WORDS, k=rng.randint(3, 12))) for _ in range(400))
+    (folder / "train.txt").write_text(text + "\n", encoding="utf-8")
+    return Tokenizer.train([folder / "train.txt"], folder, vocab_size=64)
+
+
+def tiny(max_len: int = 256, seed: int = 0) -> tuple[Transformer, Config]:
+    """A random tiny model whose embeddings are scaled up, so its distributions are peaked
+    enough that beam search meets no near-ties."""
+    cfg = preset("tiny")
+    cfg.model.max_len = max_len
+    torch.manual_seed(seed)
+    model = Transformer(cfg.model).eval()
+    with torch.no_grad():
+        model.decoder.embedding.tokens.weight.mul_(4)
+    return model, cfg
+
+
+@pytest.fixture(scope="module")
+def translator(tokenizer) -> Translator:
+    model, cfg = tiny()
+    return Translator(model, tokenizer, cfg, device="cpu")
+
+
+def encoded(model: Transformer, rows: list[list[int]]):
+    lengths = torch.tensor([len(r) for r in rows])
+    src = torch.zeros(len(rows), int(lengths.max()), dtype=torch.long)
+    for b, r in enumerate(rows):
+        src[b, : len(r)] = torch.tensor(r)
+    mask = torch.arange(src.size(1)) < lengths[:, None]
+    return model.encode(src, mask)[0], mask, lengths
+
+
+@torch.inference_mode()
+def test_cached_and_uncached_decoding_agree():
+    model, _ = tiny()
+    g = torch.Generator().manual_seed(1)
+    rows = [torch.randint(4, 64, (n,), generator=g).tolist() + [EOS_ID] for n in (3, 9, 6)]
+    memory, mask, lengths = encoded(model, rows)
+    cached, cache = make_step_fn(model, memory, mask, use_cache=True)
+    full, state = make_step_fn(model, memory, mask, use_cache=False)
+    prefix = torch.full((3, 1), BOS_ID)
+    for _ in range(12):  # teacher-forced random prefixes: the same log-probs at every step
+        a, cache = cached(prefix, cache)
+        b, state = full(prefix, state)
+        assert torch.equal(a.isinf(), b.isinf())
+        assert torch.allclose(a[a.isfinite()], b[b.isfinite()], atol=1e-5)
+        prefix = torch.cat([prefix, torch.randint(4, 64, (3, 1), generator=g)], dim=1)
+
+    max_len = lengths + 8
+    for run in (lambda f, s: search.beam_search(f, s, 3, BOS_ID, EOS_ID, max_len, beam_size=4, nbest=4),
+                lambda f, s: [[h] for h in search.greedy_search(f, s, 3, BOS_ID, EOS_ID, max_len)]):
+        with_cache = run(*make_step_fn(model, memory, mask, use_cache=True))
+        without = run(*make_step_fn(model, memory, mask, use_cache=False))
+        for x, y in zip(with_cache, without):
+            assert [h.tokens for h in x] == [h.tokens for h in y]
+            assert [h.score for h in x] == pytest.approx([h.score for h in y], abs=1e-5)
+
+
+@pytest.mark.parametrize("beam", [4, 1])
+def test_sentence_alone_equals_sentence_in_padded_batch(translator, beam):
+    batch = translator.translate(LINES, beam_size=beam, nbest=min(beam, 2))
+    assert len({t[0].text for t in batch}) > 2  # different inputs, different outputs: the order is checked
+    for line, together in zip(LINES, batch):
+        alone = translator.translate([line], beam_size=beam, nbest=min(beam, 2))[0]
+        assert [t.tokens for t in alone] == [t.tokens for t in together]
+        assert [t.score for t in alone] == pytest.approx([t.score for t in together], abs=1e-4)
+
+
+def test_order_is_restored_across_length_sorted_batches(translator):
+    one_batch = translator.translate(LINES, batch_tokens=10_000)
+    many = translator.translate(LINES, batch_tokens=8)  # about one sentence per batch, longest first
+    assert [t[0].text for t in many] == [t[0].text for t in one_batch]
+    assert length_batches([3, 9, 1, 9, 4], 18) == [[1, 3], [4, 0, 2]]  # 2×9 ≤ 18, 3×4 ≤ 18
+
+
+def test_output_length_is_source_length_plus_offset(translator, tokenizer):
+    model, cfg = tiny()
+    cfg.decode.max_len_offset = 2
+    short = Translator(model, tokenizer, cfg)
+    ids = tokenizer.encode_batch(LINES)
+    out = short.translate(LINES, beam_size=4)
+    for x, (best,) in zip(ids, out):
+        # |Y| (EOS counted) ≤ |X| (EOS counted) + offset
+        assert len(best.tokens) + best.finished <= len(x) + 1 + 2
+    assert any(len(best.tokens) == len(x) + 3 and not best.finished for x, (best,) in zip(ids, out))
+
+
+def test_empty_lines_give_empty_output(translator):
+    out = translator.translate(["", "   ", LINES[0], ""])
+    assert [t[0].text for t in out[:2]] == ["", ""] and out[3][0].text == ""
+    assert out[2][0].text == translator.translate([LINES[0]])[0][0].text
+    assert translator.translate([]) == []
+
+
+def test_over_long_input_is_truncated_with_one_warning(tokenizer, capsys):
+    model, cfg = tiny(max_len=24)
+    t = Translator(model, tokenizer, cfg)
+    long_line = " ".join(WORDS * 5)
+    out = t.translate([long_line, LINES[1], long_line], beam_size=2)
+    err = capsys.readouterr().err
+    assert err.count("warning") == 1 and "2 input line(s)" in err and "line 1" in err
+    assert all(len(h[0].tokens) <= 24 for h in out)
+    truncated = tokenizer.decode(source_row(tokenizer.encode(long_line), 24)[:-1])
+    assert out[0][0].tokens == t.translate([truncated], beam_size=2)[0][0].tokens
+
+
+def test_train_mode_is_restored(translator):
+    translator.model.train()
+    try:
+        first = translator.translate(LINES[:3])
+        assert translator.model.training
+        assert translator.translate(LINES[:3]) == first  # decoded in eval mode: no dropout noise
+    finally:
+        translator.model.eval()
+
+
+def test_sampling(translator):
+    greedy = translator.translate(LINES, beam_size=1)
+    top1 = translator.translate(LINES, sample=True, top_k=1)
+    assert [t[0].tokens for t in top1] == [t[0].tokens for t in greedy]
+    a = translator.translate(LINES, sample=True, nbest=3, seed=5)
+    assert a == translator.translate(LINES, sample=True, nbest=3, seed=5)
+    assert all(len(t) == 3 for t in a)
+
+
+def test_nbest_format():
+    from aiayn.translate import Translation
+
+    ts = [Translation([5], -0.5, -0.6, True, "hola"), Translation([6], -1.25, -1.5, True, "adios")]
+    assert format_translations(7, ts, 2) == "7\t-0.5000\thola\n7\t-1.2500\tadios\n"
+    assert format_translations(7, ts, 1) == "hola\n"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tokenizer) -> Path:
+    """A run folder as training writes it: a checkpoint and the tokenizer beside it."""
+    run = tmp_path_factory.mktemp("run")
+    model, cfg = tiny()
+    save_checkpoint(run / "checkpoints" / "step_00000001.pt",
+                    {"model": model.state_dict(), "config": json.dumps(cfg.to_dict()), "step": 1})
+    tokenizer.copy_to(run)
+    return run
+
+
+def test_translate_command_with_files(run_dir, translator, tmp_path):
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(LINES[:4] + ["", LINES[4]]) + "\n", encoding="utf-8")
+    assert main(["translate", "--model", str(run_dir), "--input", str(src), "--output", str(tmp_path / "o.txt"),
+                 "--device", "cpu"]) == 0
+    got = (tmp_path / "o.txt").read_text(encoding="utf-8").split("\n")[:-1]
+    expected = [t[0].text for t in translator.translate(LINES[:4] + ["", LINES[4]])]
+    assert got == expected
+
+    assert main(["translate", "--model", str(run_dir), "--input", str(src), "--output", str(tmp_path / "n.txt"),
+                 "--nbest", "3", "--beam", "4", "--device", "cpu"]) == 0
+    rows = [line.split("\t") for line in (tmp_path / "n.txt").read_text(encoding="utf-8").splitlines()]
+    assert [int(r[0]) for r in rows] == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 5, 5, 5]
+    assert [r[2] for r in rows if r[0] == "0"] == [t.text for t in translator.translate([LINES[0]], nbest=3)[0]]
+
+
+def test_translate_command_errors_are_one_line(run_dir, tmp_path, capsys):
+    assert main(["translate", "--model", str(tmp_path / "nothing"), "--input", "x"]) == 2
+    assert main(["translate", "--model", str(run_dir), "--input", str(tmp_path / "missing.txt")]) == 2
+    assert main(["translate", "--model", str(run_dir), "--beam", "2", "--nbest", "3", "--input",
+                 str(run_dir / "spm.vocab")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 3 and all(line.startswith("aiayn: error: ") for line in err)
+
+
+def test_stream_answers_each_line_before_input_ends(run_dir, translator):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "aiayn", "translate", "--model", str(run_dir), "--stream",
+                             "--device", "cpu"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        for line in LINES[:3]:
+            proc.stdin.write(line + "\n")
+            proc.stdin.flush()
+            # the answer arrives while stdin is still open
+            assert proc.stdout.readline() == translator.translate([line])[0][0].text + "\n"
+        proc.stdin.close()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
