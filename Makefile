@@ -31,6 +31,7 @@ demo: $(STAMP)
 	@echo "run folder: $(RUN)  (metrics.csv, checkpoints/, averaged.pt, eval/)"
 
 test: $(STAMP)
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
 	$(BIN)/pytest -q
 
 test-slow: $(STAMP)

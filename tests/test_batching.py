@@ -117,7 +117,10 @@ def _same(a, b) -> bool:
 
 def test_stream_resumes_exactly_at_the_next_batch():
     src, tgt = _random_pairs(60)
-    make = lambda: BatchStream(src, tgt, batch_tokens=300, max_len=64, seed=5)  # noqa: E731
+
+    def make() -> BatchStream:
+        return BatchStream(src, tgt, batch_tokens=300, max_len=64, seed=5)
+
     uninterrupted = _take(make(), 25)
     per_epoch = len(make())
     assert 3 <= per_epoch < 10  # so 25 batches cross epoch boundaries
@@ -153,15 +156,20 @@ def test_stream_shards_ranks_equally():
         BatchStream(src[:2], tgt[:2], 4096, 64, seed=0, world_size=4).batches(0)
 
 
+@pytest.fixture(scope="module")
+def bible_train_ids(bible_data) -> tuple[list[list[int]], list[list[int]]]:
+    tok = Tokenizer.load(bible_data)
+    meta = json.loads((bible_data / "meta.json").read_text())
+    return tuple(tok.encode_batch((bible_data / f"train.{meta[k]}").read_text(encoding="utf-8").splitlines())
+                 for k in ("src_lang", "tgt_lang"))
+
+
 @pytest.mark.parametrize("batch_tokens", [4096, 3000])
-def test_bible_padding_efficiency(bible_data, batch_tokens):
+def test_bible_padding_efficiency(bible_data, bible_train_ids, batch_tokens):
     report = padding_report(bible_data, batch_tokens)
     assert report["padding_efficiency"] >= 0.9
     # Recount from the tensors training would see, independently of the report's arithmetic.
-    tok = Tokenizer.load(bible_data)
-    meta = json.loads((bible_data / "meta.json").read_text())
-    src, tgt = (tok.encode_batch((bible_data / f"train.{meta[k]}").read_text(encoding="utf-8").splitlines())
-                for k in ("src_lang", "tgt_lang"))
+    src, tgt = bible_train_ids
     stream = BatchStream(src, tgt, batch_tokens, report["max_len"], seed=1)
     batches = [collate(b, src, tgt) for b in stream.batches(0)]
     real = sum(b.n_src_tokens + b.n_tgt_tokens for b in batches)
@@ -172,9 +180,10 @@ def test_bible_padding_efficiency(bible_data, batch_tokens):
 
 
 def test_data_stats_command(bible_data, capsys):
-    assert main(["data-stats", "--data", str(bible_data), "--batch-tokens", "3000"]) == 0
-    out = capsys.readouterr().out
-    assert "padding_efficiency" in out and "3,000" in out
+    assert main(["data-stats", "--data", str(bible_data), "--batch-tokens", "3000", "--split", "valid"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "split                        valid" in lines and "batch_tokens                 3,000" in lines
+    assert any(line.startswith("padding_efficiency ") for line in lines)
 
 
 def test_data_stats_missing_folder_is_one_line_error(tmp_path, capsys):

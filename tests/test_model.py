@@ -29,6 +29,15 @@ D, H, D_FF = 32, 4, 64
 TOL = 1e-5
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tensors this small gain nothing from intra-op threads, and lose a lot on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def small_cfg(**overrides) -> ModelConfig:
     values = dict(vocab_size=50, d_model=D, d_ff=D_FF, n_heads=H, n_layers=2, dropout=0.0, max_len=64)
     values.update(overrides)
@@ -56,11 +65,11 @@ def random_batch(lengths: list[int], size: int, vocab: int = 50, seed: int = 1) 
 
 
 def randomize_(module: nn.Module, seed: int) -> None:
-    """Non-trivial values for every parameter (nn's biases start at zero, LayerNorm at 1/0)."""
+    """Non-trivial values for every parameter (nn's biases start at zero)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+            p.copy_(torch.randn(p.shape, generator=g) * D ** -0.5)
 
 
 def copy_mha_(ours: MultiHeadAttention, ref: nn.MultiheadAttention) -> None:
@@ -166,7 +175,7 @@ def randomize_layer_(module: nn.Module, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in module.named_parameters():
-            noise = torch.randn(p.shape, generator=g) * 0.2
+            noise = torch.randn(p.shape, generator=g) * D ** -0.5
             p.copy_(1.0 + noise if "norm" in name and name.endswith("weight") else noise)
 
 
@@ -256,11 +265,12 @@ def test_gradcheck_scaled_dot_product_attention(need_weights: bool) -> None:
 
 @pytest.mark.parametrize("need_weights", [False, True], ids=["fused", "explicit"])
 def test_gradcheck_multihead_attention_with_padding(need_weights: bool) -> None:
-    ours, _ = mha_pair(seed=4)
-    ours = ours.double()
+    torch.manual_seed(4)
+    ours = MultiHeadAttention(8, 2, 4, 4).double()
+    randomize_(ours, 4)
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(2, 3, D, generator=g, dtype=torch.float64, requires_grad=True)
-    source = torch.randn(2, 4, D, generator=g, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 3, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    source = torch.randn(2, 4, 8, generator=g, dtype=torch.float64, requires_grad=True)
     mask = padding_mask(lengths_to_mask([4, 2], 4))
     assert torch.autograd.gradcheck(
         lambda x, s: ours(x, ours.project_kv(s), mask, need_weights=need_weights)[0], (x, source))
@@ -294,8 +304,12 @@ def test_causal_mask_tables() -> None:
     assert torch.equal(causal_mask(1, 4), torch.ones(1, 4, dtype=torch.bool))
 
 
-def test_padding_never_changes_real_outputs() -> None:
-    model = make_model()
+@pytest.mark.parametrize("dtype, wide_tol", [(torch.float32, 1e-5), (torch.float64, 1e-6)],
+                         ids=["float32", "float64"])
+def test_padding_never_changes_real_outputs(dtype: torch.dtype, wide_tol: float) -> None:
+    """Other ids under padding change no real output (1e-6; in practice bit-identical). Extra padding
+    columns change the shapes the kernels reduce over, so float32 differs by a few ulps there."""
+    model = make_model().to(dtype)
     src, src_mask = random_batch([9, 5, 2], 9, seed=1)
     tgt, tgt_mask = random_batch([6, 3, 4], 6, seed=2)
     tgt[:, 0] = BOS_ID
@@ -313,9 +327,9 @@ def test_padding_never_changes_real_outputs() -> None:
     wide_mask = F.pad(src_mask, (0, 4), value=False)
     wide_tgt = F.pad(tgt, (0, 3), value=PAD_ID)
     memory3, _ = model.encode(wide_src, wide_mask)
-    assert max_diff(memory3[:, :9][src_mask], memory[src_mask]) < 1e-6
+    assert max_diff(memory3[:, :9][src_mask], memory[src_mask]) < wide_tol
     wide_logits = model(wide_src, wide_tgt, wide_mask)
-    assert max_diff(wide_logits[:, :6][tgt_mask], logits[tgt_mask]) < 1e-6
+    assert max_diff(wide_logits[:, :6][tgt_mask], logits[tgt_mask]) < wide_tol
 
 
 def test_all_padding_source_row_gives_no_nan() -> None:

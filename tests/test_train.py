@@ -45,8 +45,8 @@ def aiayn_cmd(*args: str) -> list[str]:
 
 def test_loss_decreases_and_run_folder_is_complete(toy, tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", "--data", str(toy), "--out", str(run), *TINY, "max_steps=150", "eval_every=50",
-                 "log_every=10", "checkpoint_every_steps=50", "valid_bleu_sentences=20"]) == 0
+    assert main(["train", "--data", str(toy), "--out", str(run), *TINY, "max_steps=300", "eval_every=100",
+                 "log_every=10", "checkpoint_every_steps=100", "valid_bleu_sentences=20"]) == 0
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     valid = [float(r["valid_loss"]) for r in rows if r["valid_loss"]]
     train = [float(r["train_loss"]) for r in rows if r["train_loss"]]
@@ -54,11 +54,11 @@ def test_loss_decreases_and_run_folder_is_complete(toy, tmp_path, capsys):
     assert all(r["valid_bleu"] for r in rows if r["valid_loss"])
     for name in ("config.yaml", "spm.model", "spm.vocab", "run.json", "checkpoints/best.pt"):
         assert (run / name).is_file(), name
-    assert [p.name for p in ckpt.list_checkpoints(run)] == ["step_00000050.pt", "step_00000100.pt",
-                                                             "step_00000150.pt"]
+    assert [p.name for p in ckpt.list_checkpoints(run)] == ["step_00000100.pt", "step_00000200.pt",
+                                                             "step_00000300.pt"]
     assert list((run / "tb").iterdir()), "TensorBoard events written"
-    saved = ckpt.load_checkpoint(run / "checkpoints" / "step_00000150.pt")
-    assert saved["step"] == 150 and '"d_model": 32' in saved["config"]
+    saved = ckpt.load_checkpoint(run / "checkpoints" / "step_00000300.pt")
+    assert saved["step"] == 300 and '"d_model": 32' in saved["config"]
     # A second `train` into the same folder must not overwrite the work.
     assert main(["train", "--data", str(toy), "--out", str(run), *TINY]) == 2
     assert "--resume" in capsys.readouterr().err

@@ -4,11 +4,13 @@ and the `aiayn translate` command end to end."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,14 +20,23 @@ from aiayn import search
 from aiayn.batching import source_row
 from aiayn.checkpoint import save_checkpoint
 from aiayn.cli import main
-from aiayn.config import BOS_ID, EOS_ID, Config, preset
+from aiayn.config import BOS_ID, EOS_ID, PAD_ID, AiaynError, Config, preset
 from aiayn.model import Transformer
 from aiayn.tokenizer import Tokenizer
-from aiayn.translate import Translator, format_translations, length_batches, make_step_fn
+from aiayn.translate import Translator, arriving_chunks, format_translations, length_batches, make_step_fn
 
 WORDS = "en el principio creo dios los cielos y la tierra luz agua noche dia mar".split()
 LINES = ["en el principio", "dios creo la luz y el agua", "la noche", "el mar y la tierra y los cielos y el dia",
          "luz", "agua agua mar", "el principio de los cielos"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matrices: more threads only add synchronisation, badly so on a shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -138,14 +149,29 @@ def test_over_long_input_is_truncated_with_one_warning(tokenizer, capsys):
     assert out[0][0].tokens == t.translate([truncated], beam_size=2)[0][0].tokens
 
 
-def test_train_mode_is_restored(translator):
-    translator.model.train()
-    try:
-        first = translator.translate(LINES[:3])
-        assert translator.model.training
-        assert translator.translate(LINES[:3]) == first  # decoded in eval mode: no dropout noise
-    finally:
-        translator.model.eval()
+def test_decodes_in_eval_mode_and_restores_train_mode(tokenizer):
+    model, cfg = tiny()
+    cfg.model.dropout = 0.5
+    noisy = Transformer(cfg.model)
+    noisy.load_state_dict(model.state_dict())
+    reference = Translator(model, tokenizer, cfg).translate(LINES)
+    noisy.train()
+    assert Translator(noisy, tokenizer, cfg).translate(LINES) == reference  # no dropout noise
+    assert noisy.training
+
+
+def test_pad_and_bos_are_never_generated(tokenizer):
+    class PrefersSpecials(Transformer):
+        def decode(self, *args, **kwargs):
+            logits, cache, weights = super().decode(*args, **kwargs)
+            logits[..., [PAD_ID, BOS_ID]] += 100.0
+            return logits, cache, weights
+
+    model, cfg = tiny()
+    odd = PrefersSpecials(cfg.model).eval()
+    odd.load_state_dict(model.state_dict())
+    out = Translator(odd, tokenizer, cfg).translate(LINES, nbest=4)
+    assert all(not {PAD_ID, BOS_ID} & set(h.tokens) for nbest in out for h in nbest)
 
 
 def test_sampling(translator):
@@ -199,6 +225,38 @@ def test_translate_command_errors_are_one_line(run_dir, tmp_path, capsys):
                  str(run_dir / "spm.vocab")]) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 3 and all(line.startswith("aiayn: error: ") for line in err)
+
+
+def test_translate_command_reads_stdin_as_utf8(run_dir, translator, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("\n".join(LINES[:2]).encode())))
+    assert main(["translate", "--model", str(run_dir), "--device", "cpu"]) == 0
+    assert capsys.readouterr().out == "".join(t[0].text + "\n" for t in translator.translate(LINES[:2]))
+    for stream in ([], ["--stream"]):
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"el mar\nla \xff luz\n")))
+        assert main(["translate", "--model", str(run_dir), "--device", "cpu", *stream]) == 2
+        assert "aiayn: error: stdin:2: invalid UTF-8" in capsys.readouterr().err
+
+
+def test_arriving_chunks():
+    def typed():
+        yield from ("a", "b")
+        time.sleep(0.3)
+        yield "c"
+
+    chunks = list(arriving_chunks(typed()))
+    assert sum(chunks, []) == ["a", "b", "c"] and chunks[-1] == ["c"]
+    chunks = list(arriving_chunks(iter("abcdefgh"), size=3))
+    assert sum(chunks, []) == list("abcdefgh") and max(map(len, chunks)) <= 3
+
+    def failing():
+        yield "a"
+        raise AiaynError("stdin:2: invalid UTF-8")
+
+    got = []
+    with pytest.raises(AiaynError, match="stdin:2"):
+        for chunk in arriving_chunks(failing()):
+            got += chunk
+    assert got == ["a"]
 
 
 def test_stream_answers_each_line_before_input_ends(run_dir, translator):

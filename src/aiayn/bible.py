@@ -3,7 +3,9 @@
 Both translations are in the public domain and packaged by Debian as SWORD modules
 (``sword-text-sparv``, ``sword-text-web``). ``aiayn prepare bible`` finds them (or downloads the two
 ``.deb`` files and unpacks them into a cache folder), reads them with ``sword.py``, strips the
-OSIS markup, and pairs the verses on KJV versification:
+OSIS markup (Strong's numbers, notes, section titles; Psalm titles stay where both sides have
+them), removes RV1909's letter subscriptions and Psalm 119 stanza letters, and pairs the verses
+on KJV versification:
 
 * the WEB module is stored in NRSV versification; its two extra NT verses join their KJV verse;
 * RV1909 is labelled KJV but keeps Spanish verse divisions in some chapters. Such a chapter is
@@ -36,7 +38,7 @@ from tqdm import tqdm
 
 from aiayn.config import AiaynError
 from aiayn.corpus import SPLITS, Pair, normalize, write_data
-from aiayn.sword import Module, Versification, find_module, read_verses
+from aiayn.sword import KJV, NRSV, Module, Versification, find_module, read_verses
 
 SPANISH, ENGLISH = "spaRV1909eb", "engWEB2015eb"  # module names inside the Debian packages
 PACKAGES = ("sword-text-sparv", "sword-text-web")
@@ -44,6 +46,8 @@ HELD_OUT_PAIRS = 1000  # about this many pairs each in valid and test
 MAX_LOG_RATIO = math.log(2.0)  # a pair is dropped when its length ratio is 2x off the median ratio
 SHIFT_WINDOW, SHIFT_GAIN = 3, 1.15  # see misaligned_chapters
 Verse = tuple[str, int, int]  # (OSIS book, chapter, verse)
+VersePair = tuple[Verse, str, str]  # (verse, Spanish, English)
+DROP_REASONS = ("one_side_missing", "misaligned_chapter", "length_ratio")
 
 # NRSV verses that KJV has inside a neighbour: (NRSV verse, the KJV verse it belongs to).
 NRSV_TO_KJV = {("3John", 1, 15): ("3John", 1, 14), ("Rev", 12, 18): ("Rev", 13, 1)}
@@ -135,8 +139,6 @@ def strip_markup(raw: str, keep_psalm_title: bool = True) -> str:
 _WORD = re.compile(r"[^\W\d_]+")
 # After the last "Amén." of Paul's letters, RV1909 (as the KJV) adds where the letter was written.
 _SUBSCRIPTION = re.compile(r"(Amén\.)\s+[^.]*\b(?:[Ee]scrita|[Ee]nviada)\b[^.]*\.$")
-
-
 # RV1909 heads each 8-verse stanza of Psalm 119 with its Hebrew letter ("GIMEL."), a section title.
 _STANZA_LETTER = re.compile(r"^[A-Z]+\.?\s+")
 
@@ -158,13 +160,13 @@ def spanish_verse(text: str, key: Verse) -> tuple[str, bool]:
 
 def to_kjv(verses: dict[Verse, str], versification: Versification) -> dict[Verse, str]:
     """Move NRSV-only verses into the KJV verse that holds their words (no-op for KJV modules)."""
-    if versification.name == "KJV":
+    if versification is not NRSV:
         return verses
     out = dict(verses)
     for extra, home in NRSV_TO_KJV.items():
         if extra in out:
-            moved = out.pop(extra)
-            out[home] = f"{out.get(home, '')} {moved}" if extra > home else f"{moved} {out.get(home, '')}"
+            parts = (out.get(home, ""), out.pop(extra))
+            out[home] = " ".join(parts if extra > home else parts[::-1]).strip()
     return out
 
 
@@ -186,27 +188,32 @@ def misaligned_chapters(es: dict[Verse, str], en: dict[Verse, str], median: floa
     for book, chapter, verse in en:
         by_chapter[book, chapter].append(verse)
 
-    def cost(book: str, chapter: int, v_es: int, v_en: int) -> float | None:
-        a, b = es.get((book, chapter, v_es)), en.get((book, chapter, v_en))
-        return abs(_log_ratio(a, b) - median) if a and b else None
+    def window_cost(book: str, chapter: int, start: int, shift: int) -> float:
+        """Summed |log ratio - median| of Spanish v + shift against English v; inf where one is missing."""
+        total = 0.0
+        for v in range(start, start + SHIFT_WINDOW):
+            a, b = es.get((book, chapter, v + shift)), en.get((book, chapter, v))
+            if not a or not b:
+                return math.inf
+            total += abs(_log_ratio(a, b) - median)
+        return total
 
     for (book, chapter), verses in by_chapter.items():
         for start in verses:
-            window = range(start, start + SHIFT_WINDOW)
-            here = [cost(book, chapter, v, v) for v in window]
-            for shift in (-2, -1, 1, 2):
-                there = [cost(book, chapter, v + shift, v) for v in window]
-                if None not in here and None not in there and sum(here) - sum(there) > SHIFT_GAIN:  # type: ignore
-                    bad.add((book, chapter))
+            here = window_cost(book, chapter, start, 0)
+            if here < math.inf and any(here - window_cost(book, chapter, start, shift) > SHIFT_GAIN
+                                       for shift in (-2, -1, 1, 2)):
+                bad.add((book, chapter))
     return bad
 
 
-def align(es_raw: dict[Verse, str], en_raw: dict[Verse, str]) -> tuple[list[tuple[Verse, str, str]], Counter]:
-    """Clean both sides and keep the verse pairs that can be trusted; count every drop by reason."""
+def align(es_raw: dict[Verse, str], en_raw: dict[Verse, str]) -> tuple[list[VersePair], Counter]:
+    """Clean both sides (KJV versification) and keep the pairs that can be trusted; count drops by reason."""
     es: dict[Verse, str] = {}
     en: dict[Verse, str] = {}
-    drops: Counter = Counter()
-    keys = sorted(set(es_raw) | set(en_raw), key=_canonical_order(es_raw, en_raw))
+    drops: Counter = Counter(dict.fromkeys(DROP_REASONS, 0))
+    book_order = {book: i for i, (book, _) in enumerate(KJV.books)}
+    keys = sorted(set(es_raw) | set(en_raw), key=lambda k: (book_order[k[0]], k[1], k[2]))
     for key in tqdm(keys, desc="cleaning verses", unit="verse", file=sys.stderr, leave=False):
         spanish, has_heading = spanish_verse(strip_markup(es_raw.get(key, "")), key)
         english = strip_markup(en_raw.get(key, ""), keep_psalm_title=has_heading or key[0] != "Ps")
@@ -215,6 +222,8 @@ def align(es_raw: dict[Verse, str], en_raw: dict[Verse, str]) -> tuple[list[tupl
         if english:
             en[key] = english
     both = [k for k in keys if k in es and k in en]
+    if not both:
+        raise AiaynError("the two modules share no verse; are both Bibles in KJV or NRSV versification?")
     drops["one_side_missing"] = len([k for k in keys if (k in es) != (k in en)])
     median = statistics.median(_log_ratio(es[k], en[k]) for k in both)
     bad = misaligned_chapters(es, en, median)
@@ -229,23 +238,14 @@ def align(es_raw: dict[Verse, str], en_raw: dict[Verse, str]) -> tuple[list[tupl
     return pairs, drops
 
 
-def _canonical_order(*sources: dict[Verse, str]):
-    """Sort key: books in the order the modules list them, then chapter and verse."""
-    rank: dict[str, int] = {}
-    for source in sources:
-        for book, _, _ in source:
-            rank.setdefault(book, len(rank))
-    return lambda key: (rank[key[0]], key[1], key[2])
-
-
-def split_by_chapter(pairs: list[tuple[Verse, str, str]], seed: int = 1,
+def split_by_chapter(pairs: list[VersePair], seed: int = 1,
                      target: int = HELD_OUT_PAIRS) -> dict[str, list[Pair]]:
     """Whole chapters to valid and test (about ``target`` pairs each), the rest to train.
 
     Chapters are ranked by a seeded hash; each split takes the next chapter from the book it
     has used least, skipping chapters that would overshoot the target by more than 5 %.
     """
-    chapters: dict[tuple[str, int], list[tuple[Verse, str, str]]] = defaultdict(list)
+    chapters: dict[tuple[str, int], list[VersePair]] = defaultdict(list)
     for pair in pairs:
         chapters[pair[0][:2]].append(pair)
 
@@ -278,8 +278,6 @@ def prepare_bible(out: Path, sword_dir: Path | None = None, vocab_size: int = 80
     es_raw = to_kjv(read_verses(spanish), spanish.versification)
     en_raw = to_kjv(read_verses(english), english.versification)
     pairs, drops = align(es_raw, en_raw)
-    if not pairs:
-        raise AiaynError(f"{spanish.data_dir}, {english.data_dir}: no verse pairs survived; are these Bibles?")
     splits = split_by_chapter(pairs, seed)
     meta = write_data(Path(out), splits, source="bible", src_lang="es", tgt_lang="en",
                       pairs_read=len(pairs) + sum(drops.values()), dropped=dict(drops), vocab_size=vocab_size,

@@ -153,18 +153,37 @@ def _add_evaluate(sub) -> None:
     p.set_defaults(func=_evaluate)
 
 
+def _showcase(args: argparse.Namespace) -> None:
+    from aiayn import evaluate
+
+    evaluate.run_showcase(args)
+
+
+def _add_showcase(sub) -> None:
+    p = sub.add_parser("showcase", help="translate a few famous verses side by side with the reference",
+                       description="Print source, translation and reference for well-known sentences: for the "
+                       "Bible, famous verses from the training split and from held-out chapters.")
+    _add_decoding(p)
+    p.add_argument("--data", required=True, help="a data folder made by `aiayn prepare`")
+    p.add_argument("--refs", help="comma-separated verse references, e.g. Gen.1.1,John.3.16")
+    p.set_defaults(func=_showcase)
+
+
 def _prepare_bible(args: argparse.Namespace) -> None:
     from aiayn.bible import prepare_bible
 
-    prepare_bible(Path(args.out), args.sword_dir and Path(args.sword_dir), args.vocab_size)
+    prepare_bible(Path(args.out), None if args.sword_dir is None else Path(args.sword_dir), args.vocab_size)
 
 
 def _prepare_files(args: argparse.Namespace) -> None:
     from aiayn.corpus import prepare_files
 
-    prepare_files(Path(args.out), src=args.src and Path(args.src), tgt=args.tgt and Path(args.tgt),
-                  tsv=args.tsv and Path(args.tsv), src_lang=args.src_lang, tgt_lang=args.tgt_lang,
-                  valid=(args.valid_src, args.valid_tgt), test=(args.test_src, args.test_tgt),
+    def path(value: str | None) -> Path | None:
+        return None if value is None else Path(value)
+
+    prepare_files(Path(args.out), src=path(args.src), tgt=path(args.tgt), tsv=path(args.tsv),
+                  src_lang=args.src_lang, tgt_lang=args.tgt_lang, valid=(path(args.valid_src), path(args.valid_tgt)),
+                  test=(path(args.test_src), path(args.test_tgt)),
                   max_chars=args.max_chars, vocab_size=args.vocab_size, seed=args.seed)
 
 
@@ -194,6 +213,74 @@ def _add_prepare(sub) -> None:
     f.set_defaults(func=_prepare_files)
 
 
+def _attention(args: argparse.Namespace) -> None:
+    from aiayn.visualize import run_attention
+
+    run_attention(args)
+
+
+def _add_attention(sub) -> None:
+    p = sub.add_parser("attention", help="draw a sentence's attention: every layer and head, and the paper's "
+                       "Figure 3-5 view",
+                       description="Translate SENTENCE, run the model once teacher-forced on (sentence, "
+                       "translation) and draw encoder self-, decoder self- and encoder-decoder attention for "
+                       "every layer and head (heatmap grids), plus one layer as lines between two columns of "
+                       "tokens (Figures 3-5 of the paper). Writes PNG and SVG files and prints their paths.")
+    p.add_argument("sentence", help="the source sentence")
+    p.add_argument("--model", required=True, help="a run folder or a checkpoint file")
+    p.add_argument("--out", default="attention", help="folder for the figures (default: ./attention)")
+    p.add_argument("--layer", type=int, help="layer of the lines view, from 1 (default: the last)")
+    p.add_argument("--kind", default="encoder", choices=("encoder", "decoder", "cross"),
+                   help="attention drawn in the lines view (default encoder)")
+    p.add_argument("--beam", type=int, help="beam size of the translation (default: the config's, 4)")
+    p.add_argument("--device", help="cpu, cuda, ... (default cpu)")
+    p.set_defaults(func=_attention)
+
+
+def _plot(args: argparse.Namespace) -> None:
+    from aiayn.visualize import run_plot
+
+    run_plot(args)
+
+
+def _add_plot(sub) -> None:
+    p = sub.add_parser("plot", help="plot positional encodings, the Eq. 3 schedule, or a run's training curves")
+    p.set_defaults(func=lambda args: p.print_help())
+    what = p.add_subparsers(dest="what", metavar="WHAT")
+    pos = what.add_parser("positions", help="the sinusoidal positional encoding (§3.5) as a heatmap")
+    pos.add_argument("--d-model", type=int, default=512, help="dimensions (default 512)")
+    pos.add_argument("--max-len", type=int, default=100, help="positions (default 100)")
+    sched = what.add_parser("schedule", help="the learning rate of Eq. 3 against the step, warmup marked")
+    sched.add_argument("--preset", help="tiny | small | base | big (default base, or the config file's)")
+    sched.add_argument("--config", help="YAML file applied after the preset")
+    sched.add_argument("--steps", type=int, help="last step drawn (default: train.max_steps)")
+    sched.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. warmup_steps=400")
+    run = what.add_parser("run", help="training curves of a run folder (metrics.csv) as a 2x2 panel")
+    run.add_argument("run_dir")
+    for q in (pos, sched, run):
+        q.add_argument("--out", help="a .png or .svg file, or a folder for both (default: the current folder; "
+                       "for `run`, RUN_DIR)")
+        q.set_defaults(func=_plot)
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from aiayn.serve import run
+
+    run(args)
+
+
+def _add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="HTTP service: /translate, /attention, /health and the explorer page at /",
+                       description="Serve a model over HTTP (standard library only): POST /translate, "
+                       "POST /attention, GET /health, and at / a page to explore attention interactively.")
+    p.add_argument("--model", required=True, help="a run folder or a checkpoint file")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--device", help="cpu, cuda, ... (default cpu)")
+    p.add_argument("--quiet", action="store_true", help="do not log each request to stderr")
+    p.set_defaults(func=_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aiayn",
@@ -202,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"aiayn {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_model_info, _add_prepare, _add_data_stats, _add_train, _add_average, _add_translate, _add_evaluate):
+    for add in (_add_model_info, _add_prepare, _add_data_stats, _add_train, _add_average, _add_translate,
+                _add_evaluate, _add_showcase, _add_attention, _add_plot, _add_serve):
         add(sub)
     return parser
 

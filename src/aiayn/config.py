@@ -62,7 +62,7 @@ class DataConfig:
 
     batch_tokens: int = 4096  # padded tokens per side in one batch (per rank)
     max_len: int = 256  # longer training pairs (in subwords, either side) are dropped
-    valid_bleu_sentences: int = 200  # size of the fixed subset for greedy BLEU during training
+    valid_bleu_sentences: int = 200  # greedy BLEU on this many valid sentences at each evaluation; 0: no BLEU
 
 
 @dataclass

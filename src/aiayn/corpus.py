@@ -163,18 +163,20 @@ def print_report(out: Path, meta: dict) -> None:
 def _lang_from_name(path: Path) -> str | None:
     """``train.de`` -> ``de``; None when the suffix does not look like a language code."""
     suffix = path.suffix.lstrip(".")
-    return suffix if re.fullmatch(r"[a-z]{2,3}([_-][A-Za-z]{2,4})?", suffix) and suffix not in ("txt", "tsv") else None
+    looks_like_code = re.fullmatch(r"[a-z]{2,3}([_-][A-Za-z]{2,4})?", suffix) and suffix not in ("txt", "tsv")
+    return suffix if looks_like_code else None
 
 
-def _languages(src: Path, tgt: Path | None, src_lang: str | None, tgt_lang: str | None) -> tuple[str, str]:
-    if tgt is None:  # one TSV: languages from flags or a name like corpus.de-en.tsv
-        pair = re.search(r"([a-z]{2,3})-([a-z]{2,3})\.tsv$", src.name)
+def _languages(first: Path, second: Path | None, src_lang: str | None, tgt_lang: str | None) -> tuple[str, str]:
+    """Flags win; else the suffixes of two files, or a TSV name like ``corpus.de-en.tsv``."""
+    if second is None:
+        pair = re.search(r"([a-z]{2,3})-([a-z]{2,3})\.tsv$", first.name)
         guess = (pair.group(1), pair.group(2)) if pair else (None, None)
     else:
-        guess = (_lang_from_name(src), _lang_from_name(tgt))
+        guess = (_lang_from_name(first), _lang_from_name(second))
     src_lang, tgt_lang = src_lang or guess[0], tgt_lang or guess[1]
     if not src_lang or not tgt_lang:
-        raise AiaynError(f"{src}: cannot tell the languages from the file names; give --src-lang and --tgt-lang")
+        raise AiaynError(f"{first}: cannot tell the languages from the file names; give --src-lang and --tgt-lang")
     for lang in (src_lang, tgt_lang):
         if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", lang):
             raise AiaynError(f"language code '{lang}' is not usable as a file suffix; use letters like 'de'")
@@ -183,26 +185,31 @@ def _languages(src: Path, tgt: Path | None, src_lang: str | None, tgt_lang: str 
     return src_lang, tgt_lang
 
 
-def _optional_pair(src: str | None, tgt: str | None, flag: str) -> list[Pair] | None:
-    if (src is None) != (tgt is None):
-        raise AiaynError(f"--{flag}-src and --{flag}-tgt go together; give both or neither")
-    return None if src is None else read_parallel(Path(src), Path(tgt))  # type: ignore[arg-type]
+def _read_corpus(src: Path | None, tgt: Path | None, tsv: Path | None) -> tuple[list[Pair], Path, Path | None]:
+    if tsv is not None and src is None and tgt is None:
+        return read_tsv(tsv), tsv, None
+    if tsv is None and src is not None and tgt is not None:
+        return read_parallel(src, tgt), src, tgt
+    raise AiaynError("give either --src FILE --tgt FILE or --tsv FILE")
+
+
+def _read_given(files: tuple[Path | None, Path | None], name: str) -> list[Pair] | None:
+    if (files[0] is None) != (files[1] is None):
+        raise AiaynError(f"--{name}-src and --{name}-tgt go together; give both or neither")
+    return None if files[0] is None or files[1] is None else read_parallel(files[0], files[1])
 
 
 def prepare_files(out: Path, *, src: Path | None = None, tgt: Path | None = None, tsv: Path | None = None,
                   src_lang: str | None = None, tgt_lang: str | None = None,
-                  valid: tuple[str | None, str | None] = (None, None),
-                  test: tuple[str | None, str | None] = (None, None),
+                  valid: tuple[Path | None, Path | None] = (None, None),
+                  test: tuple[Path | None, Path | None] = (None, None),
                   max_chars: int = 1000, vocab_size: int = 8000, seed: int = 1) -> dict:
     """``aiayn prepare files``: validate, clean, split (seeded hold-out unless given) and write ``out``."""
-    if (tsv is not None and (src is not None or tgt is not None)) or (tsv is None and (src is None or tgt is None)):
-        raise AiaynError("give either --src FILE --tgt FILE or --tsv FILE")
     if max_chars <= 0:
         raise AiaynError(f"--max-chars must be positive, got {max_chars}")
-    first = Path(tsv) if tsv is not None else Path(src)  # type: ignore[arg-type]
-    src_lang, tgt_lang = _languages(first, None if tsv else Path(tgt), src_lang, tgt_lang)  # type: ignore[arg-type]
-    pairs = read_tsv(first) if tsv is not None else read_parallel(Path(src), Path(tgt))  # type: ignore[arg-type]
-    given = {"valid": _optional_pair(*valid, "valid"), "test": _optional_pair(*test, "test")}
+    pairs, first, second = _read_corpus(src, tgt, tsv)
+    src_lang, tgt_lang = _languages(first, second, src_lang, tgt_lang)
+    given = {"valid": _read_given(valid, "valid"), "test": _read_given(test, "test")}
     if not pairs:
         raise AiaynError(f"{first}: empty corpus; it has no lines")
     drops: Counter = Counter()

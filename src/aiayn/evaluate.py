@@ -44,6 +44,8 @@ def evaluate(translator: Any, sources: Sequence[str], references: Sequence[str],
     """Translate ``sources`` (options as ``Translator.translate``) and score them."""
     if len(sources) != len(references):
         raise AiaynError(f"{len(sources)} source lines but {len(references)} references; they must be aligned")
+    if not sources:
+        raise AiaynError("nothing to evaluate: the source text is empty")
     start = time.perf_counter()
     hypotheses = [nbest[0].text for nbest in translator.translate(sources, progress=progress, **options)]
     seconds = time.perf_counter() - start
@@ -99,3 +101,49 @@ def run(args: Any) -> None:
         (out / "scores.json").write_text(json.dumps(scores, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         print(f"aiayn: wrote {out / f'hyp.{tgt_lang}'} and {out / 'scores.json'}", file=sys.stderr)
     print(format_scores(scores))
+
+
+# Famous verses: the first four sit in the training split of the Bible corpus, the last four
+# in held-out chapters, so the showcase shows both recall and generalisation.
+FAMOUS = ("Gen.1.1", "Ps.23.1", "John.3.16", "Matt.5.9", "John.15.13", "Prov.3.5", "Eph.4.32", "Rom.10.9")
+
+
+def showcase_examples(data_dir: Path, refs: Sequence[str] = FAMOUS, fallback: int = 5) -> list[dict[str, str]]:
+    """Examples to show side by side: the named verse references found in the data folder's
+    ``{split}.tsv`` files, or else the first lines of its test split."""
+    from aiayn.corpus import read_split
+
+    found: dict[str, dict[str, str]] = {}
+    for split in ("train", "valid", "test"):
+        path = Path(data_dir) / f"{split}.tsv"
+        if not path.is_file():
+            continue
+        for line in path.read_text(encoding="utf-8").splitlines():
+            ref, src, tgt = (line.split("\t") + ["", ""])[:3]
+            if ref in refs:
+                found[ref] = {"ref": ref, "split": split, "src": src, "tgt": tgt}
+    if found:
+        return [found[r] for r in refs if r in found]
+    sources, targets = read_split(data_dir, "test")
+    return [{"ref": f"test line {i + 1}", "split": "test", "src": s, "tgt": t}
+            for i, (s, t) in enumerate(zip(sources[:fallback], targets[:fallback]))]
+
+
+def run_showcase(args: Any) -> None:
+    """``aiayn showcase``: translate a few well-known sentences and print them beside the reference."""
+    from aiayn.corpus import load_meta
+    from aiayn.translate import Translator
+
+    meta = load_meta(Path(args.data))
+    refs = tuple(args.refs.split(",")) if args.refs else FAMOUS
+    examples = showcase_examples(Path(args.data), refs)
+    translator = Translator.load(args.model, args.device)
+    outputs = translator.translate([e["src"] for e in examples], beam_size=args.beam, alpha=args.alpha,
+                                   batch_tokens=args.batch_tokens, progress=False)
+    width = max(len(meta["src_lang"]), len("aiayn"), len("ref"))
+    for example, nbest in zip(examples, outputs):
+        seen = "seen in training" if example["split"] == "train" else f"held out ({example['split']} split)"
+        print(f"{example['ref']}  [{seen}]")
+        print(f"  {meta['src_lang']:<{width}}  {example['src']}")
+        print(f"  {'aiayn':<{width}}  {nbest[0].text}")
+        print(f"  {'ref':<{width}}  {example['tgt']}\n")

@@ -212,15 +212,19 @@ def filter_logits(log_probs: torch.Tensor, temperature: float = 1.0, top_k: int 
     return logits
 
 
+def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
+    if not temperature > 0:
+        raise AiaynError(f"temperature must be positive, got {temperature}")
+    if top_k < 0 or not 0 < top_p <= 1:
+        raise AiaynError(f"top_k must be ≥ 0 and top_p in (0, 1], got top_k={top_k}, top_p={top_p}")
+
+
 def sample(step_fn: StepFn, state: Any, batch_size: int, bos: int, eos: int, max_len: torch.Tensor,
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
            generator: torch.Generator | None = None, min_len: int = 0) -> list[Hypothesis]:
     """Ancestral sampling from the filtered distribution (see ``filter_logits``). ``log_prob``
     and ``score`` are the model's own log-probability of the sample, before filtering."""
-    if not temperature > 0:
-        raise AiaynError(f"temperature must be positive, got {temperature}")
-    if top_k < 0 or not 0 < top_p <= 1:
-        raise AiaynError(f"top_k must be ≥ 0 and top_p in (0, 1], got top_k={top_k}, top_p={top_p}")
+    check_sampling(temperature, top_k, top_p)
 
     def choose(log_probs: torch.Tensor) -> torch.Tensor:
         probs = filter_logits(log_probs, temperature, top_k, top_p).softmax(dim=-1)

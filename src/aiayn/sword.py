@@ -164,17 +164,21 @@ _DECOMPRESS: dict[str, Callable[[bytes], bytes]] = {"ZIP": zlib.decompress, "BZI
 _VERSE_ENTRY = {"ztext": struct.Struct("<IIH"), "ztext4": struct.Struct("<III")}
 
 
-def read_conf(path: Path) -> dict[str, str]:
-    """A SWORD ``.conf``: ``[Name]`` then ``Key=Value`` lines; the first value of a repeated key wins."""
-    conf: dict[str, str] = {}
+def read_conf(path: Path) -> tuple[str, dict[str, str]]:
+    """A SWORD ``.conf``: ``[Name]``, then ``Key=Value`` lines (a trailing backslash continues a
+    value on the next line). Returns the name and the keys; the first of a repeated key wins."""
+    name, conf, continued = "", {}, False
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         line = line.strip()
-        if line.startswith("[") and line.endswith("]") and "name" not in conf:
-            conf["name"] = line[1:-1]
+        if continued:  # only long descriptions (About=) continue; none of them is needed here
+            continued = line.endswith("\\")
+        elif line.startswith("[") and line.endswith("]") and not name:
+            name = line[1:-1]
         elif "=" in line and not line.startswith("#"):
             key, value = line.split("=", 1)
             conf.setdefault(key.strip(), value.strip())
-    return conf
+            continued = value.endswith("\\")
+    return name, conf
 
 
 @dataclass(frozen=True)
@@ -198,10 +202,9 @@ def find_module(name: str, roots: list[Path]) -> Module | None:
     """The module ``name`` (case-insensitive) under the first of ``roots`` that has it."""
     for root in roots:
         for conf_path in sorted((root / "mods.d").glob("*.conf")):
-            conf = read_conf(conf_path)
-            if conf.get("name", "").lower() == name.lower():
-                data_dir = (root / conf.get("DataPath", "")).resolve()
-                return Module(conf["name"], conf, data_dir)
+            found, conf = read_conf(conf_path)
+            if found.lower() == name.lower():
+                return Module(found, conf, (root / conf.get("DataPath", "")).resolve())
     return None
 
 
@@ -217,18 +220,22 @@ def _read_testament(module: Module, testament: str) -> list[bytes]:
     base = module.data_dir / testament
     if not base.with_suffix(".bzv").exists():
         return []
-    blocks = list(struct.iter_unpack("<III", base.with_suffix(".bzs").read_bytes()))
-    packed = base.with_suffix(".bzz").read_bytes()
     cache: dict[int, bytes] = {}
     out = []
-    for block, start, size in _VERSE_ENTRY[driver].iter_unpack(base.with_suffix(".bzv").read_bytes()):
-        if size == 0:
-            out.append(b"")
-            continue
-        if block not in cache:
-            offset, n_packed, _ = blocks[block]
-            cache[block] = _DECOMPRESS[compress](packed[offset: offset + n_packed])
-        out.append(cache[block][start: start + size])
+    try:
+        blocks = list(struct.iter_unpack("<III", base.with_suffix(".bzs").read_bytes()))
+        packed = base.with_suffix(".bzz").read_bytes()
+        for block, start, size in _VERSE_ENTRY[driver].iter_unpack(base.with_suffix(".bzv").read_bytes()):
+            if size == 0:
+                out.append(b"")
+                continue
+            if block not in cache:
+                offset, n_packed, _ = blocks[block]
+                cache[block] = _DECOMPRESS[compress](packed[offset: offset + n_packed])
+            out.append(cache[block][start: start + size])
+    except (OSError, IndexError, struct.error, zlib.error, lzma.LZMAError) as e:
+        raise AiaynError(f"{base}.bz*: damaged {module.conf.get('ModDrv')} files ({e}); "
+                         "reinstall the module") from None
     return out
 
 

@@ -89,8 +89,17 @@ def length_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]
     return batches
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def resolve_device(name: str | torch.device | None = None) -> torch.device:
+    """``name``, or the GPU when there is one; a device that is not there is a user error."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise AiaynError(f"unknown device '{name}' (use cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()):
+        raise AiaynError(f"device '{name}' is not available here; use --device cpu")
+    return device
 
 
 class Translator:
@@ -111,7 +120,7 @@ class Translator:
         """From a run folder (its averaged, best or latest checkpoint) or a checkpoint file."""
         from aiayn.checkpoint import load_for_inference
 
-        loaded = load_for_inference(path, device or default_device())
+        loaded = load_for_inference(path, resolve_device(device))
         return cls(loaded.model, loaded.tokenizer, loaded.config)
 
     def translate(self, lines: Sequence[str], beam_size: int | None = None, alpha: float | None = None,
@@ -131,7 +140,9 @@ class Translator:
         nbest = d.nbest if nbest is None else nbest
         if beam_size < 1 or nbest < 1:
             raise AiaynError(f"beam size and nbest must be positive, got beam {beam_size}, nbest {nbest}")
-        if not sample and nbest > beam_size:
+        if sample:
+            search.check_sampling(temperature, top_k, top_p)
+        elif nbest > beam_size:
             raise AiaynError(f"nbest ({nbest}) cannot exceed the beam size ({beam_size})")
         batch_tokens = batch_tokens or self.config.data.batch_tokens
         limit = self.config.model.max_len  # positions the model has, for the source and for the output
@@ -181,19 +192,19 @@ class Translator:
         # Steps count EOS: at most (source subwords) + offset tokens, then EOS.
         max_len = (lengths + d.max_len_offset).clamp(max=limit).to(self.device)
         memory, _ = self.model.encode(src, src_mask)
-        step_fn, state = make_step_fn(self.model, memory, src_mask)
         B = len(rows)
-        if sample:
-            index = torch.arange(B, device=self.device).repeat_interleave(nbest)
-            found = search.sample(step_fn, state.reorder(index), B * nbest, BOS_ID, EOS_ID, max_len[index],
-                              temperature, top_k, top_p, generator, d.min_len)
+        if sample:  # nbest independent samples: each sentence's encoder output repeated nbest times
+            memory, src_mask, max_len = (x.repeat_interleave(nbest, dim=0) for x in (memory, src_mask, max_len))
+            step_fn, state = make_step_fn(self.model, memory, src_mask)
+            found = search.sample(step_fn, state, B * nbest, BOS_ID, EOS_ID, max_len, temperature, top_k, top_p,
+                                  generator, d.min_len)
             groups = [found[b * nbest:(b + 1) * nbest] for b in range(B)]
             return [sorted(g, key=lambda h: (not h.finished, -h.score)) for g in groups]
+        step_fn, state = make_step_fn(self.model, memory, src_mask)
         if beam_size == 1:
             return [[h] for h in search.greedy_search(step_fn, state, B, BOS_ID, EOS_ID, max_len, d.min_len)]
         return search.beam_search(step_fn, state, B, BOS_ID, EOS_ID, max_len, beam_size, alpha,
                                   d.length_penalty, d.min_len, nbest)
-
 
 
 # ---------------------------------------------------------------------------- the command
@@ -207,58 +218,85 @@ def format_translations(index: int, translations: list[Translation], nbest: int)
     return "".join(f"{index}\t{t.score:.4f}\t{t.text}\n" for t in translations)
 
 
-def arriving_chunks(stream: TextIO, size: int = 16) -> Iterator[list[str]]:
-    """Lines of ``stream`` as they arrive: wait for one, then take those already waiting (up to
-    ``size``), so a pipe is answered line by line while a fast producer still gets batches."""
-    lines: queue.Queue[str | None] = queue.Queue()
+def stdin_lines() -> Iterator[str]:
+    """Lines of stdin as they arrive, decoded as UTF-8 whatever the locale says."""
+    for n, raw in enumerate(sys.stdin.buffer, 1):
+        try:
+            line = raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            raise AiaynError(f"stdin:{n}: invalid UTF-8; convert the input to UTF-8 "
+                             "(e.g. iconv -f latin1 -t utf-8)") from None
+        yield line.removeprefix("\ufeff") if n == 1 else line
+
+
+def arriving_chunks(lines: Iterator[str], size: int = 16) -> Iterator[list[str]]:
+    """Chunks of ``lines`` as they arrive: wait for one line, then take those already waiting (up
+    to ``size``), so a pipe is answered line by line while a fast producer still gets batches."""
+    waiting: queue.Queue[str | BaseException | None] = queue.Queue()
 
     def read() -> None:
-        for line in stream:
-            lines.put(line)
-        lines.put(None)
+        try:
+            for line in lines:
+                waiting.put(line)
+        except BaseException as e:  # handed to the main thread, which raises it
+            waiting.put(e)
+        waiting.put(None)
 
     threading.Thread(target=read, daemon=True).start()
-    while (first := lines.get()) is not None:
-        chunk = [first]
-        while len(chunk) < size:
+    while True:
+        chunk, item = [], waiting.get()  # wait for the first line of a chunk
+        while isinstance(item, str):
+            chunk.append(item)
+            if len(chunk) == size:
+                break
             try:
-                line = lines.get_nowait()
+                item = waiting.get_nowait()
             except queue.Empty:
                 break
-            if line is None:
-                yield [x.rstrip("\r\n") for x in chunk]
-                return
-            chunk.append(line)
-        yield [x.rstrip("\r\n") for x in chunk]
+        if chunk:
+            yield chunk
+        if item is None:
+            return
+        if isinstance(item, BaseException):
+            raise item
+
+
+def _open_output(path: str | None) -> TextIO:
+    if not path:
+        return sys.stdout
+    try:
+        return open(path, "w", encoding="utf-8")
+    except OSError as e:
+        raise AiaynError(f"{path}: cannot write the output ({e.strerror})") from None
 
 
 def run(args: Any) -> None:
     """``aiayn translate``: files or stdin to files or stdout (see cli.py for the options)."""
     from aiayn.corpus import read_lines
 
+    lines = read_lines(Path(args.input)) if args.input else None
     translator = Translator.load(args.model, args.device)
     nbest = args.nbest if args.nbest is not None else (1 if args.sample else translator.config.decode.nbest)
     options = dict(beam_size=args.beam, alpha=args.alpha, nbest=nbest, sample=args.sample,
                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                    batch_tokens=args.batch_tokens, seed=args.seed)
-    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    interactive = lines is None and sys.stdin.isatty()
+    stream = lines is None and not interactive and (args.stream or args.interactive)
+    if lines is None and not interactive and not stream:
+        lines = list(stdin_lines())
+    out = _open_output(args.output)
     try:
-        if args.input:
-            lines = read_lines(Path(args.input))
-            for i, t in enumerate(translator.translate(lines, progress=True, **options)):
-                out.write(format_translations(i, t, nbest))
-        elif sys.stdin.isatty():
+        if interactive:
             _interactive(translator, options, nbest, out)
-        elif args.stream or args.interactive:
+        elif stream:
             index = 0
-            for chunk in arriving_chunks(sys.stdin):
+            for chunk in arriving_chunks(stdin_lines()):
                 for t in translator.translate(chunk, **options):
                     out.write(format_translations(index, t, nbest))
                     index += 1
                 out.flush()
         else:
-            lines = [line.rstrip("\r\n") for line in sys.stdin]
-            for i, t in enumerate(translator.translate(lines, **options)):
+            for i, t in enumerate(translator.translate(lines, progress=args.input is not None, **options)):
                 out.write(format_translations(i, t, nbest))
     finally:
         if out is not sys.stdout:

@@ -1,0 +1,416 @@
+"""Decoding throughput: aiayn's Translator against Hugging Face Marian and CTranslate2, same weights.
+
+    python -m bench.decode [--presets small] [--model runs/demo] [--reps 5] [--device cuda] [--profile]
+
+The peers run aiayn's own network: ``marian_from_aiayn`` builds a ``MarianMTModel`` of the same
+shape (post-norm, ReLU, √d_model-scaled tied embeddings, static sinusoids, PAD 0 / BOS 2 / EOS 3)
+and copies the weights in. Marian lays its sinusoids out as sin-half | cos-half where §3.5 (and
+aiayn) interleave them, so the model dimensions are permuted, consistently in every weight that
+reads or writes the residual stream, the embedding and the LayerNorms: the networks then compute
+the same function (tests/test_bench.py compares the logits). CTranslate2 converts that Marian
+model from a local folder (``ctranslate2.converters.TransformersConverter``), in fp32 and int8.
+
+With a trained model (``--model``, default ``runs/demo`` when it exists) each system translates
+Bible test verses and makes its own choice of lengths: tokens/s counts its own output tokens.
+Random weights give degenerate lengths, so without a model every system is forced to the same
+output length (EOS is banned until then) and the figure is time per generated token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from bench.common import Reporter, find_data, parser, preset_config, presets, profile_top, rate_stats, repeat, run_main, setup
+from aiayn.batching import source_row
+from aiayn.config import BOS_ID, EOS_ID, PAD_ID, AiaynError, Config, ModelConfig
+from aiayn.model import Transformer
+from aiayn.translate import BANNED, Translator
+
+DEMO = "runs/demo"  # the folder `make demo` trains
+BATCH, SINGLE = 32, 8  # sentences in the batched run; sentences translated one at a time
+FORCED_LEN = 32  # source and output length with random weights
+GROWTH_LENGTHS = (16, 64, 256)
+SEARCHES = (("greedy", 1), ("beam 4", 4))
+
+
+# ---------------------------------------------------------------------------- same weights, other toolkits
+
+def residual_permutation(d_model: int) -> Tensor:
+    """Marian's dimension k is aiayn's dimension perm[k]: its sin half holds aiayn's even
+    dimensions (the sines of §3.5), its cos half the odd ones."""
+    return torch.cat([torch.arange(0, d_model, 2), torch.arange(1, d_model, 2)])
+
+
+def marian_config(m: ModelConfig, vocab_size: int | None = None):
+    from transformers import MarianConfig
+
+    unsupported = [why for bad, why in [
+        (m.norm != "post", "model.norm=pre (Marian is post-norm)"),
+        (m.positional != "sinusoidal", "model.positional=learned (Marian has static sinusoids)"),
+        (m.tie_embeddings != "all", "model.tie_embeddings other than all"),
+        (m.head_dim_k * m.n_heads != m.d_model or m.head_dim_v * m.n_heads != m.d_model,
+         "d_k or d_v other than d_model / n_heads"),
+        (m.d_model % 2 == 1, "an odd d_model")] if bad]
+    if unsupported:
+        raise AiaynError(f"the Marian peer cannot express {unsupported[0]}; benchmark a paper-shaped model")
+    return MarianConfig(
+        vocab_size=vocab_size or m.vocab_size, d_model=m.d_model, encoder_layers=m.n_layers,
+        decoder_layers=m.decoder_layers, encoder_attention_heads=m.n_heads, decoder_attention_heads=m.n_heads,
+        encoder_ffn_dim=m.d_ff, decoder_ffn_dim=m.d_ff, activation_function="relu",
+        max_position_embeddings=m.max_len, scale_embedding=True, share_encoder_decoder_embeddings=True,
+        tie_word_embeddings=True, pad_token_id=PAD_ID, bos_token_id=BOS_ID, eos_token_id=EOS_ID,
+        decoder_start_token_id=BOS_ID, forced_eos_token_id=None, dropout=m.dropout, attention_dropout=0.0,
+        activation_dropout=0.0)
+
+
+def marian_state_dict(model: Transformer, extra_rows: int = 0) -> dict[str, Tensor]:
+    """aiayn's weights under Marian's names, residual dimensions permuted. ``extra_rows`` zero
+    rows are appended to the vocabulary (CTranslate2's Marian loader drops a final <pad> row)."""
+    perm = residual_permutation(model.cfg.d_model)
+    state: dict[str, Tensor] = {}
+
+    def reads(name: str, linear: torch.nn.Linear) -> None:  # input from the residual stream
+        state[f"{name}.weight"], state[f"{name}.bias"] = linear.weight[:, perm], linear.bias
+
+    def writes(name: str, linear: torch.nn.Linear) -> None:  # output into the residual stream
+        state[f"{name}.weight"], state[f"{name}.bias"] = linear.weight[perm], linear.bias[perm]
+
+    def norm(name: str, layer_norm: torch.nn.LayerNorm) -> None:
+        state[f"{name}.weight"], state[f"{name}.bias"] = layer_norm.weight[perm], layer_norm.bias[perm]
+
+    def attention(name: str, mha: Any) -> None:
+        for ours, theirs in ((mha.w_q, "q_proj"), (mha.w_k, "k_proj"), (mha.w_v, "v_proj")):
+            reads(f"{name}.{theirs}", ours)
+        writes(f"{name}.out_proj", mha.w_o)
+
+    embedding = model.encoder.embedding.tokens.weight[:, perm]  # (V, D)
+    embedding = torch.cat([embedding, embedding.new_zeros(extra_rows, embedding.size(1))])
+    for name in ("model.shared", "model.encoder.embed_tokens", "model.decoder.embed_tokens", "lm_head"):
+        state[f"{name}.weight"] = embedding
+    for i, layer in enumerate(model.encoder.layers):
+        p = f"model.encoder.layers.{i}"
+        attention(f"{p}.self_attn", layer.self_attn)
+        norm(f"{p}.self_attn_layer_norm", layer.res_attn.norm)
+        reads(f"{p}.fc1", layer.ffn.w_1)
+        writes(f"{p}.fc2", layer.ffn.w_2)
+        norm(f"{p}.final_layer_norm", layer.res_ffn.norm)
+    for i, layer in enumerate(model.decoder.layers):
+        p = f"model.decoder.layers.{i}"
+        attention(f"{p}.self_attn", layer.self_attn)
+        norm(f"{p}.self_attn_layer_norm", layer.res_self.norm)
+        attention(f"{p}.encoder_attn", layer.cross_attn)
+        norm(f"{p}.encoder_attn_layer_norm", layer.res_cross.norm)
+        reads(f"{p}.fc1", layer.ffn.w_1)
+        writes(f"{p}.fc2", layer.ffn.w_2)
+        norm(f"{p}.final_layer_norm", layer.res_ffn.norm)
+    return {k: v.detach().cpu().clone() for k, v in state.items()}
+
+
+def marian_from_aiayn(model: Transformer, extra_rows: int = 0):
+    """A Hugging Face ``MarianMTModel`` computing the same function as ``model`` (eval mode)."""
+    from transformers import MarianMTModel
+
+    config = marian_config(model.cfg, model.cfg.vocab_size + extra_rows)
+    with torch.device("cpu"):
+        marian = MarianMTModel(config)
+    state = marian.state_dict()
+    ours = marian_state_dict(model, extra_rows)
+    missing = set(state) - set(ours) - {"final_logits_bias", "model.encoder.embed_positions.weight",
+                                         "model.decoder.embed_positions.weight"}
+    if missing:
+        raise RuntimeError(f"Marian weights not covered by the transfer: {sorted(missing)[:3]}")
+    state.update(ours)
+    marian.load_state_dict(state)
+    return marian.eval()
+
+
+class _Vocabulary:
+    """The tokenizer CTranslate2's converter asks for: only the id -> token strings matter."""
+
+    eos_token, unk_token, bos_token, pad_token = "</s>", "<unk>", "<s>", "<pad>"
+
+    def __init__(self, tokens: list[str]):
+        self.tokens = tokens
+
+    def get_vocab(self) -> dict[str, int]:
+        return {t: i for i, t in enumerate(self.tokens)}
+
+    def convert_ids_to_tokens(self, i: int) -> str:
+        return self.tokens[i]
+
+
+def token_strings(vocab_size: int) -> list[str]:
+    """CTranslate2 speaks in token strings: aiayn's special pieces, then one name per id."""
+    return ["<pad>", "<unk>", "<s>", "</s>", *(f"t{i}" for i in range(4, vocab_size))]
+
+
+def ct2_from_aiayn(model: Transformer, out_dir: Path) -> Path:
+    """Save the Marian twin to a local folder and convert it with TransformersConverter (fp32
+    weights; int8 is chosen when loading, with ``compute_type``). Returns the model folder.
+
+    CTranslate2's Marian loader follows Marian's conventions, two of which are not the paper's:
+    it starts the decoder from a zero embedding and removes a trailing <pad> row from the
+    vocabulary. The converted spec starts from BOS's embedding instead, and the saved model
+    carries one extra zero row for the loader to remove."""
+    import ctranslate2
+
+    tokens = token_strings(model.cfg.vocab_size)
+
+    class Converter(ctranslate2.converters.TransformersConverter):
+        def load_tokenizer(self, tokenizer_class: Any, path: str, **kwargs: Any) -> _Vocabulary:
+            return _Vocabulary(tokens)
+
+        def _load(self) -> Any:
+            spec = super()._load()
+            spec.decoder.start_from_zero_embedding = False
+            spec.config.decoder_start_token = tokens[BOS_ID]
+            return spec
+
+    hf_dir, ct2_dir = out_dir / "marian", out_dir / "ct2"
+    marian_from_aiayn(model, extra_rows=1).save_pretrained(hf_dir)
+    Converter(str(hf_dir)).convert(str(ct2_dir), force=True)
+    return ct2_dir
+
+
+# ---------------------------------------------------------------------------- workloads and systems
+
+class IdTokenizer:
+    """Text spelled as ids ("t17 t5 …"), so that Translator runs on synthetic sources."""
+
+    def __init__(self, vocab_size: int):
+        self.vocab_size = vocab_size
+
+    def encode_batch(self, lines: list[str]) -> list[list[int]]:
+        return [[int(word[1:]) for word in line.split()] for line in lines]
+
+    def decode(self, ids: list[int]) -> str:
+        return " ".join(f"t{i}" for i in ids)
+
+
+@dataclass
+class Workload:
+    """What every system translates: ``lines`` for aiayn's Translator (text in, text out) and the
+    same sources as ids with EOS (``rows``) for the peers, which take ids or token strings."""
+
+    lines: list[str]
+    rows: list[list[int]]
+    forced: int | None  # every output exactly this many tokens (random weights), or None
+
+
+def synthetic_workload(n: int, vocab: int, src_len: int, out_len: int, seed: int = 0) -> Workload:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(4, vocab, (n, src_len - 1), generator=g).tolist()
+    return Workload([IdTokenizer(vocab).decode(x) for x in ids], [source_row(x) for x in ids], out_len)
+
+
+def forced_translator(model: Transformer, cfg: Config, src_len: int, out_len: int, device: torch.device) -> Translator:
+    """A Translator whose every output has exactly ``out_len`` tokens for ``src_len``-token sources:
+    EOS is banned for ``out_len`` tokens (decode.min_len) and the limit is src_len + offset."""
+    cfg = copy.deepcopy(cfg)
+    cfg.decode.min_len, cfg.decode.max_len_offset = out_len, out_len - src_len
+    return Translator(model, IdTokenizer(cfg.model.vocab_size), cfg, device)
+
+
+def _pad(rows: list[list[int]], device: torch.device) -> tuple[Tensor, Tensor]:
+    src = torch.full((len(rows), max(map(len, rows))), PAD_ID, dtype=torch.long)
+    for b, row in enumerate(rows):
+        src[b, : len(row)] = torch.tensor(row)
+    return src.to(device), (src != PAD_ID).long().to(device)
+
+
+def _output_length(ids: list[int]) -> int:
+    """Tokens of an output, BOS/EOS/PAD left out: what every system is credited with."""
+    n = 0
+    for i in ids:
+        if i in (EOS_ID, PAD_ID):
+            break
+        n += i != BOS_ID
+    return n
+
+
+System = Callable[[Workload, int, int], list[int]]  # (workload, batch size, beam) -> output lengths
+
+
+def aiayn_system(translator: Translator, autocast: torch.dtype | None) -> System:
+    def run(w: Workload, batch: int, beam: int) -> list[int]:
+        out = []
+        for start in range(0, len(w.lines), batch):
+            with torch.autocast(translator.device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+                found = translator.translate(w.lines[start:start + batch], beam_size=beam, batch_tokens=10**9)
+            out += [len(t[0].tokens) for t in found]
+        return out
+    return run
+
+
+def hf_system(marian: Any, cfg: Config, device: torch.device, autocast: torch.dtype | None) -> System:
+    def run(w: Workload, batch: int, beam: int) -> list[int]:
+        out = []
+        for start in range(0, len(w.rows), batch):
+            rows = w.rows[start:start + batch]
+            src, mask = _pad(rows, device)
+            if w.forced:
+                lengths = dict(min_new_tokens=w.forced, max_new_tokens=w.forced)
+            else:
+                lengths = dict(max_new_tokens=max(map(len, rows)) + cfg.decode.max_len_offset,
+                               length_penalty=cfg.decode.alpha)
+            with torch.autocast(device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+                ids = marian.generate(input_ids=src, attention_mask=mask, num_beams=beam, do_sample=False,
+                                      suppress_tokens=list(BANNED), **lengths)
+            out += [_output_length(r) for r in ids.tolist()]
+        return out
+    return run
+
+
+def ct2_system(translator: Any, cfg: Config) -> System:
+    tokens = token_strings(cfg.model.vocab_size)
+    banned = [[tokens[i]] for i in BANNED]
+
+    def run(w: Workload, batch: int, beam: int) -> list[int]:
+        out = []
+        for start in range(0, len(w.rows), batch):
+            rows = w.rows[start:start + batch]
+            if w.forced:
+                lengths = dict(min_decoding_length=w.forced, max_decoding_length=w.forced)
+            else:
+                lengths = dict(max_decoding_length=max(map(len, rows)) + cfg.decode.max_len_offset,
+                               length_penalty=cfg.decode.alpha)
+            found = translator.translate_batch([[tokens[i] for i in r] for r in rows], beam_size=beam,
+                                               max_batch_size=batch, suppress_sequences=banned, **lengths)
+            out += [sum(t != tokens[EOS_ID] for t in r.hypotheses[0]) for r in found]
+        return out
+    return run
+
+
+@dataclass
+class Subject:
+    """The model under test, where it came from, aiayn's Translator for it, and its workload."""
+
+    model: Transformer
+    cfg: Config
+    label: str
+    translator: Translator
+    workload: Workload
+
+
+def load_subject(name: str, args: argparse.Namespace, device: torch.device) -> Subject:
+    model_path = args.model or (DEMO if Path(DEMO).is_dir() and not args.quick else None)
+    if model_path is None:
+        cfg = preset_config(name)
+        torch.manual_seed(0)
+        model = Transformer(cfg.model).to(device).eval()
+        length = 8 if args.quick else FORCED_LEN
+        workload = synthetic_workload(BATCH, cfg.model.vocab_size, length, length)
+        return Subject(model, cfg, "random weights", forced_translator(model, cfg, length, length, device), workload)
+    data_dir = find_data(args.data)
+    if data_dir is None:
+        raise AiaynError(f"--model {model_path}: no Bible test sentences found; pass --data DIR (from `aiayn prepare`)")
+    from aiayn.corpus import read_split
+
+    translator = Translator.load(model_path, device)
+    lines = [line for line in read_split(data_dir, "test")[0] if line.strip()][:BATCH]
+    rows = [source_row(x, translator.config.model.max_len) for x in translator.tokenizer.encode_batch(lines)]
+    return Subject(translator.model.eval(), translator.config, f"trained ({model_path})", translator,
+                   Workload(lines, rows, None))
+
+
+def build_systems(subject: Subject, device: torch.device, threads: int, work_dir: Path) -> dict[str, System]:
+    """Every implementation, keyed by its label, aiayn first; the peers hold aiayn's weights."""
+    import ctranslate2
+
+    marian = marian_from_aiayn(subject.model).to(device)
+    ct2_dir = ct2_from_aiayn(subject.model, work_dir)
+    found = {"aiayn": aiayn_system(subject.translator, None),
+             "transformers Marian": hf_system(marian, subject.cfg, device, None)}
+    compute_types = {"fp32": "float32", "int8": "int8"}
+    if device.type == "cuda":  # bf16 where the hardware has it; aiayn and Marian under autocast
+        found["aiayn bf16"] = aiayn_system(subject.translator, torch.bfloat16)
+        found["transformers Marian bf16"] = hf_system(marian, subject.cfg, device, torch.bfloat16)
+        compute_types = {"fp32": "float32", "int8": "int8_float32", "bf16": "bfloat16"}
+    for label, compute_type in compute_types.items():
+        ct2 = ctranslate2.Translator(str(ct2_dir), device=device.type, compute_type=compute_type,
+                                     intra_threads=threads, inter_threads=1)
+        found[f"ctranslate2 {label}"] = ct2_system(ct2, subject.cfg)
+    return found
+
+
+def subset(w: Workload, n: int) -> Workload:
+    return Workload(w.lines[:n], w.rows[:n], w.forced)
+
+
+def measure(report: Reporter, impls: dict[str, System], w: Workload, batch: int, search: str, beam: int,
+            preset: str, args: argparse.Namespace, device: torch.device, **extra: Any) -> None:
+    """Time every implementation on ``w`` and emit one line each; the speedup is aiayn's rate
+    over the line's. The first (warm-up) run also gives the output lengths."""
+    ours = None
+    for label, run in impls.items():
+        lengths = run(w, batch, beam)
+        times = repeat(lambda: run(w, batch, beam), args.reps, device, warmup=0)
+        tokens = sum(lengths)
+        stats = rate_stats(tokens, times)
+        ours = ours or stats
+        report.emit(impl=label, preset=preset, batch=batch, search=search, **stats, unit="tgt tokens/s",
+                    aiayn_speedup=ours["median"] / stats["median"], ms_per_token=1e3 / stats["median"],
+                    sentences=len(w.rows), output_tokens=tokens, mean_output_len=tokens / len(w.rows),
+                    forced_len=w.forced, **extra)
+
+
+def growth(report: Reporter, subject: Subject, preset: str, args: argparse.Namespace, device: torch.device) -> None:
+    """aiayn's time per generated token as outputs grow (greedy, forced lengths, 16-token
+    sources): with the KV cache a step costs about the same at position 16 and 256."""
+    lengths = (16, 64) if args.quick else GROWTH_LENGTHS
+    for batch, n in ((1, 2 if args.quick else 4), (BATCH, BATCH)):
+        if args.quick and batch > 1:
+            continue
+        first = None
+        for out_len in lengths:
+            w = synthetic_workload(n, subject.cfg.model.vocab_size, 16, out_len, seed=1)
+            run = aiayn_system(forced_translator(subject.model, subject.cfg, 16, out_len, device), None)
+            times = repeat(lambda: run(w, batch, 1), args.reps, device)
+            stats = rate_stats(n * out_len, times)
+            first = first or stats["median"]
+            report.emit(bench="decode-growth", impl="aiayn", preset=preset, batch=batch, search="greedy", **stats,
+                        unit="tgt tokens/s", ms_per_token=1e3 / stats["median"], output_len=out_len,
+                        time_per_token_vs_16=first / stats["median"], model=subject.label)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = parser("Decoding throughput: aiayn vs Hugging Face Marian and CTranslate2.", "small")
+    p.add_argument("--model", help=f"a trained run folder or checkpoint (default {DEMO} when it exists)")
+    args = p.parse_args(argv)
+    device = setup(args)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    report = Reporter("decode", device, args.threads)
+    for name in presets(args):
+        subject = load_subject(name, args, device)
+        preset = subject.cfg.preset
+        n1 = 2 if args.quick else SINGLE
+        extra = {"model": subject.label, "vocab": subject.cfg.model.vocab_size,
+                 "data": "synthetic sources (random weights)" if subject.workload.forced else "bible test"}
+        with tempfile.TemporaryDirectory() as tmp:
+            impls = build_systems(subject, device, args.threads, Path(tmp))
+            for search, beam in SEARCHES:
+                measure(report, impls, subset(subject.workload, n1), 1, search, beam, preset, args, device, **extra)
+                measure(report, impls, subject.workload, BATCH, search, beam, preset, args, device, **extra)
+        growth(report, subject, preset, args, device)
+        if args.profile:
+            run = aiayn_system(subject.translator, None)
+            top = profile_top(lambda: run(subject.workload, BATCH, 4), device, f"aiayn beam 4, batch {BATCH}, {preset}")
+            report.emit(bench="decode-profile", impl="aiayn", preset=preset, batch=BATCH, search="beam 4",
+                        top_ops=top, model=subject.label)
+    report.summary(extra=("search", "ms_per_token", "mean_output_len"))
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,277 @@
+"""Training throughput: aiayn's training step against a reference built from torch.nn.Transformer.
+
+    python -m bench.train [--presets small,base] [--reps 5] [--device cuda] [--compile] [--profile]
+
+aiayn runs ``Trainer.update``, the step ``aiayn train`` runs: the forward under the precision
+``choose_precision`` picks, ``label_smoothed_cross_entropy``, backward, the gradient norm,
+Adam with the rate of Eq. 3. The reference is what a user of ``torch.nn.Transformer`` writes
+for the same network (same dims, one tied embedding × √d_model plus sinusoids, the tied output
+projection, the same loss, Adam and batches), in fp32 as its users run it and, when aiayn picks
+bf16, also under aiayn's precision, so the gain from precision and from the implementation
+show separately. Two kinds of batches: the Bible's token-bucketed training batches
+(``BatchStream``; synthetic lengths when no prepared folder exists) and fixed 128 × 32 batches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import math
+import sys
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bench.common import (PeakMemory, Reporter, find_data, matmul_peak, parser, preset_config, presets,
+                          profile_top, rate_stats, repeat, run_main, setup)
+from aiayn.batching import Batch, BatchStream, collate
+from aiayn.config import BOS_ID, EOS_ID, Config, ModelConfig
+from aiayn.loss import label_smoothed_cross_entropy
+from aiayn.model import Transformer
+from aiayn.schedule import InverseSqrtSchedule
+from aiayn.train import Runtime, Trainer, choose_precision
+
+FIXED_ROWS, FIXED_LEN = 128, 32
+
+
+# ---------------------------------------------------------------------------- the reference
+
+def sinusoids(max_len: int, d_model: int) -> Tensor:
+    """§3.5's table, written the way a tutorial does: (max_len, D), sin on even, cos on odd dims."""
+    pos = torch.arange(max_len, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
+    table = torch.zeros(max_len, d_model)
+    table[:, 0::2], table[:, 1::2] = torch.sin(pos * freq), torch.cos(pos * freq)
+    return table
+
+
+class NNTransformerReference(nn.Module):
+    """The paper's model as a user of ``torch.nn.Transformer`` builds it (batch-first, post-norm,
+    ReLU). nn.Transformer adds a final LayerNorm to the encoder and to the decoder; it is kept,
+    as its users keep it (2 × D × tokens FLOPs, negligible)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.embedding = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        nn.init.normal_(self.embedding.weight, std=cfg.d_model ** -0.5)
+        self.register_buffer("positions", sinusoids(cfg.max_len, cfg.d_model), persistent=False)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.scale = math.sqrt(cfg.d_model)
+        with warnings.catch_warnings():  # nested-tensor notice: irrelevant in training mode
+            warnings.simplefilter("ignore")
+            self.transformer = nn.Transformer(cfg.d_model, cfg.n_heads, cfg.n_layers, cfg.decoder_layers, cfg.d_ff,
+                                              cfg.dropout, activation="relu", batch_first=True, norm_first=False)
+
+    def embed(self, ids: Tensor) -> Tensor:
+        return self.dropout(self.embedding(ids) * self.scale + self.positions[: ids.size(1)])  # (B, L, D)
+
+    def forward(self, src: Tensor, tgt_in: Tensor, src_mask: Tensor, tgt_mask: Tensor) -> Tensor:
+        t = tgt_in.size(1)
+        # bool like the padding masks (True = masked): mixing a float causal mask with bool
+        # padding masks takes a deprecated, slower path in nn.MultiheadAttention.
+        causal = torch.ones(t, t, dtype=torch.bool, device=tgt_in.device).triu(1)
+        x = self.transformer(self.embed(src), self.embed(tgt_in), tgt_mask=causal, src_key_padding_mask=~src_mask,
+                             tgt_key_padding_mask=~tgt_mask, memory_key_padding_mask=~src_mask, tgt_is_causal=True)
+        return F.linear(x, self.embedding.weight)  # (B, T, V)
+
+
+# ---------------------------------------------------------------------------- the two steps
+
+def aiayn_trainer(cfg: Config, device: torch.device) -> Trainer:
+    """A Trainer whose ``update`` is the real one. ``Trainer.__init__`` also reads a data folder
+    and opens a run folder; the lines that build what ``update`` uses are repeated here as is."""
+    trainer = Trainer.__new__(Trainer)
+    trainer.cfg, trainer.rt = cfg, Runtime(device)
+    t = cfg.train
+    torch.manual_seed(t.seed)
+    trainer.model = Transformer(cfg.model).to(device)
+    trainer.autocast = choose_precision(t.precision, device, trainer.model, cfg.data.batch_tokens,
+                                        log=lambda m: print(m, file=sys.stderr))
+    trainer.ddp = trainer.model
+    trainer.forward = torch.compile(trainer.ddp) if t.compile else trainer.ddp
+    trainer.optimizer = torch.optim.Adam(trainer.model.parameters(), lr=0.0, betas=(t.adam_beta1, t.adam_beta2),
+                                         eps=t.adam_eps, weight_decay=t.weight_decay)
+    trainer.schedule = InverseSqrtSchedule(cfg.model.d_model, t.warmup_steps, t.lr_scale)
+    trainer.step = 0
+    return trainer
+
+
+def reference_step(cfg: Config, device: torch.device, autocast: torch.dtype | None,
+                   compile: bool) -> tuple[nn.Module, Callable[[Batch], float]]:
+    """The reference model and its training step: forward, the same loss (a mean over target
+    tokens), backward, Adam with the same betas, epsilon and Eq. 3 rate."""
+    t = cfg.train
+    torch.manual_seed(t.seed)
+    model = NNTransformerReference(cfg.model).to(device)
+    forward = torch.compile(model) if compile else model
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.0, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps)
+    schedule = InverseSqrtSchedule(cfg.model.d_model, t.warmup_steps, t.lr_scale)
+    done = [0]
+
+    def step(batch: Batch) -> float:
+        with torch.autocast(device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+            logits = forward(batch.src, batch.tgt_in, batch.src_mask, batch.tgt_mask)
+        loss, _, n = label_smoothed_cross_entropy(logits, batch.tgt_out, t.label_smoothing)
+        (loss / n).backward()
+        done[0] += 1
+        for group in optimizer.param_groups:
+            group["lr"] = schedule(done[0])
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    return model, step
+
+
+# ---------------------------------------------------------------------------- batches and FLOPs
+
+def synthetic_pairs(n: int, vocab: int, seed: int = 0) -> tuple[list[list[int]], list[list[int]]]:
+    """Sentence pairs with verse-like lengths (log-normal, median 30 subwords), random ids."""
+    rng = np.random.default_rng(seed)
+    src_lens = np.clip(rng.lognormal(math.log(30), 0.5, n), 2, 200).astype(int)
+    tgt_lens = np.clip(src_lens * rng.normal(0.95, 0.15, n), 2, 200).astype(int)
+    draw = lambda k: rng.integers(4, vocab, k).tolist()  # noqa: E731
+    return [draw(k) for k in src_lens], [draw(k) for k in tgt_lens]
+
+
+def bucketed_batches(cfg: Config, pairs: tuple[list, list], count: int) -> list[Batch]:
+    """The first ``count`` training batches of epoch 0, as ``aiayn train`` makes them."""
+    stream = BatchStream(pairs[0], pairs[1], cfg.data.batch_tokens, cfg.data.max_len, cfg.train.seed)
+    batches = []
+    for _, _, batch in stream:
+        batches.append(batch)
+        if len(batches) == count:
+            return batches
+    return batches
+
+
+def fixed_batch(vocab: int, rows: int = FIXED_ROWS, length: int = FIXED_LEN) -> Batch:
+    """rows × length on both sides, no padding: src = x + EOS, tgt_in = BOS + y, tgt_out = y + EOS."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(4, vocab, (rows, length - 1), generator=g).tolist()
+    y = torch.randint(4, vocab, (rows, length - 1), generator=g).tolist()
+    return collate(range(rows), x, y)
+
+
+def training_flops(m: ModelConfig, batch: Batch) -> float:
+    """Model FLOPs of one training step on the real (unpadded) tokens: 6 × forward MACs
+    (forward 2 FLOPs per multiply-add, backward twice the forward). Per sentence pair with s
+    source and t target positions (EOS/BOS included), with a = H·d_k + H·d_v:
+
+        encoder, per layer:  s · (2·D·a + 2·D·d_ff)            + s² · a
+        decoder, per layer:  t · (2·D·a + D·a + 2·D·d_ff) + s · D·a + (t² + t·s) · a
+        output layer:        t · D · V
+
+    Attention over the full square t² (the causal mask is not halved, as PaLM's MFU counts);
+    embeddings, LayerNorm, softmax and the loss are left out."""
+    s = batch.src_mask.sum(dim=1).double()
+    t = batch.tgt_mask.sum(dim=1).double()
+    a = m.n_heads * (m.head_dim_k + m.head_dim_v)
+    D = m.d_model
+    enc = m.n_layers * (s.sum() * (2 * D * a + 2 * D * m.d_ff) + (s * s).sum() * a)
+    dec = m.decoder_layers * (t.sum() * (3 * D * a + 2 * D * m.d_ff) + s.sum() * D * a + (t * t + t * s).sum() * a)
+    out = t.sum() * D * m.vocab_size
+    return float(6 * (enc + dec + out))
+
+
+# ---------------------------------------------------------------------------- measuring
+
+@dataclass
+class Result:
+    stats: dict[str, float]
+    memory: PeakMemory
+    tokens: int
+    flops: float
+
+
+def measure(step: Callable[[Batch], object], batches: list[Batch], cfg: Config, reps: int,
+            device: torch.device) -> Result:
+    """One warm-up pass over ``batches`` (allocates Adam's moments, picks kernels), then ``reps``
+    timed passes. Throughput: target tokens (real, EOS included) per second."""
+
+    def one_pass() -> None:
+        for batch in batches:
+            step(batch)
+
+    one_pass()
+    with PeakMemory(device) as memory:
+        times = repeat(one_pass, reps, device, warmup=0)
+    tokens = sum(b.n_tgt_tokens for b in batches)
+    return Result(rate_stats(tokens, times), memory, tokens, sum(training_flops(cfg.model, b) for b in batches))
+
+
+def emit(report: Reporter, impl: str, preset: str, kind: str, precision: str, r: Result, peak: float,
+         aiayn: Result | None, **extra: object) -> None:
+    flops_rate = r.stats["median"] * r.flops / r.tokens
+    report.emit(impl=impl, preset=preset, batch=kind, precision=precision, **r.stats, unit="tgt tokens/s",
+                aiayn_speedup=(aiayn.stats["median"] / r.stats["median"]) if aiayn else 1.0,
+                tokens_per_rep=r.tokens, model_gflops_per_rep=round(r.flops / 1e9, 3),
+                model_gflops_per_s=round(flops_rate / 1e9, 2), mfu=round(flops_rate / 1e9 / peak, 4),
+                peak_mem_mb=round(r.memory.peak_mb, 1), step_mem_mb=round(r.memory.added_mb, 1), **extra)
+
+
+def run_preset(name: str, args: argparse.Namespace, device: torch.device, report: Reporter, peak: float) -> None:
+    data_dir = find_data(args.data)
+    if data_dir is not None:
+        from aiayn.tokenizer import Tokenizer
+        from aiayn.train import load_split_ids
+
+        tokenizer = Tokenizer.load(data_dir / "spm.model")
+        cfg = preset_config(name, tokenizer.vocab_size, compile=args.compile)
+        _, _, src, tgt = load_split_ids(data_dir, "train", tokenizer)
+        source = f"bible ({data_dir})"
+    else:
+        cfg = preset_config(name, compile=args.compile)
+        src, tgt = synthetic_pairs(4000, cfg.model.vocab_size)
+        source = "synthetic lengths (no prepared Bible folder)"
+    kinds = {"bucketed": bucketed_batches(cfg, (src, tgt), 2 if args.quick else 3),
+             f"fixed {FIXED_ROWS}x{FIXED_LEN}": [fixed_batch(cfg.model.vocab_size)]}
+    kinds = {k: [b.to(device) for b in v] for k, v in kinds.items()}
+    extra = {"data": source, "vocab": cfg.model.vocab_size, "batch_tokens": cfg.data.batch_tokens,
+             "compile": args.compile}
+
+    trainer = aiayn_trainer(cfg, device)
+    precision = "bf16" if trainer.autocast is not None else "fp32"
+    ours = {kind: measure(lambda b: trainer.update([b]), batches, cfg, args.reps, device)
+            for kind, batches in kinds.items()}
+    for kind, r in ours.items():
+        emit(report, "aiayn", name, kind, precision, r, peak, None, **extra)
+    if args.profile:
+        first = kinds["bucketed"][0]
+        top = profile_top(lambda: trainer.update([first]), device, f"aiayn training step, {name}")
+        report.emit(bench="train-profile", impl="aiayn", preset=name, batch="bucketed", precision=precision,
+                    top_ops=top)
+    del trainer
+    gc.collect()
+
+    for autocast in [None] + ([torch.bfloat16] if precision == "bf16" else []):
+        label = "bf16" if autocast is not None else "fp32"
+        model, step = reference_step(cfg, device, autocast, args.compile)
+        for kind, batches in kinds.items():
+            r = measure(step, batches, cfg, args.reps, device)
+            emit(report, "torch.nn.Transformer", name, kind, label, r, peak, ours[kind], **extra)
+        del model, step
+        gc.collect()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser("Training throughput: aiayn vs torch.nn.Transformer.", "small,base").parse_args(argv)
+    device = setup(args)
+    report = Reporter("train", device, args.threads)
+    n = 1024 if args.quick else 2048
+    stats = matmul_peak(device, n=n, reps=args.reps)
+    peak = stats["max"]
+    report.emit(bench="matmul-peak", impl="torch.matmul", preset="", batch=f"{n}x{n}", precision="fp32", **stats,
+                unit="GFLOP/s")
+    for name in presets(args):
+        run_preset(name, args, device, report, peak)
+    report.summary(extra=("precision", "mfu", "peak_mem_mb"))
+
+
+if __name__ == "__main__":
+    run_main(main)

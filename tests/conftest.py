@@ -1,0 +1,55 @@
+"""Fixtures shared by several test files."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from aiayn.corpus import SPLITS
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "aiayn"
+
+
+def _complete(folder: Path, code: tuple[str, ...] = ()) -> bool:
+    """A finished ``aiayn prepare``: meta.json (newer than the ``code`` files), the tokenizer, and
+    every split with its counted lines."""
+    try:
+        if any(Path(f).stat().st_mtime > (folder / "meta.json").stat().st_mtime for f in code):
+            return False
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        lines = {(split, side): (folder / f"{split}.{meta[side]}").read_text(encoding="utf-8").count("\n")
+                 for split in SPLITS for side in ("src_lang", "tgt_lang")}
+        return (folder / "spm.model").is_file() and all(n == meta["counts"][k[0]] for k, n in lines.items())
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+@pytest.fixture(scope="session")
+def bible_data() -> Path:
+    """The prepared Bible corpus, built once per machine into the user cache (about 10 s; the first
+    run also downloads the two Debian packages) and reused while complete and newer than the code."""
+    from aiayn import bible, corpus, sword
+
+    folder = _cache_root() / "test-bible"
+    code = tuple(str(module.__file__) for module in (bible, corpus, sword))
+    if _complete(folder, code):
+        return folder
+    # Build beside it and rename, so a concurrent test run never sees a half-written folder.
+    scratch = folder.with_name(f"test-bible.{os.getpid()}")
+    shutil.rmtree(scratch, ignore_errors=True)
+    bible.prepare_bible(scratch)
+    if not _complete(folder, code):
+        shutil.rmtree(folder, ignore_errors=True)
+        try:
+            scratch.rename(folder)
+        except OSError:  # another run renamed its copy first
+            pass
+    shutil.rmtree(scratch, ignore_errors=True)
+    assert _complete(folder), f"{folder}: preparing the Bible corpus did not complete"
+    return folder

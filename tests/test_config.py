@@ -1,0 +1,143 @@
+"""config.py: presets, preset < YAML file < key=value overrides, errors that name the key, and
+round trips through the saved forms (dict/JSON in checkpoints, YAML in run folders)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from aiayn.config import AiaynError, Config, from_dict, load_config, preset, resolve_key
+
+
+def test_paper_presets() -> None:
+    base = load_config("base")
+    m, t = base.model, base.train
+    assert (m.n_layers, m.d_model, m.d_ff, m.n_heads, m.head_dim_k, m.head_dim_v) == (6, 512, 2048, 8, 64, 64)
+    assert (m.dropout, t.label_smoothing, t.warmup_steps) == (0.1, 0.1, 4000)
+    assert (t.adam_beta1, t.adam_beta2, t.adam_eps) == (0.9, 0.98, 1e-9)
+    assert (m.norm, m.positional, m.tie_embeddings, m.decoder_layers) == ("post", "sinusoidal", "all", 6)
+    assert (base.decode.beam_size, base.decode.alpha) == (4, 0.6)
+
+    big = load_config("big")
+    m = big.model
+    assert (m.n_layers, m.d_model, m.d_ff, m.n_heads, m.head_dim_k, m.dropout) == (6, 1024, 4096, 16, 64, 0.3)
+    assert big.train.max_steps == 300_000
+
+    small = load_config("small")
+    m = small.model
+    assert (m.d_model, m.n_heads, m.d_ff, m.n_layers, m.decoder_layers) == (256, 4, 1024, 3, 3)
+    assert small.preset == "small"
+
+
+def test_unknown_preset() -> None:
+    with pytest.raises(AiaynError, match="medium"):
+        preset("medium")
+
+
+def test_file_then_overrides_in_order(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text("model:\n  d_model: 128\n  n_layers: 2\ntrain:\n  warmup_steps: 50\n")
+    cfg = load_config("small", path, ["d_model=64", "train.max_minutes=20", "model.d_model=96"])
+    assert cfg.model.d_model == 96  # the last override wins over the earlier one and the file
+    assert cfg.model.n_layers == 2  # the file wins over the preset
+    assert cfg.model.d_ff == 1024  # the preset where nothing else speaks
+    assert cfg.train.warmup_steps == 50
+    assert cfg.train.max_minutes == 20.0 and isinstance(cfg.train.max_minutes, float)
+
+
+def test_preset_named_in_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text("preset: small\nmodel:\n  n_layers: 1\n")
+    cfg = load_config(path=path)
+    assert cfg.preset == "small" and cfg.model.d_model == 256 and cfg.model.n_layers == 1
+
+
+def test_dotted_and_undotted_keys() -> None:
+    assert resolve_key("d_model") == ("model", "d_model")
+    assert resolve_key("model.d_model") == ("model", "d_model")
+    assert resolve_key("warmup_steps") == ("train", "warmup_steps")
+    assert resolve_key("data.max_len") == ("data", "max_len")
+    a = load_config("base", overrides=["d_model=256", "label_smoothing=0.2", "beam_size=5"])
+    b = load_config("base", overrides=["model.d_model=256", "train.label_smoothing=0.2", "decode.beam_size=5"])
+    assert a == b
+    assert (a.model.d_model, a.train.label_smoothing, a.decode.beam_size) == (256, 0.2, 5)
+
+
+def test_none_and_bool_values() -> None:
+    cfg = load_config("base", overrides=["d_k=32", "n_decoder_layers=2", "compile=true"])
+    assert (cfg.model.d_k, cfg.model.head_dim_k, cfg.model.head_dim_v, cfg.model.decoder_layers) == (32, 32, 64, 2)
+    assert cfg.train.compile is True
+    assert load_config("base", overrides=["d_k=32", "d_k="]).model.d_k is None
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["foo=1"], "foo"),
+    (["model.foo=1"], "model.foo"),
+    (["max_len=5"], "max_len"),  # model.max_len or data.max_len
+    (["d_model=abc"], "model.d_model"),
+    (["n_layers=2.5"], "model.n_layers"),
+    (["dropout=yes"], "model.dropout"),
+    (["compile=3"], "train.compile"),
+    (["d_model=500"], "model.d_model"),  # not divisible by 8 heads, d_k unset
+    (["dropout=-0.1"], "model.dropout"),
+    (["dropout=1.0"], "model.dropout"),
+    (["label_smoothing=-0.1"], "train.label_smoothing"),
+    (["n_layers=0"], "model.n_layers"),
+    (["d_k=-4"], "model.d_k"),
+    (["norm=middle"], "model.norm"),
+    (["positional=rotary"], "model.positional"),
+    (["tie_embeddings=some"], "model.tie_embeddings"),
+    (["length_penalty=wu"], "decode.length_penalty"),
+    (["d_model"], "d_model"),  # no '='
+])
+def test_errors_name_the_key(overrides: list[str], key: str) -> None:
+    with pytest.raises(AiaynError) as info:
+        load_config("base", overrides=overrides)
+    message = str(info.value)
+    assert key in message and "\n" not in message
+
+
+def test_ambiguous_key_suggests_both() -> None:
+    with pytest.raises(AiaynError, match="ambiguous") as info:
+        load_config("base", overrides=["max_len=5"])
+    assert "model.max_len" in str(info.value) and "data.max_len" in str(info.value)
+
+
+def test_d_model_not_divisible_is_fine_with_explicit_head_dims() -> None:
+    cfg = load_config("base", overrides=["d_model=500", "d_k=64", "d_v=64"])
+    assert (cfg.model.d_model, cfg.model.head_dim_k, cfg.model.head_dim_v) == (500, 64, 64)
+
+
+def test_file_errors_name_the_file_and_key(tmp_path: Path) -> None:
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("model:\n  d_modle: 128\n")
+    with pytest.raises(AiaynError, match=r"unknown\.yaml.*model\.d_modle"):
+        load_config("base", unknown)
+    section = tmp_path / "section.yaml"
+    section.write_text("optimizer:\n  lr: 1\n")
+    with pytest.raises(AiaynError, match=r"section\.yaml.*optimizer"):
+        load_config("base", section)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model:\n  d_model: 128\n  n_layers: [2\n")
+    with pytest.raises(AiaynError, match=r"broken\.yaml:\d+"):
+        load_config("base", broken)
+    wrong_type = tmp_path / "type.yaml"
+    wrong_type.write_text("train:\n  warmup_steps: soon\n")
+    with pytest.raises(AiaynError, match="train.warmup_steps"):
+        load_config("base", wrong_type)
+    with pytest.raises(AiaynError, match="missing.yaml"):
+        load_config("base", tmp_path / "missing.yaml")
+
+
+def test_round_trips(tmp_path: Path) -> None:
+    cfg = load_config("big", overrides=["d_k=32", "norm=pre", "tie_embeddings=decoder", "max_minutes=12.5",
+                                        "data.max_len=100", "beam_size=6", "compile=true"])
+    assert isinstance(cfg, Config)
+    assert from_dict(cfg.to_dict()) == cfg
+    assert from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg  # as saved in a checkpoint
+    path = tmp_path / "config.yaml"
+    cfg.save_yaml(path)
+    assert load_config(path=path) == cfg  # as saved in a run folder
+    assert from_dict(load_config("tiny").to_dict()) == load_config("tiny")
