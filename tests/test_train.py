@@ -112,6 +112,7 @@ def test_two_gloo_ranks_equal_one_process(toy, tmp_path):
     assert diff < 1e-5
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # the hand-made malicious pickle below
 def test_corrupt_checkpoint_is_named_and_resume_falls_back(toy, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--data", str(toy), "--out", str(run), *TINY, "max_steps=20", "eval_every=1000",

@@ -234,7 +234,8 @@ def test_run_curves_plot_every_logged_value(tmp_path):
     fig = v.run_figure(tmp_path / "run")
     assert len(fig.axes) == 4
     loss, bleu, lr, speed = fig.axes
-    assert [line.get_label() for line in loss.lines] == ["train (label-smoothed)", "train NLL", "valid (label-smoothed)"]
+    assert [line.get_label() for line in loss.lines] == ["train (label-smoothed)", "train NLL",
+                                                         "valid (label-smoothed)"]
     np.testing.assert_allclose(loss.lines[0].get_ydata(), [5 - s / 100 for s in range(10, 110, 10)])
     assert list(bleu.lines[0].get_xdata()) == [50, 100] and list(bleu.lines[0].get_ydata()) == [1.5, 3.25]
     np.testing.assert_allclose(lr.lines[0].get_ydata(), [s * 1e-5 for s in range(10, 110, 10)])

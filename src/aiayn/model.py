@@ -48,16 +48,19 @@ class ScaledDotProductAttention(nn.Module):
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None,
                 is_causal: bool = False, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+        t_q, t_k = q.size(-2), k.size(-2)
+        if is_causal and (need_weights or mask is not None or t_q != t_k):
+            # The fused kernel's own causal mask is top-left aligned and exclusive of attn_mask
+            # (pitfall 4): build the bottom-right aligned one and merge it instead.
+            causal = causal_mask(t_q, t_k, q.device)
+            mask, is_causal = (causal if mask is None else mask & causal), False
         if not need_weights:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal and mask is None)
-            return out, None
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal), None
         scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, T_q, T_k)
-        if is_causal:
-            causal = causal_mask(q.size(-2), k.size(-2), q.device)
-            mask = causal if mask is None else mask & causal
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
-        weights = scores.float().softmax(dim=-1).to(v.dtype)
+        # Softmax in at least float32 (pitfall 21), float64 kept for gradcheck.
+        weights = scores.softmax(dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(v.dtype)
         return weights @ v, weights  # (B, H, T_q, d_v)
 
 

@@ -100,8 +100,9 @@ def sentence_attention(translator: Any, sentence: str, beam_size: int | None = N
         raise AiaynError("attention: the sentence is empty; give a sentence to translate")
     tok = translator.tokenizer
     best = translator.translate([sentence], beam_size=beam_size)[0][0]
-    src = source_row(tok.encode(sentence), translator.config.model.max_len)
-    tgt = [BOS_ID, *best.tokens]
+    limit = translator.config.model.max_len
+    src = source_row(tok.encode(sentence), limit)
+    tgt = [BOS_ID, *best.tokens][:limit]  # a hypothesis cut off at the length limit fills every position
     w = attention_weights(translator.model, [src], [tgt])
     return AttentionMaps([tok.id_to_piece(i) for i in src], [tok.id_to_piece(i) for i in tgt], best.text,
                          *(w[k][0].numpy() for k in ("encoder", "decoder", "cross")))
