@@ -24,7 +24,8 @@ setup: $(STAMP)
 # averaging, famous verses side by side, sacreBLEU on the test split.
 demo: $(STAMP)
 	$(BIN)/aiayn prepare bible --out $(DATA)
-	$(BIN)/aiayn train --data $(DATA) --out $(RUN) --preset small max_minutes=$(DEMO_MINUTES) $(TRAIN_ARGS)
+	@if [ -d $(RUN)/checkpoints ]; then echo "$(RUN) is already trained: reusing it (rm -rf $(RUN) to train again)"; \
+	else $(BIN)/aiayn train --data $(DATA) --out $(RUN) --preset small max_minutes=$(DEMO_MINUTES) $(TRAIN_ARGS); fi
 	$(BIN)/aiayn average $(RUN) --last 5
 	$(BIN)/aiayn showcase --model $(RUN) --data $(DATA)
 	$(BIN)/aiayn evaluate --model $(RUN) --data $(DATA) --split test --out $(RUN)/eval

@@ -37,6 +37,9 @@ from aiayn.schedule import InverseSqrtSchedule
 from aiayn.train import Runtime, Trainer, choose_precision
 
 FIXED_ROWS, FIXED_LEN = 128, 32
+# Bucketed batches per timed pass: base's steps take ~10 s on 2 CPU threads, so one batch keeps
+# `make bench` within 20 minutes; --batches N overrides.
+BUCKETED_BATCHES = {"tiny": 1, "small": 3}
 
 
 # ---------------------------------------------------------------------------- the reference
@@ -187,6 +190,7 @@ class Result:
     memory: PeakMemory
     tokens: int
     flops: float
+    batches: int
 
 
 def measure(step: Callable[[Batch], object], batches: list[Batch], cfg: Config, reps: int,
@@ -202,20 +206,26 @@ def measure(step: Callable[[Batch], object], batches: list[Batch], cfg: Config, 
     with PeakMemory(device) as memory:
         times = repeat(one_pass, reps, device, warmup=0)
     tokens = sum(b.n_tgt_tokens for b in batches)
-    return Result(rate_stats(tokens, times), memory, tokens, sum(training_flops(cfg.model, b) for b in batches))
+    flops = sum(training_flops(cfg.model, b) for b in batches)
+    return Result(rate_stats(tokens, times), memory, tokens, flops, len(batches))
 
 
-def emit(report: Reporter, impl: str, preset: str, kind: str, precision: str, r: Result, peak: float,
+def emit(report: Reporter, impl: str, preset: str, kind: str, precision: str, r: Result, peaks: dict[str, float],
          aiayn: Result | None, **extra: object) -> None:
+    """One line; ``mfu`` is against the fp32 matmul peak, ``mfu_own_precision`` against the peak
+    of the precision the line ran in."""
     flops_rate = r.stats["median"] * r.flops / r.tokens
     report.emit(impl=impl, preset=preset, batch=kind, precision=precision, **r.stats, unit="tgt tokens/s",
+                batches_per_rep=r.batches,
                 aiayn_speedup=(aiayn.stats["median"] / r.stats["median"]) if aiayn else 1.0,
                 tokens_per_rep=r.tokens, model_gflops_per_rep=round(r.flops / 1e9, 3),
-                model_gflops_per_s=round(flops_rate / 1e9, 2), mfu=round(flops_rate / 1e9 / peak, 4),
+                model_gflops_per_s=round(flops_rate / 1e9, 2), mfu=round(flops_rate / 1e9 / peaks["fp32"], 4),
+                mfu_own_precision=round(flops_rate / 1e9 / peaks[precision], 4),
                 peak_mem_mb=round(r.memory.peak_mb, 1), step_mem_mb=round(r.memory.added_mb, 1), **extra)
 
 
-def run_preset(name: str, args: argparse.Namespace, device: torch.device, report: Reporter, peak: float) -> None:
+def run_preset(name: str, args: argparse.Namespace, device: torch.device, report: Reporter,
+               peaks: dict[str, float]) -> None:
     data_dir = find_data(args.data)
     if data_dir is not None:
         from aiayn.tokenizer import Tokenizer
@@ -229,8 +239,10 @@ def run_preset(name: str, args: argparse.Namespace, device: torch.device, report
         cfg = preset_config(name, compile=args.compile)
         src, tgt = synthetic_pairs(4000, cfg.model.vocab_size)
         source = "synthetic lengths (no prepared Bible folder)"
-    kinds = {"bucketed": bucketed_batches(cfg, (src, tgt), 2 if args.quick else 3),
-             f"fixed {FIXED_ROWS}x{FIXED_LEN}": [fixed_batch(cfg.model.vocab_size)]}
+    count = args.batches or BUCKETED_BATCHES.get(name, 1)
+    rows = 16 if args.quick else FIXED_ROWS
+    kinds = {"bucketed": bucketed_batches(cfg, (src, tgt), count),
+             f"fixed {rows}x{FIXED_LEN}": [fixed_batch(cfg.model.vocab_size, rows)]}
     kinds = {k: [b.to(device) for b in v] for k, v in kinds.items()}
     extra = {"data": source, "vocab": cfg.model.vocab_size, "batch_tokens": cfg.data.batch_tokens,
              "compile": args.compile}
@@ -240,7 +252,7 @@ def run_preset(name: str, args: argparse.Namespace, device: torch.device, report
     ours = {kind: measure(lambda b: trainer.update([b]), batches, cfg, args.reps, device)
             for kind, batches in kinds.items()}
     for kind, r in ours.items():
-        emit(report, "aiayn", name, kind, precision, r, peak, None, **extra)
+        emit(report, "aiayn", name, kind, precision, r, peaks, None, **extra)
     if args.profile:
         first = kinds["bucketed"][0]
         top = profile_top(lambda: trainer.update([first]), device, f"aiayn training step, {name}")
@@ -254,22 +266,27 @@ def run_preset(name: str, args: argparse.Namespace, device: torch.device, report
         model, step = reference_step(cfg, device, autocast, args.compile)
         for kind, batches in kinds.items():
             r = measure(step, batches, cfg, args.reps, device)
-            emit(report, "torch.nn.Transformer", name, kind, label, r, peak, ours[kind], **extra)
+            emit(report, "torch.nn.Transformer", name, kind, label, r, peaks, ours[kind], **extra)
         del model, step
         gc.collect()
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parser("Training throughput: aiayn vs torch.nn.Transformer.", "small,base").parse_args(argv)
+    p = parser("Training throughput: aiayn vs torch.nn.Transformer.", "small,base")
+    p.add_argument("--batches", type=int, default=0,
+                   help="bucketed batches per timed pass (default 3 for small, 1 for base)")
+    args = p.parse_args(argv)
     device = setup(args)
     report = Reporter("train", device, args.threads)
-    n = 1024 if args.quick else 2048
-    stats = matmul_peak(device, n=n, reps=args.reps)
-    peak = stats["max"]
-    report.emit(bench="matmul-peak", impl="torch.matmul", preset="", batch=f"{n}x{n}", precision="fp32", **stats,
-                unit="GFLOP/s")
+    n = 512 if args.quick else 2048
+    peaks = {}
+    for label, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        stats = matmul_peak(device, dtype, n=n, reps=args.reps)
+        peaks[label] = stats["max"]
+        report.emit(bench="matmul-peak", impl="torch.matmul", preset="", batch=f"{n}x{n}", precision=label, **stats,
+                    unit="GFLOP/s")
     for name in presets(args):
-        run_preset(name, args, device, report, peak)
+        run_preset(name, args, device, report, peaks)
     report.summary(extra=("precision", "mfu", "peak_mem_mb"))
 
 

@@ -628,3 +628,27 @@ def test_table_3_parameter_counts(row: str, overrides, paper: int) -> None:
 def test_base_and_big_counts() -> None:
     assert round(meta_count("base", []) / 1e5) == 631
     assert round(meta_count("big", []) / 1e6) == 214
+
+
+def test_forward_with_tgt_mask_projects_only_real_positions() -> None:
+    model = make_model().eval()
+    src, src_mask = random_batch([5, 3], 6)
+    tgt, tgt_mask = random_batch([4, 2], 5, seed=2)
+    with torch.no_grad():
+        full = model(src, tgt, src_mask)  # (B, T, V)
+        real = model(src, tgt, src_mask, tgt_mask)  # (n, V)
+    assert real.shape == (6, full.size(-1))
+    assert max_diff(real, full[tgt_mask]) < 1e-6
+
+
+def test_cpu_bf16_explicit_path_matches_fused_kernel() -> None:
+    """bf16 on a CPU takes the explicit path (faster there); it must agree with the fused kernel."""
+    sdpa = ScaledDotProductAttention()
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 7, 8) for _ in range(3))
+    mask = lengths_to_mask([7, 4], 7)[:, None, None, :]
+    for is_causal in (False, True):
+        ref, _ = sdpa(q, k, v, mask, is_causal=is_causal)  # float32: fused kernel
+        out, weights = sdpa(q.bfloat16(), k.bfloat16(), v.bfloat16(), mask, is_causal=is_causal)
+        assert weights is None and out.dtype == torch.bfloat16
+        assert max_diff(out.float(), ref) < 3e-2

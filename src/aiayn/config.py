@@ -135,8 +135,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "small": {
         "model": dict(vocab_size=8000, d_model=256, d_ff=1024, n_heads=4, n_layers=3, dropout=0.1),
         "data": dict(batch_tokens=3000),
-        "train": dict(warmup_steps=400, lr_scale=0.4, eval_every=250, checkpoint_every_steps=250,
-                      checkpoint_every_minutes=5.0),
+        "train": dict(warmup_steps=400, lr_scale=0.4, eval_every=500, checkpoint_every_steps=200,
+                      checkpoint_every_minutes=10.0),
     },
     "base": {},
     "big": {

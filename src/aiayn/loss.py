@@ -17,13 +17,16 @@ from aiayn.config import PAD_ID
 
 def label_smoothed_cross_entropy(logits: Tensor, target: Tensor, epsilon: float,
                                  pad_id: int = PAD_ID) -> tuple[Tensor, Tensor, int]:
-    """logits (B, T, V), target (B, T) -> (smoothed loss sum, NLL sum, number of real tokens).
+    """logits (B, T, V) and target (B, T) with padding, or logits (n, V) and target (n,) of real
+    tokens only (``Transformer.forward`` with ``tgt_mask``) -> (smoothed loss sum, NLL sum, n).
 
     loss = −(1 − ε) log p(y) − ε / (V − 2) · Σ_{v ∉ {y, PAD}} log p(v)
     """
-    keep = target != pad_id  # (B, T)
-    lprobs = logits[keep].float().log_softmax(dim=-1)  # (n, V): only real positions are computed
-    gold = target[keep]  # (n,)
+    if logits.dim() == 3:
+        keep = target != pad_id  # (B, T)
+        logits, target = logits[keep], target[keep]  # (n, V), (n,)
+    lprobs = logits.log_softmax(dim=-1, dtype=torch.float32)  # (n, V)
+    gold = target  # (n,)
     nll = -lprobs.gather(-1, gold[:, None]).squeeze(-1)  # (n,)
     if epsilon == 0.0:
         loss = nll

@@ -42,26 +42,29 @@ def causal_mask(t_q: int, t_k: int, device: torch.device | None = None) -> Tenso
 class ScaledDotProductAttention(nn.Module):
     """Eq. 1: Attention(Q, K, V) = softmax(Q Kᵀ / √d_k) V.
 
-    Uses PyTorch's fused kernel unless the weights are asked for; the explicit path
-    computes softmax in float32 and returns the weights (B, H, T_q, T_k).
+    Uses PyTorch's fused kernel unless the weights are asked for, or the inputs are bf16 on a
+    CPU, where the fused kernel's backward measured 4× slower than the explicit path at
+    sentence lengths (bench/, docs/performance.md). The explicit path computes softmax in
+    float32 and can return the weights (B, H, T_q, T_k).
     """
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None,
                 is_causal: bool = False, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
         t_q, t_k = q.size(-2), k.size(-2)
-        if is_causal and (need_weights or mask is not None or t_q != t_k):
+        explicit = need_weights or (q.device.type == "cpu" and q.dtype == torch.bfloat16)
+        if is_causal and (explicit or mask is not None or t_q != t_k):
             # The fused kernel's own causal mask is top-left aligned and exclusive of attn_mask
             # (pitfall 4): build the bottom-right aligned one and merge it instead.
             causal = causal_mask(t_q, t_k, q.device)
             mask, is_causal = (causal if mask is None else mask & causal), False
-        if not need_weights:
+        if not explicit:
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal), None
         scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, T_q, T_k)
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
         # Softmax in at least float32 (pitfall 21), float64 kept for gradcheck.
         weights = scores.softmax(dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(v.dtype)
-        return weights @ v, weights  # (B, H, T_q, d_v)
+        return weights @ v, (weights if need_weights else None)  # (B, H, T_q, d_v)
 
 
 class MultiHeadAttention(nn.Module):
@@ -380,11 +383,17 @@ class Transformer(nn.Module):
                                            cache.beam)
         return self.out_proj(x), DecoderCache(self_kv, cache.cross_kv, cache.src_mask, cache.beam), weights
 
-    def forward(self, src: Tensor, tgt_in: Tensor, src_mask: Tensor) -> Tensor:
-        """Teacher-forced logits (B, T, V) for training."""
+    def forward(self, src: Tensor, tgt_in: Tensor, src_mask: Tensor, tgt_mask: Tensor | None = None) -> Tensor:
+        """Teacher-forced logits (B, T, V). Given ``tgt_mask`` (B, T) (True = real token), only
+        the real target positions are projected to the vocabulary: (n, V), row order as
+        ``tgt_mask.nonzero()`` — training never spends the largest matmul on padding."""
         memory, _ = self.encode(src, src_mask)
-        logits, _, _ = self.decode(tgt_in, memory, src_mask)
-        return logits
+        if tgt_mask is None:
+            logits, _, _ = self.decode(tgt_in, memory, src_mask)
+            return logits
+        cross_kv = [layer.cross_attn.project_kv(memory) for layer in self.decoder.layers]
+        hidden, _, _ = self.decoder(tgt_in, cross_kv, padding_mask(src_mask))  # (B, T, D)
+        return self.out_proj(hidden[tgt_mask])  # (n, V)
 
 
 def count_parameters(model: nn.Module) -> int:

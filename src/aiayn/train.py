@@ -102,8 +102,8 @@ def choose_precision(setting: str, device: torch.device, model: torch.nn.Module,
 
     def step(bf16: bool) -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = model(ids, ids, mask)
-        label_smoothed_cross_entropy(logits, ids, 0.1)[0].backward()
+            logits = model(ids, ids, mask, mask)
+        label_smoothed_cross_entropy(logits, ids[mask], 0.1)[0].backward()
         model.zero_grad(set_to_none=True)
 
     with torch.random.fork_rng():  # the probe must not shift the run's random stream
@@ -225,8 +225,9 @@ class Trainer:
         with ctx:
             with torch.autocast(self.rt.device.type, dtype=self.autocast or torch.bfloat16,
                                 enabled=self.autocast is not None):
-                logits = self.forward(batch.src, batch.tgt_in, batch.src_mask)
-            loss, nll, _ = label_smoothed_cross_entropy(logits, batch.tgt_out, self.cfg.train.label_smoothing)
+                logits = self.forward(batch.src, batch.tgt_in, batch.src_mask, batch.tgt_mask)  # (n, V)
+            loss, nll, _ = label_smoothed_cross_entropy(logits, batch.tgt_out[batch.tgt_mask],
+                                                        self.cfg.train.label_smoothing)
             # DDP averages gradients over ranks; × world_size turns that into a sum over ranks.
             (loss * (self.rt.world_size / tokens_in_update)).backward()
         return loss.item(), nll.item()
@@ -269,8 +270,9 @@ class Trainer:
             batch = batch.to(self.rt.device)
             with torch.autocast(self.rt.device.type, dtype=self.autocast or torch.bfloat16,
                                 enabled=self.autocast is not None):
-                logits = self.model(batch.src, batch.tgt_in, batch.src_mask)
-            loss, nll, n = label_smoothed_cross_entropy(logits, batch.tgt_out, self.cfg.train.label_smoothing)
+                logits = self.model(batch.src, batch.tgt_in, batch.src_mask, batch.tgt_mask)  # (n, V)
+            loss, nll, n = label_smoothed_cross_entropy(logits, batch.tgt_out[batch.tgt_mask],
+                                                        self.cfg.train.label_smoothing)
             loss_sum, nll_sum, tokens = loss_sum + loss.item(), nll_sum + nll.item(), tokens + n
         result = {"valid_loss": loss_sum / max(tokens, 1), "valid_ppl": math.exp(min(nll_sum / max(tokens, 1), 50))}
         n_bleu = self.cfg.data.valid_bleu_sentences if self.rt.is_main else 0  # other ranks: loss only
