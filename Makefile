@@ -38,5 +38,16 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/pytest -q -m slow
 
+# CPU benchmarks, 2 threads, each figure a ratio measured in one run (docs/performance.md):
+# aiayn vs torch.nn.Transformer (training), Hugging Face Marian and CTranslate2 (decoding).
+BENCH_OUT ?= runs/bench
+bench: $(STAMP)
+	$(BIN)/pip install -q -e '.[bench]'
+	@[ -f $(DATA)/meta.json ] || $(BIN)/aiayn prepare bible --out $(DATA)
+	@mkdir -p $(BENCH_OUT)
+	$(BIN)/python -m bench.train --data $(DATA) --presets small,base --profile > $(BENCH_OUT)/train.jsonl
+	$(BIN)/python -m bench.decode --data $(DATA) --presets small --profile > $(BENCH_OUT)/decode.jsonl
+	@echo "JSON lines: $(BENCH_OUT)/train.jsonl $(BENCH_OUT)/decode.jsonl"
+
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

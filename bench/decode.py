@@ -282,7 +282,7 @@ def ct2_system(translator: Any, cfg: Config) -> System:
                 lengths = dict(min_decoding_length=w.forced, max_decoding_length=w.forced)
             else:
                 lengths = dict(max_decoding_length=max(map(len, rows)) + cfg.decode.max_len_offset,
-                               length_penalty=cfg.decode.alpha)
+                               min_decoding_length=cfg.decode.min_len, length_penalty=cfg.decode.alpha)
             found = translator.translate_batch([[tokens[i] for i in r] for r in rows], beam_size=beam,
                                                max_batch_size=batch, suppress_sequences=banned, **lengths)
             out += [sum(t != tokens[EOS_ID] for t in r.hypotheses[0]) for r in found]
@@ -292,47 +292,53 @@ def ct2_system(translator: Any, cfg: Config) -> System:
 
 @dataclass
 class Subject:
-    """The model under test, where it came from, aiayn's Translator for it, and its workload."""
+    """The model under test, where it came from, and its workloads: name -> (aiayn's Translator
+    for it, the sources every system translates)."""
 
     model: Transformer
     cfg: Config
     label: str
-    translator: Translator
-    workload: Workload
+    workloads: dict[str, tuple[Translator, Workload]]
 
 
 def load_subject(name: str, args: argparse.Namespace, device: torch.device) -> Subject:
+    """A trained model (``--model``, or runs/demo) or a random one of preset ``name``. Every model
+    gets the forced-length workload (time per token at equal lengths, whatever the weights); a
+    trained one also translates Bible test verses at the lengths each system chooses."""
     model_path = args.model or (DEMO if Path(DEMO).is_dir() and not args.quick else None)
+    translator = None
     if model_path is None:
         cfg = preset_config(name)
         torch.manual_seed(0)
-        model = Transformer(cfg.model).to(device).eval()
-        length = 8 if args.quick else FORCED_LEN
-        workload = synthetic_workload(BATCH, cfg.model.vocab_size, length, length)
-        return Subject(model, cfg, "random weights", forced_translator(model, cfg, length, length, device), workload)
-    data_dir = find_data(args.data)
-    if data_dir is None:
-        raise AiaynError(f"--model {model_path}: no Bible test sentences found; pass --data DIR (from `aiayn prepare`)")
-    from aiayn.corpus import read_split
+        model, label = Transformer(cfg.model).to(device).eval(), "random weights"
+    else:
+        translator = Translator.load(model_path, device)
+        model, cfg, label = translator.model.eval(), translator.config, f"trained ({model_path})"
+    length = 8 if args.quick else FORCED_LEN
+    workloads = {f"synthetic, forced length {length}": (
+        forced_translator(model, cfg, length, length, device),
+        synthetic_workload(BATCH, cfg.model.vocab_size, length, length))}
+    if translator is not None:
+        data_dir = find_data(args.data)
+        if data_dir is None:
+            raise AiaynError(f"--model {model_path}: no Bible test sentences; pass --data DIR (from `aiayn prepare`)")
+        from aiayn.corpus import read_split
 
-    translator = Translator.load(model_path, device)
-    lines = [line for line in read_split(data_dir, "test")[0] if line.strip()][:BATCH]
-    rows = [source_row(x, translator.config.model.max_len) for x in translator.tokenizer.encode_batch(lines)]
-    return Subject(translator.model.eval(), translator.config, f"trained ({model_path})", translator,
-                   Workload(lines, rows, None))
+        lines = [line for line in read_split(data_dir, "test")[0] if line.strip()][:BATCH]
+        rows = [source_row(x, cfg.model.max_len) for x in translator.tokenizer.encode_batch(lines)]
+        workloads["bible test, own lengths"] = (translator, Workload(lines, rows, None))
+    return Subject(model, cfg, label, workloads)
 
 
-def build_systems(subject: Subject, device: torch.device, threads: int, work_dir: Path) -> dict[str, System]:
-    """Every implementation, keyed by its label, aiayn first; the peers hold aiayn's weights."""
+def peer_systems(subject: Subject, device: torch.device, threads: int, work_dir: Path) -> dict[str, System]:
+    """Hugging Face Marian and CTranslate2 (fp32, int8; on CUDA also bf16), holding aiayn's weights."""
     import ctranslate2
 
     marian = marian_from_aiayn(subject.model).to(device)
     ct2_dir = ct2_from_aiayn(subject.model, work_dir)
-    found = {"aiayn": aiayn_system(subject.translator, None),
-             "transformers Marian": hf_system(marian, subject.cfg, device, None)}
+    found = {"transformers Marian": hf_system(marian, subject.cfg, device, None)}
     compute_types = {"fp32": "float32", "int8": "int8"}
-    if device.type == "cuda":  # bf16 where the hardware has it; aiayn and Marian under autocast
-        found["aiayn bf16"] = aiayn_system(subject.translator, torch.bfloat16)
+    if device.type == "cuda":  # where bf16 is native; Marian under autocast
         found["transformers Marian bf16"] = hf_system(marian, subject.cfg, device, torch.bfloat16)
         compute_types = {"fp32": "float32", "int8": "int8_float32", "bf16": "bfloat16"}
     for label, compute_type in compute_types.items():
@@ -347,7 +353,7 @@ def subset(w: Workload, n: int) -> Workload:
 
 
 def measure(report: Reporter, impls: dict[str, System], w: Workload, batch: int, search: str, beam: int,
-            preset: str, args: argparse.Namespace, device: torch.device, **extra: Any) -> None:
+            args: argparse.Namespace, device: torch.device, **extra: Any) -> None:
     """Time every implementation on ``w`` and emit one line each; the speedup is aiayn's rate
     over the line's. The first (warm-up) run also gives the output lengths."""
     ours = None
@@ -357,7 +363,7 @@ def measure(report: Reporter, impls: dict[str, System], w: Workload, batch: int,
         tokens = sum(lengths)
         stats = rate_stats(tokens, times)
         ours = ours or stats
-        report.emit(impl=label, preset=preset, batch=batch, search=search, **stats, unit="tgt tokens/s",
+        report.emit(impl=label, batch=batch, search=search, **stats, unit="tgt tokens/s",
                     aiayn_speedup=ours["median"] / stats["median"], ms_per_token=1e3 / stats["median"],
                     sentences=len(w.rows), output_tokens=tokens, mean_output_len=tokens / len(w.rows),
                     forced_len=w.forced, **extra)
@@ -367,15 +373,12 @@ def growth(report: Reporter, subject: Subject, preset: str, args: argparse.Names
     """aiayn's time per generated token as outputs grow (greedy, forced lengths, 16-token
     sources): with the KV cache a step costs about the same at position 16 and 256."""
     lengths = (16, 64) if args.quick else GROWTH_LENGTHS
-    for batch, n in ((1, 2 if args.quick else 4), (BATCH, BATCH)):
-        if args.quick and batch > 1:
-            continue
+    for batch, n in ((1, 2), (BATCH, BATCH))[: 1 if args.quick else 2]:
         first = None
         for out_len in lengths:
             w = synthetic_workload(n, subject.cfg.model.vocab_size, 16, out_len, seed=1)
             run = aiayn_system(forced_translator(subject.model, subject.cfg, 16, out_len, device), None)
-            times = repeat(lambda: run(w, batch, 1), args.reps, device)
-            stats = rate_stats(n * out_len, times)
+            stats = rate_stats(n * out_len, repeat(lambda: run(w, batch, 1), args.reps, device))
             first = first or stats["median"]
             report.emit(bench="decode-growth", impl="aiayn", preset=preset, batch=batch, search="greedy", **stats,
                         unit="tgt tokens/s", ms_per_token=1e3 / stats["median"], output_len=out_len,
@@ -392,24 +395,28 @@ def main(argv: list[str] | None = None) -> None:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     report = Reporter("decode", device, args.threads)
-    for name in presets(args):
+    for name in [None] if args.model else presets(args):
         subject = load_subject(name, args, device)
         preset = subject.cfg.preset
-        n1 = 2 if args.quick else SINGLE
-        extra = {"model": subject.label, "vocab": subject.cfg.model.vocab_size,
-                 "data": "synthetic sources (random weights)" if subject.workload.forced else "bible test"}
         with tempfile.TemporaryDirectory() as tmp:
-            impls = build_systems(subject, device, args.threads, Path(tmp))
-            for search, beam in SEARCHES:
-                measure(report, impls, subset(subject.workload, n1), 1, search, beam, preset, args, device, **extra)
-                measure(report, impls, subject.workload, BATCH, search, beam, preset, args, device, **extra)
+            peers = peer_systems(subject, device, args.threads, Path(tmp))
+            for data, (translator, workload) in subject.workloads.items():
+                impls = {"aiayn": aiayn_system(translator, None), **peers}
+                if device.type == "cuda":
+                    impls["aiayn bf16"] = aiayn_system(translator, torch.bfloat16)
+                extra = {"preset": preset, "model": subject.label, "data": data, "vocab": subject.cfg.model.vocab_size}
+                for search, beam in SEARCHES:
+                    measure(report, impls, subset(workload, 2 if args.quick else SINGLE), 1, search, beam, args,
+                            device, **extra)
+                    measure(report, impls, workload, BATCH, search, beam, args, device, **extra)
         growth(report, subject, preset, args, device)
         if args.profile:
-            run = aiayn_system(subject.translator, None)
-            top = profile_top(lambda: run(subject.workload, BATCH, 4), device, f"aiayn beam 4, batch {BATCH}, {preset}")
+            translator, workload = next(iter(subject.workloads.values()))
+            run = aiayn_system(translator, None)
+            top = profile_top(lambda: run(workload, BATCH, 4), device, f"aiayn beam 4, batch {BATCH}, {preset}")
             report.emit(bench="decode-profile", impl="aiayn", preset=preset, batch=BATCH, search="beam 4",
                         top_ops=top, model=subject.label)
-    report.summary(extra=("search", "ms_per_token", "mean_output_len"))
+    report.summary(extra=("search", "data", "ms_per_token", "mean_output_len"))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from aiayn.corpus import SPLITS
 
@@ -28,6 +29,16 @@ def _complete(folder: Path, code: tuple[str, ...] = ()) -> bool:
         return (folder / "spm.model").is_file() and all(n == meta["counts"][k[0]] for k, n in lines.items())
     except (OSError, ValueError, KeyError):
         return False
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny tensors: more threads only add synchronisation,
+    badly so on a shared machine. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

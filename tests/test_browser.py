@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import select
 import shutil
@@ -22,14 +21,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import torch
 
-from aiayn.checkpoint import save_checkpoint
-from aiayn.config import preset
-from aiayn.model import Transformer
-from aiayn.tokenizer import Tokenizer
+from toydata import random_run
 
-WORDS = "en el principio creo dios los cielos y la tierra luz agua noche dia mar".split()
 SENTENCE = os.environ.get("AIAYN_EXPLORER_SENTENCE", "en el principio creo dios los cielos")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
@@ -56,17 +50,8 @@ def chromium() -> str:
 def model_path(tmp_path_factory) -> str:
     if os.environ.get("AIAYN_EXPLORER_MODEL"):
         return os.environ["AIAYN_EXPLORER_MODEL"]
-    folder = tmp_path_factory.mktemp("run")
-    rng = random.Random(0)
-    text = "\n".join(" ".join(rng.choices(WORDS, k=rng.randint(3, 12))) for _ in range(400))
-    (folder / "train.txt").write_text(text + "\n", encoding="utf-8")
-    Tokenizer.train([folder / "train.txt"], folder, vocab_size=64)
-    cfg = preset("tiny")
-    cfg.decode.min_len, cfg.decode.max_len_offset = 4, 0  # a random model would stop at once, or never
-    torch.manual_seed(0)
-    save_checkpoint(folder / "checkpoints" / "step_00000001.pt",
-                    {"model": Transformer(cfg.model).state_dict(), "config": json.dumps(cfg.to_dict()), "step": 1})
-    return str(folder)
+    # Length limits, because a random model would stop at once, or never.
+    return str(random_run(tmp_path_factory.mktemp("run"), min_len=4, max_len_offset=0))
 
 
 @pytest.fixture(scope="module")

@@ -4,26 +4,22 @@ on a tiny random-weight model."""
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
 import sacrebleu
-import torch
 
-from aiayn.checkpoint import save_checkpoint
 from aiayn.cli import main
-from aiayn.config import AiaynError, preset
+from aiayn.config import AiaynError
 from aiayn.evaluate import corpus_scores
-from aiayn.model import Transformer
-from aiayn.tokenizer import Tokenizer
 from aiayn.translate import Translator
+from toydata import random_run
 
 HYPS = ["The cat sat on the mat.", "In the beginning God created the heavens and the earth.", "Let there be light"]
 REFS = ["The cat is sitting on the mat.", "In the beginning, God created the heavens and the earth.",
         "Let there be light."]
-WORDS = "en el principio creo dios los cielos y la tierra luz agua noche dia mar".split()
 SOURCES = ["en el principio", "dios creo la luz", "la noche y el dia", "el mar"]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_scores_equal_sacrebleu_called_directly():
@@ -37,28 +33,10 @@ def test_scores_equal_sacrebleu_called_directly():
         corpus_scores(HYPS[:2], REFS)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: more threads only add synchronisation
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("run")
-    rng = random.Random(0)
-    text = "\n".join(" ".join(rng.choices(WORDS, k=rng.randint(3, 12))) for _ in range(400))
-    (run / "train.txt").write_text(text + "\n", encoding="utf-8")
-    Tokenizer.train([run / "train.txt"], run, vocab_size=64)
-    cfg = preset("tiny")
-    cfg.decode.max_len_offset = 5  # a random model rarely stops: keep its outputs short
-    torch.manual_seed(0)
-    model = Transformer(cfg.model)
-    save_checkpoint(run / "checkpoints" / "step_00000001.pt",
-                    {"model": model.state_dict(), "config": json.dumps(cfg.to_dict()), "step": 1})
-    return run
+    # A random model rarely stops: keep its outputs short.
+    return random_run(tmp_path_factory.mktemp("run"), max_len_offset=5)
 
 
 def test_evaluate_command_with_files(run_dir, tmp_path, capsys):

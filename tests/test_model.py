@@ -27,15 +27,7 @@ from aiayn.model import (
 
 D, H, D_FF = 32, 4, 64
 TOL = 1e-5
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tensors this small gain nothing from intra-op threads, and lose a lot on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_cfg(**overrides) -> ModelConfig:

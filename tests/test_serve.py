@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import random
 import re
 import socket
 import threading
@@ -16,31 +15,17 @@ import pytest
 import torch
 
 from aiayn import serve
-from aiayn.checkpoint import save_checkpoint
 from aiayn.cli import main
-from aiayn.config import preset
-from aiayn.model import Transformer
-from aiayn.tokenizer import Tokenizer
 from aiayn.visualize import sentence_attention
+from toydata import random_run
 
-WORDS = "en el principio creo dios los cielos y la tierra luz agua noche dia mar".split()
 SENTENCE = "en el principio creo dios los cielos"
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     """A run folder with a random tiny model whose translations are 4–8 subwords long."""
-    folder = tmp_path_factory.mktemp("run")
-    rng = random.Random(0)
-    text = "\n".join(" ".join(rng.choices(WORDS, k=rng.randint(3, 12))) for _ in range(400))
-    (folder / "train.txt").write_text(text + "\n", encoding="utf-8")
-    Tokenizer.train([folder / "train.txt"], folder, vocab_size=64)
-    cfg = preset("tiny")
-    cfg.decode.min_len, cfg.decode.max_len_offset = 4, 0
-    torch.manual_seed(0)
-    save_checkpoint(folder / "checkpoints" / "step_00000042.pt",
-                    {"model": Transformer(cfg.model).state_dict(), "config": json.dumps(cfg.to_dict()), "step": 42})
-    return folder
+    return random_run(tmp_path_factory.mktemp("run"), step=42, min_len=4, max_len_offset=0)
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,7 @@ and the `aiayn translate` command end to end."""
 from __future__ import annotations
 
 import io
-import json
 import os
-import random
 import subprocess
 import sys
 import time
@@ -18,34 +16,21 @@ import torch
 
 from aiayn import search
 from aiayn.batching import source_row
-from aiayn.checkpoint import save_checkpoint
 from aiayn.cli import main
 from aiayn.config import BOS_ID, EOS_ID, PAD_ID, AiaynError, Config, preset
 from aiayn.model import Transformer
 from aiayn.tokenizer import Tokenizer
 from aiayn.translate import Translator, arriving_chunks, format_translations, length_batches, make_step_fn
+from toydata import TOY_WORDS, save_run, train_toy_tokenizer
 
-WORDS = "en el principio creo dios los cielos y la tierra luz agua noche dia mar".split()
 LINES = ["en el principio", "dios creo la luz y el agua", "la noche", "el mar y la tierra y los cielos y el dia",
          "luz", "agua agua mar", "el principio de los cielos"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matrices: more threads only add synchronisation, badly so on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory) -> Tokenizer:
-    folder = tmp_path_factory.mktemp("spm")
-    rng = random.Random(0)
-    text = "\n".join(" ".join(rng.choices(WORDS, k=rng.randint(3, 12))) for _ in range(400))
-    (folder / "train.txt").write_text(text + "\n", encoding="utf-8")
-    return Tokenizer.train([folder / "train.txt"], folder, vocab_size=64)
+    return train_toy_tokenizer(tmp_path_factory.mktemp("spm"))
 
 
 def tiny(max_len: int = 256, seed: int = 0) -> tuple[Transformer, Config]:
@@ -140,7 +125,7 @@ def test_empty_lines_give_empty_output(translator):
 def test_over_long_input_is_truncated_with_one_warning(tokenizer, capsys):
     model, cfg = tiny(max_len=24)
     t = Translator(model, tokenizer, cfg)
-    long_line = " ".join(WORDS * 5)
+    long_line = " ".join(TOY_WORDS * 5)
     out = t.translate([long_line, LINES[1], long_line], beam_size=2)
     err = capsys.readouterr().err
     assert err.count("warning") == 1 and "2 input line(s)" in err and "line 1" in err
@@ -195,9 +180,7 @@ def test_nbest_format():
 def run_dir(tmp_path_factory, tokenizer) -> Path:
     """A run folder as training writes it: a checkpoint and the tokenizer beside it."""
     run = tmp_path_factory.mktemp("run")
-    model, cfg = tiny()
-    save_checkpoint(run / "checkpoints" / "step_00000001.pt",
-                    {"model": model.state_dict(), "config": json.dumps(cfg.to_dict()), "step": 1})
+    save_run(run, *tiny())
     tokenizer.copy_to(run)
     return run
 

@@ -4,9 +4,7 @@ figures checked for panels, labels, plotted values and PNG pixel sizes; the comm
 
 from __future__ import annotations
 
-import json
 import math
-import random
 from pathlib import Path
 
 import numpy as np
@@ -16,33 +14,21 @@ from PIL import Image
 
 from aiayn import visualize as v
 from aiayn.batching import source_row
-from aiayn.checkpoint import save_checkpoint
 from aiayn.cli import main
 from aiayn.config import BOS_ID, preset
 from aiayn.model import Transformer
 from aiayn.tokenizer import Tokenizer
 from aiayn.translate import Translator
+from toydata import save_run, train_toy_tokenizer
 
-WORDS = "en el principio creo dios los cielos y la tierra luz agua noche dia mar".split()
 SENTENCE = "en el principio creo dios los cielos y la tierra"
 MAX_PNG_BYTES = 300_000
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory) -> Tokenizer:
-    folder = tmp_path_factory.mktemp("spm")
-    rng = random.Random(0)
-    text = "\n".join(" ".join(rng.choices(WORDS, k=rng.randint(3, 12))) for _ in range(400))
-    (folder / "train.txt").write_text(text + "\n", encoding="utf-8")
-    return Tokenizer.train([folder / "train.txt"], folder, vocab_size=64)
+    return train_toy_tokenizer(tmp_path_factory.mktemp("spm"))
 
 
 @pytest.fixture(scope="module")
@@ -61,10 +47,7 @@ def maps(translator) -> v.AttentionMaps:
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, translator) -> Path:
-    run = tmp_path_factory.mktemp("run")
-    save_checkpoint(run / "checkpoints" / "step_00000007.pt",
-                    {"model": translator.model.state_dict(), "config": json.dumps(translator.config.to_dict()),
-                     "step": 7})
+    run = save_run(tmp_path_factory.mktemp("run"), translator.model, translator.config, step=7)
     translator.tokenizer.copy_to(run)
     return run
 

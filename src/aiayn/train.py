@@ -318,7 +318,7 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict:
         t = self.cfg.train
-        start = time.monotonic()
+        start, first_step = time.monotonic(), self.step
         minutes = lambda: self.minutes_before + (time.monotonic() - start) / 60  # noqa: E731
         last_ckpt_minutes, bad_steps, window_tokens, window_start = minutes(), 0, 0.0, time.monotonic()
         stream = iter(self.stream)
@@ -356,6 +356,11 @@ class Trainer:
                 row = {"step": self.step, "epoch": epoch, "minutes": round(minutes(), 3), "train_loss": last["loss"],
                        "train_nll": last["nll"], "lr": last["lr"], "tokens_per_s": rate, "grad_norm": last["grad_norm"]}
                 bar.set_postfix(loss=f"{last['loss']:.3f}", lr=f"{last['lr']:.2e}", tok_s=f"{rate:.0f}", epoch=epoch)
+                if t.max_minutes:  # a time-boxed run: the bar's end is the step the time budget reaches
+                    steps_per_minute = (self.step - first_step) / max(minutes() - self.minutes_before, 1e-9)
+                    reachable = self.step + int((t.max_minutes - minutes()) * steps_per_minute)
+                    bar.total = max(self.step, min(t.max_steps, reachable))
+                    bar.refresh()
             best = False
             if self.step % t.eval_every == 0:
                 row.update(self.validate())

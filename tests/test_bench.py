@@ -1,0 +1,164 @@
+"""The benchmarks: quick runs emit well-formed JSON lines, the peers compute aiayn's own function
+(Marian logits, CTranslate2 log-probabilities and greedy outputs), the nn.Transformer reference has
+aiayn's shape, and the FLOP formula agrees with PyTorch's FLOP counter."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # bench/ is a top-level folder of the repository, not part of the package
+
+from bench.decode import IdTokenizer, ct2_from_aiayn, forced_translator, marian_from_aiayn, token_strings  # noqa: E402
+from bench.train import NNTransformerReference, fixed_batch, training_flops  # noqa: E402
+from aiayn.batching import collate  # noqa: E402
+from aiayn.config import BOS_ID, EOS_ID, PAD_ID, load_config  # noqa: E402
+from aiayn.model import Transformer, count_parameters  # noqa: E402
+
+KEYS = {"bench", "impl", "preset", "batch", "threads", "device", "torch", "cpu", "median", "min", "max", "reps",
+        "unit"}
+needs_transformers = pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
+                                        reason="transformers is not installed (`make bench` installs the bench extra)")
+needs_ct2 = pytest.mark.skipif(importlib.util.find_spec("ctranslate2") is None or
+                               importlib.util.find_spec("transformers") is None,
+                               reason="ctranslate2/transformers not installed (`make bench` installs the bench extra)")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def run_quick(module: str) -> list[dict]:
+    done = subprocess.run([sys.executable, "-m", module, "--quick", "--threads", "1"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert lines and all(KEYS <= set(r) or r["bench"].endswith("-profile") for r in lines)
+    assert "aiayn speedup" in done.stderr  # the summary table
+    return lines
+
+
+def perturbed_tiny(vocab: int = 64, seed: int = 0) -> Transformer:
+    """A tiny model whose LayerNorm gains and biases are not 1 and 0, so a wrongly permuted one shows."""
+    torch.manual_seed(seed)
+    model = Transformer(load_config("tiny", overrides=[f"vocab_size={vocab}"]).model).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def padded_batch(vocab: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    src = torch.randint(4, vocab, (3, 9), generator=g)
+    src[:, -1] = EOS_ID
+    src[1, 6:], src[2, 3:] = PAD_ID, PAD_ID
+    tgt = torch.randint(4, vocab, (3, 7), generator=g)
+    tgt[:, 0] = BOS_ID
+    return src, src != PAD_ID, tgt
+
+
+def test_train_quick_emits_json_lines():
+    lines = run_quick("bench.train")
+    train = [r for r in lines if r["bench"] == "train"]
+    assert {r["impl"] for r in train} == {"aiayn", "torch.nn.Transformer"}
+    assert {r["batch"] for r in train} == {"bucketed", "fixed 16x32"}
+    assert all(r["threads"] == 1 and r["reps"] >= 5 and 0 < r["min"] <= r["median"] <= r["max"] for r in train)
+    assert all(r["mfu"] > 0 and r["peak_mem_mb"] > 0 and "aiayn_speedup" in r for r in train)
+    assert {r["precision"] for r in lines if r["bench"] == "matmul-peak"} == {"fp32", "bf16"}
+
+
+@needs_ct2
+def test_decode_quick_emits_json_lines_with_equal_forced_lengths():
+    lines = run_quick("bench.decode")
+    decode = [r for r in lines if r["bench"] == "decode"]
+    assert {r["impl"] for r in decode} == {"aiayn", "transformers Marian", "ctranslate2 fp32", "ctranslate2 int8"}
+    assert {(r["search"], r["batch"]) for r in decode} == {("greedy", 1), ("greedy", 32), ("beam 4", 1),
+                                                           ("beam 4", 32)}
+    # random weights: every system is forced to the same number of output tokens
+    assert all(r["mean_output_len"] == r["forced_len"] == 8 for r in decode)
+    growth = [r for r in lines if r["bench"] == "decode-growth"]
+    assert [r["output_len"] for r in growth] == [16, 64]
+
+
+@needs_transformers
+def test_marian_twin_gives_aiayns_logits():
+    model = perturbed_tiny()
+    marian = marian_from_aiayn(model)
+    src, mask, tgt = padded_batch(64)
+    with torch.no_grad():
+        ours = model(src, tgt, mask)
+        theirs = marian(input_ids=src, attention_mask=mask.long(), decoder_input_ids=tgt).logits
+    real = mask.any(dim=1)
+    assert ours.shape == theirs.shape
+    assert (ours - theirs)[real].abs().max() < 1e-4
+
+
+@needs_transformers
+def test_marian_twin_generates_aiayns_greedy_output():
+    """Covers the incremental paths too: Hugging Face's cache and position offsets vs aiayn's."""
+    model = perturbed_tiny()
+    marian = marian_from_aiayn(model)
+    cfg = load_config("tiny", overrides=["vocab_size=64"])
+    rows = [[5, 9, 12, 40, 7, EOS_ID], [33, 8, 21, 60, 4, EOS_ID]]
+    translator = forced_translator(model, cfg, src_len=6, out_len=10, device=torch.device("cpu"))
+    ours = [t[0].tokens for t in translator.translate([IdTokenizer(64).decode(r[:-1]) for r in rows], beam_size=1)]
+    ids = marian.generate(input_ids=torch.tensor(rows), num_beams=1, do_sample=False, min_new_tokens=10,
+                          max_new_tokens=10, suppress_tokens=[PAD_ID, BOS_ID])
+    assert ids[:, 1:].tolist() == ours
+
+
+@needs_ct2
+def test_ctranslate2_twin_scores_and_translates_like_aiayn(tmp_path):
+    import ctranslate2
+
+    model = perturbed_tiny()
+    path = ct2_from_aiayn(model, tmp_path)
+    ct2 = ctranslate2.Translator(str(path), device="cpu", compute_type="float32", intra_threads=1)
+    tokens = token_strings(64)
+    src, mask, tgt = padded_batch(64)
+    sources = [[tokens[i] for i, real in zip(row, m) if real] for row, m in zip(src.tolist(), mask.tolist())]
+    scored = ct2.score_batch(sources, [[tokens[i] for i in row[1:]] for row in tgt.tolist()])
+    with torch.no_grad():
+        full = torch.cat([tgt, torch.full((3, 1), EOS_ID)], dim=1)  # BOS + y + EOS
+        log_probs = model(src, full[:, :-1], mask).log_softmax(dim=-1).gather(-1, full[:, 1:, None]).squeeze(-1)
+    assert torch.tensor([s.log_probs for s in scored]).sub(log_probs).abs().max() < 1e-4
+
+    cfg = load_config("tiny", overrides=["vocab_size=64"])
+    translator = forced_translator(model, cfg, src_len=9, out_len=9, device=torch.device("cpu"))
+    ours = [t[0].tokens for t in translator.translate([IdTokenizer(64).decode(src[0, :-1].tolist())], beam_size=1)]
+    found = ct2.translate_batch([sources[0]], beam_size=1, min_decoding_length=9, max_decoding_length=9,
+                                suppress_sequences=[["<pad>"], ["<s>"]])
+    assert [[tokens.index(t) for t in found[0].hypotheses[0]]] == ours
+
+
+def test_reference_has_aiayns_shape():
+    """Same parameters but for the final LayerNorms nn.Transformer adds to the encoder and decoder."""
+    cfg = load_config("tiny", overrides=["vocab_size=64"])
+    ours, reference = Transformer(cfg.model), NNTransformerReference(cfg.model)
+    assert count_parameters(reference) == count_parameters(ours) + 2 * 2 * cfg.model.d_model
+
+
+def test_training_flops_agree_with_torch_flop_counter():
+    """An unpadded batch with unequal source and target lengths: PyTorch counts the forward's
+    matmuls (the explicit attention path, so that attention is counted too); training is 3×."""
+    cfg = load_config("tiny", overrides=["vocab_size=50", "n_decoder_layers=3", "d_ff=48"])
+    model = Transformer(cfg.model)
+    batch = collate(range(3), [[5, 6, 7, 8]] * 3, [[9, 10, 11, 12, 13, 14]] * 3)
+    with FlopCounterMode(display=False) as counter:
+        memory, _ = model.encode(batch.src, batch.src_mask, need_weights=True)
+        model.decode(batch.tgt_in, memory, batch.src_mask, need_weights=True)
+    assert training_flops(cfg.model, batch) == 3 * counter.get_total_flops()
+    assert training_flops(cfg.model, fixed_batch(50, rows=2, length=5)) > 0
