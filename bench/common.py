@@ -21,7 +21,6 @@ import torch
 
 from aiayn.config import AiaynError, Config, load_config
 
-
 # ---------------------------------------------------------------------------- options and machine
 
 def parser(description: str, presets: str) -> argparse.ArgumentParser:

@@ -10,10 +10,11 @@ reads or writes the residual stream, the embedding and the LayerNorms: the netwo
 the same function (tests/test_bench.py compares the logits). CTranslate2 converts that Marian
 model from a local folder (``ctranslate2.converters.TransformersConverter``), in fp32 and int8.
 
-With a trained model (``--model``, default ``runs/demo`` when it exists) each system translates
-Bible test verses and makes its own choice of lengths: tokens/s counts its own output tokens.
-Random weights give degenerate lengths, so without a model every system is forced to the same
-output length (EOS is banned until then) and the figure is time per generated token.
+Every model is measured on synthetic sources with every output forced to the same length (EOS
+banned until then): random weights give degenerate lengths, and equal lengths make the figure a
+time per generated token for equal work. A trained model (``--model``, default ``runs/demo`` when
+it exists) also translates Bible test verses, each system choosing its own lengths; tokens/s then
+counts each system's own output tokens.
 """
 
 from __future__ import annotations
@@ -29,15 +30,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bench.common import Reporter, find_data, parser, preset_config, presets, profile_top, rate_stats, repeat, run_main, setup
 from aiayn.batching import source_row
 from aiayn.config import BOS_ID, EOS_ID, PAD_ID, AiaynError, Config, ModelConfig
 from aiayn.model import Transformer
 from aiayn.translate import BANNED, Translator
+from bench.common import (Reporter, find_data, parser, preset_config, presets, profile_top, rate_stats, repeat,
+                          run_main, setup)
 
 DEMO = "runs/demo"  # the folder `make demo` trains
 BATCH, SINGLE = 32, 8  # sentences in the batched run; sentences translated one at a time
-FORCED_LEN = 32  # source and output length with random weights
+FORCED_LEN = 32  # source and output length of the forced-length workload
 GROWTH_LENGTHS = (16, 64, 256)
 SEARCHES = (("greedy", 1), ("beam 4", 4))
 
@@ -134,18 +136,15 @@ def marian_from_aiayn(model: Transformer, extra_rows: int = 0):
 
 
 class _Vocabulary:
-    """The tokenizer CTranslate2's converter asks for: only the id -> token strings matter."""
+    """The tokenizer CTranslate2's Marian loader asks for: the token strings and two specials."""
 
-    eos_token, unk_token, bos_token, pad_token = "</s>", "<unk>", "<s>", "<pad>"
+    eos_token, unk_token = "</s>", "<unk>"
 
     def __init__(self, tokens: list[str]):
         self.tokens = tokens
 
     def get_vocab(self) -> dict[str, int]:
         return {t: i for i, t in enumerate(self.tokens)}
-
-    def convert_ids_to_tokens(self, i: int) -> str:
-        return self.tokens[i]
 
 
 def token_strings(vocab_size: int) -> list[str]:
@@ -244,7 +243,8 @@ def aiayn_system(translator: Translator, autocast: torch.dtype | None) -> System
     def run(w: Workload, batch: int, beam: int) -> list[int]:
         out = []
         for start in range(0, len(w.lines), batch):
-            with torch.autocast(translator.device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+            with torch.autocast(translator.device.type, dtype=autocast or torch.bfloat16,
+                                enabled=autocast is not None):
                 found = translator.translate(w.lines[start:start + batch], beam_size=beam, batch_tokens=10**9)
             out += [len(t[0].tokens) for t in found]
         return out
@@ -301,11 +301,11 @@ class Subject:
     workloads: dict[str, tuple[Translator, Workload]]
 
 
-def load_subject(name: str, args: argparse.Namespace, device: torch.device) -> Subject:
-    """A trained model (``--model``, or runs/demo) or a random one of preset ``name``. Every model
-    gets the forced-length workload (time per token at equal lengths, whatever the weights); a
-    trained one also translates Bible test verses at the lengths each system chooses."""
-    model_path = args.model or (DEMO if Path(DEMO).is_dir() and not args.quick else None)
+def load_subject(name: str, model_path: str | None, data_dir: Path | None, args: argparse.Namespace,
+                 device: torch.device) -> Subject:
+    """The trained model at ``model_path``, or a random one of preset ``name``. Every model gets
+    the forced-length workload (time per token at equal lengths, whatever the weights); a trained
+    one also translates Bible test verses at the lengths each system chooses."""
     translator = None
     if model_path is None:
         cfg = preset_config(name)
@@ -319,7 +319,6 @@ def load_subject(name: str, args: argparse.Namespace, device: torch.device) -> S
         forced_translator(model, cfg, length, length, device),
         synthetic_workload(BATCH, cfg.model.vocab_size, length, length))}
     if translator is not None:
-        data_dir = find_data(args.data)
         if data_dir is None:
             raise AiaynError(f"--model {model_path}: no Bible test sentences; pass --data DIR (from `aiayn prepare`)")
         from aiayn.corpus import read_split
@@ -363,9 +362,11 @@ def measure(report: Reporter, impls: dict[str, System], w: Workload, batch: int,
         tokens = sum(lengths)
         stats = rate_stats(tokens, times)
         ours = ours or stats
+        rate = stats["median"] or None  # a barely trained model may emit only empty outputs
         report.emit(impl=label, batch=batch, search=search, **stats, unit="tgt tokens/s",
-                    aiayn_speedup=ours["median"] / stats["median"], ms_per_token=1e3 / stats["median"],
-                    sentences=len(w.rows), output_tokens=tokens, mean_output_len=tokens / len(w.rows),
+                    aiayn_speedup=rate and ours["median"] / rate, ms_per_token=rate and 1e3 / rate,
+                    sentences=len(w.rows), sentences_per_s=rate_stats(len(w.rows), times)["median"],
+                    output_tokens=tokens, mean_output_len=tokens / len(w.rows),
                     forced_len=w.forced, **extra)
 
 
@@ -387,7 +388,8 @@ def growth(report: Reporter, subject: Subject, preset: str, args: argparse.Names
 
 def main(argv: list[str] | None = None) -> None:
     p = parser("Decoding throughput: aiayn vs Hugging Face Marian and CTranslate2.", "small")
-    p.add_argument("--model", help=f"a trained run folder or checkpoint (default {DEMO} when it exists)")
+    p.add_argument("--model", help=f"a trained run folder or checkpoint (default {DEMO} when it exists; "
+                   "--presets is then ignored)")
     args = p.parse_args(argv)
     device = setup(args)
     from transformers.utils import logging as hf_logging
@@ -395,8 +397,10 @@ def main(argv: list[str] | None = None) -> None:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     report = Reporter("decode", device, args.threads)
-    for name in [None] if args.model else presets(args):
-        subject = load_subject(name, args, device)
+    model_path = args.model or (DEMO if Path(DEMO).is_dir() and not args.quick else None)
+    data_dir = find_data(args.data)
+    for name in ["trained"] if model_path else presets(args):
+        subject = load_subject(name, model_path, data_dir, args, device)
         preset = subject.cfg.preset
         with tempfile.TemporaryDirectory() as tmp:
             peers = peer_systems(subject, device, args.threads, Path(tmp))

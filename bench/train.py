@@ -21,25 +21,26 @@ import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.common import (PeakMemory, Reporter, find_data, matmul_peak, parser, preset_config, presets,
-                          profile_top, rate_stats, repeat, run_main, setup)
 from aiayn.batching import Batch, BatchStream, collate
-from aiayn.config import BOS_ID, EOS_ID, Config, ModelConfig
+from aiayn.config import Config, ModelConfig
 from aiayn.loss import label_smoothed_cross_entropy
 from aiayn.model import Transformer
 from aiayn.schedule import InverseSqrtSchedule
 from aiayn.train import Runtime, Trainer, choose_precision
+from bench.common import (PeakMemory, Reporter, find_data, matmul_peak, parser, preset_config, presets, profile_top,
+                          rate_stats, repeat, run_main, setup)
 
 FIXED_ROWS, FIXED_LEN = 128, 32
-# Bucketed batches per timed pass: base's steps take ~10 s on 2 CPU threads, so one batch keeps
-# `make bench` within 20 minutes; --batches N overrides.
-BUCKETED_BATCHES = {"tiny": 1, "small": 3}
+# Bucketed batches per timed pass (--batches N overrides): base's fp32 reference steps take ~8 s
+# on 2 CPU threads, so base gets 2 to keep `make bench` well within 20 minutes.
+BUCKETED_BATCHES = {"tiny": 1, "small": 3, "base": 2}
 
 
 # ---------------------------------------------------------------------------- the reference
@@ -87,7 +88,8 @@ class NNTransformerReference(nn.Module):
 
 def aiayn_trainer(cfg: Config, device: torch.device) -> Trainer:
     """A Trainer whose ``update`` is the real one. ``Trainer.__init__`` also reads a data folder
-    and opens a run folder; the lines that build what ``update`` uses are repeated here as is."""
+    and opens a run folder; the lines that build what ``update`` uses are repeated here as is
+    (tests/test_bench.py compares the result with a real Trainer's)."""
     trainer = Trainer.__new__(Trainer)
     trainer.cfg, trainer.rt = cfg, Runtime(device)
     t = cfg.train
@@ -98,7 +100,7 @@ def aiayn_trainer(cfg: Config, device: torch.device) -> Trainer:
     trainer.ddp = trainer.model
     trainer.forward = torch.compile(trainer.ddp) if t.compile else trainer.ddp
     trainer.optimizer = torch.optim.Adam(trainer.model.parameters(), lr=0.0, betas=(t.adam_beta1, t.adam_beta2),
-                                         eps=t.adam_eps, weight_decay=t.weight_decay)
+                                         eps=t.adam_eps, weight_decay=t.weight_decay, fused=True)
     trainer.schedule = InverseSqrtSchedule(cfg.model.d_model, t.warmup_steps, t.lr_scale)
     trainer.step = 0
     return trainer
@@ -224,9 +226,26 @@ def emit(report: Reporter, impl: str, preset: str, kind: str, precision: str, r:
                 peak_mem_mb=round(r.memory.peak_mb, 1), step_mem_mb=round(r.memory.added_mb, 1), **extra)
 
 
-def run_preset(name: str, args: argparse.Namespace, device: torch.device, report: Reporter,
-               peaks: dict[str, float]) -> None:
-    data_dir = find_data(args.data)
+def run_aiayn(cfg: Config, kinds: dict[str, list[Batch]], name: str, args: argparse.Namespace, device: torch.device,
+              report: Reporter, peaks: dict[str, float], extra: dict) -> tuple[dict[str, Result], str]:
+    """Measure aiayn on every kind of batch (and profile one step); returns the results and the
+    precision ``choose_precision`` picked."""
+    trainer = aiayn_trainer(cfg, device)
+    precision = "bf16" if trainer.autocast is not None else "fp32"
+    ours = {kind: measure(lambda b: trainer.update([b]), batches, cfg, args.reps, device)
+            for kind, batches in kinds.items()}
+    for kind, r in ours.items():
+        emit(report, "aiayn", name, kind, precision, r, peaks, None, **extra)
+    if args.profile:
+        first = kinds["bucketed"][0]
+        top = profile_top(lambda: trainer.update([first]), device, f"aiayn training step, {name}")
+        report.emit(bench="train-profile", impl="aiayn", preset=name, batch="bucketed", precision=precision,
+                    top_ops=top)
+    return ours, precision
+
+
+def run_preset(name: str, data_dir: Path | None, args: argparse.Namespace, device: torch.device,
+               report: Reporter, peaks: dict[str, float]) -> None:
     if data_dir is not None:
         from aiayn.tokenizer import Tokenizer
         from aiayn.train import load_split_ids
@@ -239,7 +258,7 @@ def run_preset(name: str, args: argparse.Namespace, device: torch.device, report
         cfg = preset_config(name, compile=args.compile)
         src, tgt = synthetic_pairs(4000, cfg.model.vocab_size)
         source = "synthetic lengths (no prepared Bible folder)"
-    count = args.batches or BUCKETED_BATCHES.get(name, 1)
+    count = args.batches or BUCKETED_BATCHES.get(name, 2)
     rows = 16 if args.quick else FIXED_ROWS
     kinds = {"bucketed": bucketed_batches(cfg, (src, tgt), count),
              f"fixed {rows}x{FIXED_LEN}": [fixed_batch(cfg.model.vocab_size, rows)]}
@@ -247,20 +266,8 @@ def run_preset(name: str, args: argparse.Namespace, device: torch.device, report
     extra = {"data": source, "vocab": cfg.model.vocab_size, "batch_tokens": cfg.data.batch_tokens,
              "compile": args.compile}
 
-    trainer = aiayn_trainer(cfg, device)
-    precision = "bf16" if trainer.autocast is not None else "fp32"
-    ours = {kind: measure(lambda b: trainer.update([b]), batches, cfg, args.reps, device)
-            for kind, batches in kinds.items()}
-    for kind, r in ours.items():
-        emit(report, "aiayn", name, kind, precision, r, peaks, None, **extra)
-    if args.profile:
-        first = kinds["bucketed"][0]
-        top = profile_top(lambda: trainer.update([first]), device, f"aiayn training step, {name}")
-        report.emit(bench="train-profile", impl="aiayn", preset=name, batch="bucketed", precision=precision,
-                    top_ops=top)
-    del trainer
-    gc.collect()
-
+    ours, precision = run_aiayn(cfg, kinds, name, args, device, report, peaks, extra)
+    gc.collect()  # aiayn's model and optimizer are gone before the reference is built
     for autocast in [None] + ([torch.bfloat16] if precision == "bf16" else []):
         label = "bf16" if autocast is not None else "fp32"
         model, step = reference_step(cfg, device, autocast, args.compile)
@@ -274,9 +281,10 @@ def run_preset(name: str, args: argparse.Namespace, device: torch.device, report
 def main(argv: list[str] | None = None) -> None:
     p = parser("Training throughput: aiayn vs torch.nn.Transformer.", "small,base")
     p.add_argument("--batches", type=int, default=0,
-                   help="bucketed batches per timed pass (default 3 for small, 1 for base)")
+                   help="bucketed batches per timed pass (default 3 for small, 2 for base)")
     args = p.parse_args(argv)
     device = setup(args)
+    data_dir = find_data(args.data)
     report = Reporter("train", device, args.threads)
     n = 512 if args.quick else 2048
     peaks = {}
@@ -286,8 +294,8 @@ def main(argv: list[str] | None = None) -> None:
         report.emit(bench="matmul-peak", impl="torch.matmul", preset="", batch=f"{n}x{n}", precision=label, **stats,
                     unit="GFLOP/s")
     for name in presets(args):
-        run_preset(name, args, device, report, peaks)
-    report.summary(extra=("precision", "mfu", "peak_mem_mb"))
+        run_preset(name, data_dir, args, device, report, peaks)
+    report.summary(extra=("precision", "mfu", "mfu_own_precision", "peak_mem_mb"))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The benchmarks: quick runs emit well-formed JSON lines, the peers compute aiayn's own function
-(Marian logits, CTranslate2 log-probabilities and greedy outputs), the nn.Transformer reference has
-aiayn's shape, and the FLOP formula agrees with PyTorch's FLOP counter."""
+(Marian logits, CTranslate2 log-probabilities and greedy outputs), the bench's Trainer is built like
+the real one, the nn.Transformer reference has aiayn's shape, and the FLOP formula agrees with
+PyTorch's FLOP counter."""
 
 from __future__ import annotations
 
@@ -17,27 +18,23 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # bench/ is a top-level folder of the repository, not part of the package
 
-from bench.decode import IdTokenizer, ct2_from_aiayn, forced_translator, marian_from_aiayn, token_strings  # noqa: E402
-from bench.train import NNTransformerReference, fixed_batch, training_flops  # noqa: E402
 from aiayn.batching import collate  # noqa: E402
 from aiayn.config import BOS_ID, EOS_ID, PAD_ID, load_config  # noqa: E402
 from aiayn.model import Transformer, count_parameters  # noqa: E402
+from bench.decode import IdTokenizer, ct2_from_aiayn, forced_translator, marian_from_aiayn, token_strings  # noqa: E402
+from bench.train import NNTransformerReference, aiayn_trainer, fixed_batch, training_flops  # noqa: E402
 
 KEYS = {"bench", "impl", "preset", "batch", "threads", "device", "torch", "cpu", "median", "min", "max", "reps",
         "unit"}
+MISSING = "is not installed (the test and bench extras install it)"
 needs_transformers = pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
-                                        reason="transformers is not installed (`make bench` installs the bench extra)")
+                                        reason=f"transformers {MISSING}")
 needs_ct2 = pytest.mark.skipif(importlib.util.find_spec("ctranslate2") is None or
                                importlib.util.find_spec("transformers") is None,
-                               reason="ctranslate2/transformers not installed (`make bench` installs the bench extra)")
+                               reason=f"ctranslate2 or transformers {MISSING}")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run_quick(module: str) -> list[dict]:
@@ -142,6 +139,21 @@ def test_ctranslate2_twin_scores_and_translates_like_aiayn(tmp_path):
     found = ct2.translate_batch([sources[0]], beam_size=1, min_decoding_length=9, max_decoding_length=9,
                                 suppress_sequences=[["<pad>"], ["<s>"]])
     assert [[tokens.index(t) for t in found[0].hypotheses[0]]] == ours
+
+
+def test_bench_trainer_is_built_like_the_real_trainer(bible_data, tmp_path):
+    """The bench repeats Trainer.__init__'s model, precision and optimizer lines; they must not drift."""
+    from aiayn.train import Runtime, Trainer
+
+    cfg = load_config("tiny", overrides=["precision=fp32", "vocab_size=8000"])
+    real = Trainer(load_config("tiny", overrides=["precision=fp32"]), bible_data, tmp_path,
+                   Runtime(torch.device("cpu")))
+    ours = aiayn_trainer(cfg, torch.device("cpu"))
+    assert type(ours.optimizer) is type(real.optimizer) and ours.optimizer.defaults == real.optimizer.defaults
+    assert (ours.schedule, ours.autocast, ours.step) == (real.schedule, real.autocast, real.step)
+    assert ours.model.cfg == real.model.cfg
+    assert all(torch.equal(a, b) for a, b in zip(ours.model.parameters(), real.model.parameters()))
+    assert ours.forward is ours.model and real.forward is real.model
 
 
 def test_reference_has_aiayns_shape():
