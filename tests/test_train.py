@@ -51,7 +51,8 @@ def test_loss_decreases_and_run_folder_is_complete(toy, tmp_path, capsys):
     valid = [float(r["valid_loss"]) for r in rows if r["valid_loss"]]
     train = [float(r["train_loss"]) for r in rows if r["train_loss"]]
     assert valid[-1] < valid[0] - 0.5 and train[-1] < train[0] - 0.5
-    assert all(r["valid_bleu"] for r in rows if r["valid_loss"])
+    assert all(r["valid_bleu"] for r in rows if r["valid_loss"] and r["train_loss"])  # greedy, every evaluation
+    assert rows[-1]["valid_beam_bleu"] and not rows[-1]["valid_bleu"]  # beam, whole valid split, at the end
     for name in ("config.yaml", "spm.model", "spm.vocab", "run.json", "checkpoints/best.pt"):
         assert (run / name).is_file(), name
     assert [p.name for p in ckpt.list_checkpoints(run)] == ["step_00000100.pt", "step_00000200.pt",

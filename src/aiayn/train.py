@@ -34,7 +34,7 @@ from aiayn.model import Transformer, count_parameters
 from aiayn.schedule import InverseSqrtSchedule
 
 METRICS = ["step", "epoch", "minutes", "train_loss", "train_nll", "lr", "tokens_per_s", "grad_norm",
-           "valid_loss", "valid_ppl", "valid_bleu"]
+           "valid_loss", "valid_ppl", "valid_bleu", "valid_beam_bleu"]
 
 
 @dataclass
@@ -277,7 +277,7 @@ class Trainer:
         result = {"valid_loss": loss_sum / max(tokens, 1), "valid_ppl": math.exp(min(nll_sum / max(tokens, 1), 50))}
         n_bleu = self.cfg.data.valid_bleu_sentences if self.rt.is_main else 0  # other ranks: loss only
         if n_bleu and final:
-            result["valid_bleu"] = self.bleu(self.valid_src, self.valid_ref, self.cfg.decode.beam_size)
+            result["valid_beam_bleu"] = self.bleu(self.valid_src, self.valid_ref, self.cfg.decode.beam_size)
         elif n_bleu:
             result["valid_bleu"] = self.bleu(self.valid_src[:n_bleu], self.valid_ref[:n_bleu], beam_size=1)
         self.model.train()
