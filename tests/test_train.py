@@ -39,6 +39,12 @@ def max_diff(a: dict, b: dict) -> float:
     return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
 
 
+def newest_step(run: Path) -> int:
+    """Step of the newest checkpoint (older ones are pruned, so their count stops growing)."""
+    paths = ckpt.list_checkpoints(run)
+    return int(paths[-1].stem.split("_")[1]) if paths else 0
+
+
 def aiayn_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "aiayn", *args]
 
@@ -68,7 +74,7 @@ def test_loss_decreases_and_run_folder_is_complete(toy, tmp_path, capsys):
 def test_sigkill_and_resume_is_bit_exact(toy, tmp_path):
     """Kill the run at random moments (several times), resume each time; the final weights
     must equal those of an uninterrupted run of the same length (pitfall 19)."""
-    common = ["--data", str(toy), *TINY, "dropout=0.1", "max_steps=80", "checkpoint_every_steps=4",
+    common = ["--data", str(toy), *TINY, "dropout=0.1", "max_steps=160", "checkpoint_every_steps=4",
               "eval_every=1000", "checkpoint_every_minutes=0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     full = tmp_path / "full"
@@ -80,11 +86,11 @@ def test_sigkill_and_resume_is_bit_exact(toy, tmp_path):
     kills = 0
     for _ in range(3):
         proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        seen = len(ckpt.list_checkpoints(run)) if run.exists() else 0
+        seen = newest_step(run)
         deadline = time.monotonic() + 120
         while proc.poll() is None and time.monotonic() < deadline:
-            if len(ckpt.list_checkpoints(run)) > seen:  # at least one new checkpoint: kill somewhere after
-                time.sleep(rng.uniform(0.0, 0.3))
+            if newest_step(run) > seen:  # at least one new checkpoint: kill somewhere after
+                time.sleep(rng.uniform(0.0, 0.2))
                 proc.send_signal(signal.SIGKILL)
                 kills += 1
                 break
@@ -92,9 +98,9 @@ def test_sigkill_and_resume_is_bit_exact(toy, tmp_path):
         proc.wait()
         args = aiayn_cmd("train", "--resume", str(run))
     subprocess.run(args, check=True, env=env, capture_output=True)
-    assert kills >= 2, "the run finished before it could be killed: make it longer"
-    assert max_diff(weights(full / "checkpoints" / "step_00000080.pt"),
-                    weights(run / "checkpoints" / "step_00000080.pt")) == 0.0
+    assert kills == 3, "the run finished before it could be killed: make it longer"
+    assert max_diff(weights(full / "checkpoints" / "step_00000160.pt"),
+                    weights(run / "checkpoints" / "step_00000160.pt")) == 0.0
 
 
 def test_two_gloo_ranks_equal_one_process(toy, tmp_path):
