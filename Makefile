@@ -12,7 +12,8 @@ TORCH  ?= torch==2.13.0
 .PHONY: setup demo test test-slow bench clean
 
 $(STAMP): pyproject.toml
-	@$(PYTHON) -m venv --help >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq python3-venv; }
+	@# Debian's python3 lacks ensurepip (and so venv) until python3-venv is installed.
+	@$(PYTHON) -c "import ensurepip" 2>/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq python3-venv; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e '.[test,tensorboard]'
