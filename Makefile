@@ -36,8 +36,9 @@ test: $(STAMP)
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
 	$(BIN)/pytest -q
 
+# Tests marked @pytest.mark.slow (none yet: the whole suite runs in about 2 minutes on 2 cores).
 test-slow: $(STAMP)
-	$(BIN)/pytest -q -m slow
+	$(BIN)/pytest -q -m slow || [ $$? -eq 5 ]
 
 # CPU benchmarks, 2 threads, each figure a ratio measured in one run (docs/performance.md):
 # aiayn vs torch.nn.Transformer (training), Hugging Face Marian and CTranslate2 (decoding).
