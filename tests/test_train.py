@@ -171,3 +171,17 @@ def test_nan_losses_skip_updates_then_stop_with_checkpoint_intact(toy, tmp_path,
         train_mod.train(None, run, overrides=["max_steps=30", "max_bad_steps=3"], resume=True)
     assert max_diff(before, weights(ckpt.list_checkpoints(run)[-1])) == 0.0
     assert ckpt.list_checkpoints(run)[-1].name == "step_00000010.pt"
+
+
+def test_precision_probe_leaves_the_random_stream_alone():
+    """choose_precision times real steps with random inputs; the run's dropout stream must not move."""
+    from aiayn.config import preset
+    from aiayn.model import Transformer
+    from aiayn.train import choose_precision
+
+    model = Transformer(preset("tiny").model)
+    torch.manual_seed(0)
+    expected = torch.rand(4)
+    torch.manual_seed(0)
+    choose_precision("auto", torch.device("cpu"), model, 256, log=lambda _: None)
+    assert torch.equal(torch.rand(4), expected)

@@ -80,6 +80,25 @@ def _seconds(fn, reps: int = 3) -> float:
     return min(times)
 
 
+def _probe_step_seconds(model: torch.nn.Module, batch_tokens: int) -> tuple[float | None, float]:
+    """Seconds of one training step of ``model`` in fp32 and in CPU bf16 autocast; (None, inf)
+    when a bf16 matmul is already no faster, so a slow CPU never runs a bf16 step."""
+    a = torch.randn(512, 512)
+    if _seconds(lambda: a.bfloat16() @ a.bfloat16(), 5) >= _seconds(lambda: a @ a, 5):
+        return None, math.inf
+    length = 32
+    ids = torch.randint(4, model.cfg.vocab_size, (max(1, batch_tokens // length), length))
+    mask = torch.ones_like(ids, dtype=torch.bool)
+
+    def step(bf16: bool) -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(ids, ids, mask, mask)
+        label_smoothed_cross_entropy(logits, ids[mask], 0.1)[0].backward()
+        model.zero_grad(set_to_none=True)
+
+    return _seconds(lambda: step(False)), _seconds(lambda: step(True))
+
+
 def choose_precision(setting: str, device: torch.device, model: torch.nn.Module, batch_tokens: int,
                      log=print) -> torch.dtype | None:
     """bf16 autocast on CUDA. On a CPU, bf16 only when asked, or ("auto") when a training
@@ -92,22 +111,11 @@ def choose_precision(setting: str, device: torch.device, model: torch.nn.Module,
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
     if setting == "bf16":
         return torch.bfloat16
-    a = torch.randn(512, 512)
-    if _seconds(lambda: a.bfloat16() @ a.bfloat16(), 5) >= _seconds(lambda: a @ a, 5):
+    with torch.random.fork_rng():  # the probe's random inputs and dropout must not shift the run's stream
+        fp32, bf16 = _probe_step_seconds(model, batch_tokens)
+    if fp32 is None:
         log("aiayn: precision fp32 (a bf16 matmul is not faster on this CPU)")
         return None
-    length = 32
-    ids = torch.randint(4, model.cfg.vocab_size, (max(1, batch_tokens // length), length))
-    mask = torch.ones_like(ids, dtype=torch.bool)
-
-    def step(bf16: bool) -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = model(ids, ids, mask, mask)
-        label_smoothed_cross_entropy(logits, ids[mask], 0.1)[0].backward()
-        model.zero_grad(set_to_none=True)
-
-    with torch.random.fork_rng():  # the probe must not shift the run's random stream
-        fp32, bf16 = _seconds(lambda: step(False)), _seconds(lambda: step(True))
     choice = torch.bfloat16 if bf16 < 0.9 * fp32 else None
     log(f"aiayn: precision {'bf16' if choice else 'fp32'} (a training step took {fp32:.3f} s in fp32, "
         f"{bf16:.3f} s in bf16 autocast on this CPU)")
@@ -220,14 +228,17 @@ class Trainer:
         dist.all_reduce(t)
         return t.tolist()
 
+    def _loss(self, forward, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Label-smoothed loss sum, NLL sum and token count of one batch, under the run's precision."""
+        with torch.autocast(self.rt.device.type, dtype=self.autocast or torch.bfloat16,
+                            enabled=self.autocast is not None):
+            logits = forward(batch.src, batch.tgt_in, batch.src_mask, batch.tgt_mask)  # (n, V)
+        return label_smoothed_cross_entropy(logits, batch.tgt_out[batch.tgt_mask], self.cfg.train.label_smoothing)
+
     def _micro_step(self, batch: Batch, tokens_in_update: float, sync: bool) -> tuple[float, float]:
         ctx = contextlib.nullcontext() if sync or self.rt.world_size == 1 else self.ddp.no_sync()
         with ctx:
-            with torch.autocast(self.rt.device.type, dtype=self.autocast or torch.bfloat16,
-                                enabled=self.autocast is not None):
-                logits = self.forward(batch.src, batch.tgt_in, batch.src_mask, batch.tgt_mask)  # (n, V)
-            loss, nll, _ = label_smoothed_cross_entropy(logits, batch.tgt_out[batch.tgt_mask],
-                                                        self.cfg.train.label_smoothing)
+            loss, nll, _ = self._loss(self.forward, batch)
             # DDP averages gradients over ranks; × world_size turns that into a sum over ranks.
             (loss * (self.rt.world_size / tokens_in_update)).backward()
         return loss.item(), nll.item()
@@ -267,12 +278,7 @@ class Trainer:
         self.model.eval()
         loss_sum = nll_sum = tokens = 0.0
         for batch in self.valid_batches:
-            batch = batch.to(self.rt.device)
-            with torch.autocast(self.rt.device.type, dtype=self.autocast or torch.bfloat16,
-                                enabled=self.autocast is not None):
-                logits = self.model(batch.src, batch.tgt_in, batch.src_mask, batch.tgt_mask)  # (n, V)
-            loss, nll, n = label_smoothed_cross_entropy(logits, batch.tgt_out[batch.tgt_mask],
-                                                        self.cfg.train.label_smoothing)
+            loss, nll, n = self._loss(self.model, batch.to(self.rt.device))
             loss_sum, nll_sum, tokens = loss_sum + loss.item(), nll_sum + nll.item(), tokens + n
         result = {"valid_loss": loss_sum / max(tokens, 1), "valid_ppl": math.exp(min(nll_sum / max(tokens, 1), 50))}
         n_bleu = self.cfg.data.valid_bleu_sentences if self.rt.is_main else 0  # other ranks: loss only
@@ -284,13 +290,12 @@ class Trainer:
         return result
 
     def bleu(self, sources: list[str], references: list[str], beam_size: int) -> float:
-        import sacrebleu
-
+        from aiayn.evaluate import corpus_scores
         from aiayn.translate import Translator
 
         translator = Translator(self.model, self.tokenizer, self.cfg, device=self.rt.device)
         hyps = [h[0].text for h in translator.translate(sources, beam_size=beam_size, progress=False)]
-        return sacrebleu.corpus_bleu(hyps, [references]).score
+        return corpus_scores(hyps, references)["bleu"]
 
     # ------------------------------------------------------------------ checkpoints
     def state(self, minutes: float) -> dict:
