@@ -9,7 +9,7 @@ DEMO_MINUTES ?= 30
 # The CPU wheel of torch 2.13.0; an unpinned torch would pull a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo test test-slow bench clean
+.PHONY: setup demo test test-slow bench bench-quality clean
 
 $(STAMP): pyproject.toml
 	@# Debian's python3 lacks ensurepip (and so venv) until python3-venv is installed.
@@ -21,13 +21,15 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# The Bible quickstart: corpus, time-boxed training of the small preset, checkpoint
-# averaging, famous verses side by side, sacreBLEU on the test split.
+# The Bible quickstart: corpus, time-boxed training of the small preset (budget recipe),
+# checkpoint averaging kept only if it helps on valid, beam and length penalty chosen on
+# valid, famous verses side by side, sacreBLEU on the test split.
 demo: $(STAMP)
 	$(BIN)/aiayn prepare bible --out $(DATA)
 	@if [ -d $(RUN)/checkpoints ]; then echo "$(RUN) is already trained: reusing it (rm -rf $(RUN) to train again)"; \
 	else $(BIN)/aiayn train --data $(DATA) --out $(RUN) --preset small max_minutes=$(DEMO_MINUTES) $(TRAIN_ARGS); fi
 	$(BIN)/aiayn average $(RUN) --last 5
+	$(BIN)/aiayn tune-decoding --model $(RUN)
 	$(BIN)/aiayn showcase --model $(RUN) --data $(DATA)
 	$(BIN)/aiayn evaluate --model $(RUN) --data $(DATA) --split test --out $(RUN)/eval
 	@echo "run folder: $(RUN)  (metrics.csv, checkpoints/, averaged.pt, eval/)"
@@ -50,6 +52,17 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.train --data $(DATA) --presets small,base --profile > $(BENCH_OUT)/train.jsonl
 	$(BIN)/python -m bench.decode --data $(DATA) --presets small --profile > $(BENCH_OUT)/decode.jsonl
 	@echo "JSON lines: $(BENCH_OUT)/train.jsonl $(BENCH_OUT)/decode.jsonl"
+
+# Quality per CPU minute: aiayn small vs a stock Hugging Face Marian of the same shape, each
+# trained QUALITY_MINUTES on DATA, one after the other (docs/quality.md). About 2 x 22 minutes.
+QUALITY_MINUTES ?= 20
+bench-quality: $(STAMP)
+	$(BIN)/pip install -q -e '.[bench]'
+	@[ -f $(DATA)/meta.json ] || $(BIN)/aiayn prepare bible --out $(DATA)
+	@mkdir -p $(BENCH_OUT) && rm -rf $(BENCH_OUT)/quality
+	$(BIN)/python -m bench.quality --data $(DATA) --minutes $(QUALITY_MINUTES) --work $(BENCH_OUT)/quality \
+		$(QUALITY_ARGS) > $(BENCH_OUT)/quality.jsonl
+	@echo "JSON lines: $(BENCH_OUT)/quality.jsonl"
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -174,3 +174,28 @@ def test_training_flops_agree_with_torch_flop_counter():
         model.decode(batch.tgt_in, memory, batch.src_mask, need_weights=True)
     assert training_flops(cfg.model, batch) == 3 * counter.get_total_flops()
     assert training_flops(cfg.model, fixed_batch(50, rows=2, length=5)) > 0
+
+
+@needs_transformers
+def test_quality_harness_runs_both_systems_end_to_end(tmp_path):
+    """bench.quality on a toy folder, three updates each: both systems train, decode the test split
+    with beam 4 and report the same fields; the peer's batches stay within its token budget."""
+    from bench import marian_peer
+    from toydata import make_toy_data
+
+    data = make_toy_data(tmp_path / "toy", pairs=600)
+    done = subprocess.run([sys.executable, "-m", "bench.quality", "--data", str(data), "--minutes", "0",
+                           "--max-steps", "3", "--threads", "1", "--no-tune", "--work", str(tmp_path / "q")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["system"] for r in rows] == ["aiayn-small", "hf-marian"]
+    for r in rows:
+        assert r["updates"] == 3 and r["beam"] == 4 and 0 <= r["bleu"] <= 100 and r["length_ratio"] > 0
+        assert r["signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp")
+    assert "length_ratio" in done.stderr and "hf-marian" in done.stderr  # the table
+    import random
+
+    pairs = [([5] * a, [6] * b) for a, b in zip(range(1, 90), range(89, 0, -1))]
+    for batch in marian_peer.token_batches(pairs, random.Random(0)):
+        assert len(batch) * max(len(pairs[i][0]) + len(pairs[i][1]) for i in batch) <= marian_peer.MAX_TOKENS

@@ -3,6 +3,7 @@ round trips through the saved forms (dict/JSON in checkpoints, YAML in run folde
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -141,3 +142,38 @@ def test_round_trips(tmp_path: Path) -> None:
     cfg.save_yaml(path)
     assert load_config(path=path) == cfg  # as saved in a run folder
     assert from_dict(load_config("tiny").to_dict()) == load_config("tiny")
+
+
+def test_recipes_paper_and_budget(tmp_path: Path) -> None:
+    """The paper presets keep Eq. 3; `small` (time-boxed CPU runs) uses the budget recipe, and
+    `recipe=paper` brings the paper's back in one word."""
+    for name in ("base", "big", "tiny"):
+        cfg = load_config(name)
+        assert (cfg.recipe, cfg.train.schedule, cfg.train.tail_fraction) == ("paper", "inverse_sqrt", 0.0)
+    small = load_config("small")
+    assert (small.recipe, small.train.schedule, small.train.tail_fraction) == ("budget", "linear", 0.1)
+    paper = load_config("small", overrides=["recipe=paper"])
+    assert (paper.recipe, paper.train.schedule, paper.train.tail_fraction) == ("paper", "inverse_sqrt", 0.0)
+    assert (paper.model.init, small.model.init) == ("xavier", "normal")  # the network's shape stays
+    assert dataclasses.replace(paper.model, init="normal") == small.model
+    # Later keys win over the recipe, in either order of the command line.
+    assert load_config("small", overrides=["recipe=paper", "schedule=cosine"]).train.schedule == "cosine"
+    assert load_config("small", overrides=["schedule=cosine", "recipe=paper"]).train.schedule == "inverse_sqrt"
+    path = tmp_path / "run.yaml"
+    path.write_text("recipe: budget\ntrain:\n  schedule: cosine\n")
+    cfg = load_config("base", path)
+    assert (cfg.recipe, cfg.train.schedule, cfg.train.tail_fraction) == ("budget", "cosine", 0.1)
+    assert from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(AiaynError, match="unknown recipe 'fast'.*paper, budget"):
+        load_config("small", overrides=["recipe=fast"])
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["schedule=step"], "train.schedule"),
+    (["tail_fraction=1.0"], "train.tail_fraction"),
+    (["init=kaiming"], "model.init"),
+    (["init_std=0"], "model.init_std"),
+])
+def test_new_keys_are_checked(overrides: list[str], key: str) -> None:
+    with pytest.raises(AiaynError, match=key.replace(".", r"\.")):
+        load_config("small", overrides=overrides)

@@ -76,10 +76,27 @@ def test_given_valid_and_test_files_and_tsv_with_references(tmp_path, capsys):
                       "--out", str(out))
     assert code == 0
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["counts"] == {"train": 38, "valid": 4, "test": 2} and meta["src_lang"] == "de"
-    assert read_split(out, "valid") == (de[:4], en[:4])
+    # A given valid split: every pair of the corpus trains, and no test split is carved out of it.
+    assert meta["counts"] == {"train": 40, "valid": 4, "test": 0} and meta["src_lang"] == "de"
+    assert meta["held_out_of_corpus"] == {}
+    assert read_split(out, "valid") == (de[:4], en[:4]) and read_split(out, "test") == ([], [])
+    assert read_split(out, "train") == (de, en)
     refs = [line.split("\t")[0] for line in (out / "train.tsv").read_text().splitlines()]
-    assert len(refs) == 38 and refs == sorted(refs, key=lambda r: int(r.split(".")[1]))
+    assert refs == [f"S.{i}" for i in range(40)]
+
+
+def test_hold_out_is_reported_and_given_test_alone_still_needs_a_valid(tmp_path, capsys):
+    de, en = sentences(60)
+    src, tgt = write(tmp_path / "c.de", de), write(tmp_path / "c.en", en)
+    test_de, test_en = write(tmp_path / "t.de", de[:5]), write(tmp_path / "t.en", en[:5])
+    main(["prepare", "files", "--vocab-size", "40", "--src", str(src), "--tgt", str(tgt), "--out", str(tmp_path / "a")])
+    out = capsys.readouterr().out
+    assert "held out 3 for valid and 3 for test of the 60 usable pairs" in out and "--valid-src" in out
+    main(["prepare", "files", "--vocab-size", "40", "--src", str(src), "--tgt", str(tgt), "--test-src",
+          str(test_de), "--test-tgt", str(test_en), "--out", str(tmp_path / "b")])
+    assert "held out 3 for valid and" not in capsys.readouterr().out
+    meta = load_meta(tmp_path / "b")
+    assert meta["counts"] == {"train": 57, "valid": 3, "test": 5} and meta["held_out_of_corpus"] == {"valid": 3}
 
 
 def test_different_line_counts_name_the_line_where_one_file_ends(tmp_path, capsys):

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from aiayn.schedule import InverseSqrtSchedule
+from aiayn.schedule import InverseSqrtSchedule, make_schedule
 
 # The paper's setting: d_model = 512, warmup = 4000. By hand: 512^-0.5 = 0.0441941738,
 # 4000^-0.5 = 0.0158113883, 4000^-1.5 = 3.95284708e-6.
@@ -46,3 +46,47 @@ def test_scale_and_small_warmup() -> None:
     assert s(400) == pytest.approx(0.5 * 0.125 / 20)
     # Step 0 (before the first update) is clamped to step 1, never a division by zero.
     assert s(0) == s(1) > 0
+
+
+# ---------------------------------------------------------------------------- budgeted schedules
+# By hand for d_model = 256, warmup 400, scale 0.4: Eq. 3's peak = 0.4 · 256^-0.5 · 400^-0.5
+# = 0.4 · 0.0625 · 0.05 = 1.25e-3.
+BUDGET = make_schedule("linear", d_model=256, warmup_steps=400, scale=0.4)
+COSINE = make_schedule("cosine", d_model=256, warmup_steps=400, scale=0.4)
+
+
+def test_budgeted_peak_is_eq3_peak() -> None:
+    assert BUDGET.peak == pytest.approx(1.25e-3, rel=1e-12)
+    assert BUDGET.peak == pytest.approx(InverseSqrtSchedule(256, 400, 0.4).peak, rel=1e-12)
+
+
+@pytest.mark.parametrize("step, progress, expected", [
+    (1, 0.0, 1.25e-3 / 400),  # warming up, step by step as Eq. 3 does
+    (200, 0.1, 1.25e-3 * 0.5 * 0.9),  # half-way up, 10 % of the budget used
+    (400, 0.2, 1.25e-3 * 0.8),  # warm: the linear decay alone
+    (1000, 0.5, 1.25e-3 * 0.5),
+    (1500, 0.9, 1.25e-4),
+    (2000, 1.0, 0.0),  # zero at the end of the budget
+    (2100, 1.3, 0.0),  # never negative past it
+])
+def test_linear_decay_by_hand(step: int, progress: float, expected: float) -> None:
+    assert BUDGET(step, progress) == pytest.approx(expected, rel=1e-12, abs=1e-18)
+
+
+def test_cosine_by_hand() -> None:
+    assert COSINE(400, 0.0) == pytest.approx(1.25e-3)
+    assert COSINE(800, 0.5) == pytest.approx(1.25e-3 / 2)  # cos(π/2) = 0
+    assert COSINE(900, 0.25) == pytest.approx(1.25e-3 * (1 + math.cos(math.pi * 0.25)) / 2)
+    assert COSINE(1000, 1.0) == pytest.approx(0.0, abs=1e-18)
+
+
+def test_budgeted_rates_fall_monotonically_after_warmup() -> None:
+    rates = [BUDGET(400 + k, k / 1000) for k in range(1001)]
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+
+
+def test_make_schedule_names() -> None:
+    assert make_schedule("inverse_sqrt", 512, 4000, 1.0) == PAPER
+    assert PAPER(4000, 0.99) == PAPER(4000)  # Eq. 3 ignores the budget
+    with pytest.raises(ValueError, match="unknown schedule 'step'"):
+        make_schedule("step", 512, 4000, 1.0)

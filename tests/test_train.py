@@ -185,3 +185,32 @@ def test_precision_probe_leaves_the_random_stream_alone():
     torch.manual_seed(0)
     choose_precision("auto", torch.device("cpu"), model, 256, log=lambda _: None)
     assert torch.equal(torch.rand(4), expected)
+
+
+def test_budget_recipe_decays_to_zero_and_writes_the_tail_checkpoints(toy, tmp_path):
+    """recipe=budget: the rate follows warmup then a linear fall to zero at max_steps, and the
+    last five checkpoints sit in the last 10 % of the budget (what `aiayn average` averages)."""
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(toy), "--out", str(run), *TINY, "recipe=budget", "max_steps=200",
+                 "warmup_steps=20", "lr_scale=1.0", "log_every=10", "eval_every=1000",
+                 "checkpoint_every_steps=50", "checkpoint_every_minutes=0"]) == 0
+    assert [int(p.stem.split("_")[1]) for p in ckpt.list_checkpoints(run)] == [180, 185, 190, 195, 200]
+    rows = [r for r in csv.DictReader((run / "metrics.csv").open()) if r["lr"]]
+    peak = 32 ** -0.5 * 20 ** -0.5  # Eq. 3's peak for d_model 32, warmup 20
+    for r in rows:  # logged after update `step`, which used progress (step - 1) / max_steps
+        step = int(r["step"])
+        expected = peak * min(1.0, step / 20) * (1 - (step - 1) / 200)
+        assert float(r["lr"]) == pytest.approx(expected, rel=1e-9), step
+    assert float(rows[-1]["lr"]) == pytest.approx(peak / 200)
+
+
+def test_time_budget_progress_and_tail_marks():
+    from aiayn.config import load_config
+    from aiayn.train import budget_progress, tail_marks
+
+    t = load_config("small", overrides=["max_minutes=20", "max_steps=1000"]).train
+    assert budget_progress(100, 5.0, t) == 0.25  # time runs out first
+    assert budget_progress(600, 5.0, t) == 0.6  # steps run out first
+    assert budget_progress(100, 25.0, t) == 1.0
+    assert tail_marks(0.1, 5) == pytest.approx([0.9, 0.925, 0.95, 0.975])
+    assert tail_marks(0.0, 5) == [] and tail_marks(0.1, 1) == []

@@ -80,18 +80,72 @@ def _add_train(sub) -> None:
 
 
 def _average(args: argparse.Namespace) -> None:
-    from aiayn.checkpoint import average_checkpoints
+    from aiayn.tune import choose_average
 
-    out = average_checkpoints(Path(args.run_dir), args.last, Path(args.out or Path(args.run_dir) / "averaged.pt"))
-    print(f"aiayn: averaged the last {args.last} checkpoints into {out}")
+    found = choose_average(Path(args.run_dir), args.last, data=args.data, sentences=args.sentences,
+                           compare=not args.no_compare, device=args.device)
+    steps = ", ".join(map(str, found["averaged_steps"]))
+    if found["selected"] == "average":
+        print(f"aiayn: averaged steps {steps} into {found['path']}")
+    else:
+        print(f"aiayn: the average of steps {steps} scored lower on valid than the last checkpoint; "
+              f"{found['path']} holds the last checkpoint (step {found['averaged_steps'][-1]}) instead")
 
 
 def _add_average(sub) -> None:
-    p = sub.add_parser("average", help="average the last checkpoints of a run (§6.1)")
+    p = sub.add_parser("average", help="average the last checkpoints of a run (§6.1), kept only if it helps on valid",
+                       description="Average the last N step checkpoints into RUN_DIR/averaged.pt, which translate, "
+                       "evaluate and serve use. The average and the last checkpoint are both scored (BLEU on the "
+                       "valid split, the run's decoding settings) and averaged.pt holds the better one; the choice "
+                       "is printed and saved in the file.")
     p.add_argument("run_dir")
     p.add_argument("--last", type=int, default=5, help="how many checkpoints (paper: 5 for base, 20 for big)")
-    p.add_argument("--out", help="output file (default RUN_DIR/averaged.pt)")
+    p.add_argument("--data", help="data folder for the valid split (default: the one the run trained on)")
+    p.add_argument("--sentences", type=int, default=0, help="valid sentences to score (default 0: all)")
+    p.add_argument("--no-compare", action="store_true", help="keep the average without scoring it")
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     p.set_defaults(func=_average)
+
+
+def _tune_decoding(args: argparse.Namespace) -> None:
+    from aiayn.tune import tune_decoding
+
+    def numbers(text: str, kind, flag: str) -> tuple:
+        try:
+            return tuple(kind(x) for x in text.split(",") if x.strip())
+        except ValueError:
+            raise AiaynError(f"{flag}: expected comma-separated numbers, got '{text}'") from None
+
+    penalties = tuple(x.strip() for x in args.penalties.split(",") if x.strip())
+    for name in penalties:
+        if name not in ("gnmt", "fairseq", "none"):
+            raise AiaynError(f"--penalties: unknown length penalty '{name}' (gnmt, fairseq, none)")
+    tune_decoding(args.model, data=args.data, beams=numbers(args.beams, int, "--beams"), penalties=penalties,
+                  alphas=numbers(args.alphas, float, "--alphas"), sentences=args.sentences, device=args.device,
+                  write=not args.dry_run)
+
+
+def _add_tune_decoding(sub) -> None:
+    from aiayn.tune import DEFAULT_ALPHAS, DEFAULT_BEAMS, DEFAULT_PENALTIES, DEFAULT_SENTENCES
+
+    def csv(values) -> str:
+        return ",".join(map(str, values))
+
+    p = sub.add_parser("tune-decoding", help="choose beam size and length penalty on the valid split (§6.1)",
+                       description="Translate the valid split with every beam size x length penalty x alpha of "
+                       "the grid, print BLEU, chrF and length ratio for each, and store the best in "
+                       "RUN/decoding.json, which translate, evaluate and serve then use. Never uses test.")
+    p.add_argument("--model", required=True, help="a run folder or a checkpoint file")
+    p.add_argument("--data", help="data folder for the valid split (default: the one the run trained on)")
+    p.add_argument("--beams", default=csv(DEFAULT_BEAMS), help=f"beam sizes (default {csv(DEFAULT_BEAMS)})")
+    p.add_argument("--penalties", default=csv(DEFAULT_PENALTIES),
+                   help=f"gnmt ((5+|Y|)/6)^a, fairseq |Y|^a, none (default {csv(DEFAULT_PENALTIES)})")
+    p.add_argument("--alphas", default=csv(DEFAULT_ALPHAS), help=f"alpha values (default {csv(DEFAULT_ALPHAS)})")
+    p.add_argument("--sentences", type=int, default=DEFAULT_SENTENCES,
+                   help=f"valid sentences to translate (default {DEFAULT_SENTENCES}; 0: all)")
+    p.add_argument("--dry-run", action="store_true", help="print the grid, write nothing")
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    p.set_defaults(func=_tune_decoding)
 
 
 def _translate(args: argparse.Namespace) -> None:
@@ -289,7 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"aiayn {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_model_info, _add_prepare, _add_data_stats, _add_train, _add_average, _add_translate,
+    for add in (_add_model_info, _add_prepare, _add_data_stats, _add_train, _add_average, _add_tune_decoding,
+                _add_translate,
                 _add_evaluate, _add_showcase, _add_attention, _add_plot, _add_serve):
         add(sub)
     return parser

@@ -218,21 +218,32 @@ def prepare_files(out: Path, *, src: Path | None = None, tgt: Path | None = None
         raise AiaynError(f"{first}: no usable pairs ({drops['empty']} empty, {drops['too_long']} longer than "
                          f"--max-chars {max_chars})")
     splits = {name: clean_pairs(p, max_chars, drops) for name, p in given.items() if p is not None}
-    n_hold = holdout_size(len(train))
+    for name, pairs_given in splits.items():
+        if not pairs_given:
+            raise AiaynError(f"the {name} files have no usable pairs (all empty or longer than --max-chars)")
+    # Every pair of the corpus trains once the user gives a valid split: a missing test split
+    # stays empty then. Without one, valid and test are held out, and the report says so.
+    wanted = ("valid", "test") if "valid" not in splits else ()
+    n_hold, corpus_size, held = holdout_size(len(train)), len(train), {}
     for offset, name in enumerate(("valid", "test")):
-        if name not in splits:
+        if name in wanted and name not in splits:
             if len(train) <= n_hold:
                 raise AiaynError(f"{first}: only {len(train)} usable pairs, too few to hold out a {name} split; "
                                  f"give --{name}-src and --{name}-tgt")
             splits[name], train = holdout(train, n_hold, seed + offset)
-        if not splits[name]:
-            raise AiaynError(f"the {name} files have no usable pairs (all empty or longer than --max-chars)")
+            held[name] = n_hold
+        splits.setdefault(name, [])
+    if held:
+        took = " and ".join(f"{n:,} for {name}" for name, n in held.items())
+        print(f"aiayn: held out {took} of the {corpus_size:,} usable pairs; give --valid-src/--valid-tgt "
+              f"(and --test-src/--test-tgt) to train on every pair")
     splits["train"] = train
     pairs_read = len(pairs) + sum(len(p) for p in given.values() if p is not None)
     inputs = [str(p) for p in (tsv, src, tgt, *valid, *test) if p is not None]
     return write_data(Path(out), splits, source="files", src_lang=src_lang, tgt_lang=tgt_lang,
                       pairs_read=pairs_read, dropped={k: drops[k] for k in ("empty", "too_long")},
-                      vocab_size=vocab_size, extra={"inputs": inputs, "seed": seed, "max_chars": max_chars})
+                      vocab_size=vocab_size, extra={"inputs": inputs, "seed": seed, "max_chars": max_chars,
+                                                    "held_out_of_corpus": held})
 
 
 def load_meta(data_dir: Path) -> dict:

@@ -69,6 +69,9 @@ def _read_inputs(args: Any) -> tuple[list[str], list[str], str]:
         if args.src or args.ref:
             raise AiaynError("give either --data (with --split) or --src and --ref, not both")
         sources, references = read_split(Path(args.data), args.split)
+        if not sources:
+            raise AiaynError(f"{args.data}: the {args.split} split is empty (no {args.split} files were given to "
+                             f"`aiayn prepare files`); use another --split, or --src and --ref")
         return sources, references, load_meta(Path(args.data))["tgt_lang"]
     if not (args.src and args.ref):
         raise AiaynError("give --src and --ref (aligned text files), or --data DIR --split test")

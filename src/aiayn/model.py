@@ -343,17 +343,24 @@ class Transformer(nn.Module):
             self.out_proj.weight = tgt_tokens.weight
 
     def reset_parameters(self) -> None:
-        """Xavier-uniform projections and zero biases (as tensor2tensor and fairseq); embeddings
-        N(0, d_model^-0.5), so that × √d_model gives unit scale and, tied to the output layer,
-        logits start small (pitfall 8)."""
+        """The paper does not say. ``init=xavier``: Xavier-uniform projections and zero biases
+        (as tensor2tensor and fairseq); embeddings N(0, d_model^-0.5), so that × √d_model gives
+        unit scale and, tied to the output layer, logits start small (pitfall 8).
+        ``init=normal``: every matrix and embedding N(0, init_std), biases zero (BERT, GPT-2,
+        Marian): sublayers start small against the residual stream."""
+        normal = self.cfg.init == "normal"
         for name, p in self.named_parameters():
             if p.dim() > 1 and "tokens" not in name and "learned" not in name:
-                nn.init.xavier_uniform_(p)
+                if normal:
+                    nn.init.normal_(p, mean=0.0, std=self.cfg.init_std)
+                else:
+                    nn.init.xavier_uniform_(p)
             elif p.dim() == 1 and name.endswith("bias"):
                 nn.init.zeros_(p)
         for module in self.modules():
             if isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, mean=0.0, std=self.cfg.d_model ** -0.5)
+                std = self.cfg.init_std if normal else self.cfg.d_model ** -0.5
+                nn.init.normal_(module.weight, mean=0.0, std=std)
 
     def encode(self, src: Tensor, src_mask: Tensor, need_weights: bool = False) -> tuple[Tensor, list[Tensor] | None]:
         """src (B, S) ids, src_mask (B, S) True = real -> memory (B, S, D) and, on request,

@@ -1,29 +1,76 @@
-"""Eq. 3 of §5.3: the learning rate rises linearly for ``warmup_steps`` updates, then decays
-with the inverse square root of the step number.
+"""Learning-rate schedules: the paper's Eq. 3, and warmup-then-decay for a fixed budget.
+
+Eq. 3 of §5.3 (``schedule=inverse_sqrt``, the paper's):
 
     lrate = scale · d_model^-0.5 · min(step^-0.5, step · warmup_steps^-1.5)
 
-The paper uses scale = 1 and warmup_steps = 4000. The schedule is a plain function of the
-update number, so resuming a run only needs the step (pitfall 19).
+It was made for 100k-step runs; a run boxed into minutes stops while the rate is still high,
+so its last weights are noisy and it never anneals. The budgeted schedules
+(``schedule=linear`` / ``cosine``) rise the same way to the same peak, then fall to zero
+exactly at the end of the budget — of ``max_steps`` or of ``max_minutes``, whichever the run
+reaches first — as the "budgeted training" literature recommends for fixed budgets.
+
+Every schedule is a plain function of (update number, budget used): both are in each
+checkpoint, so resuming a run needs nothing else (docs/pitfalls.md, "resume").
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+SCHEDULES = ("inverse_sqrt", "linear", "cosine")
+
+
+def eq3_peak(d_model: int, warmup_steps: int, scale: float = 1.0) -> float:
+    """The largest rate of Eq. 3, reached at step = warmup_steps."""
+    return scale * d_model ** -0.5 * warmup_steps ** -0.5
 
 
 @dataclass(frozen=True)
 class InverseSqrtSchedule:
+    """Eq. 3: linear warmup, then decay with the inverse square root of the step."""
+
     d_model: int
     warmup_steps: int
     scale: float = 1.0
 
-    def __call__(self, step: int) -> float:
-        """Learning rate of update number ``step`` (the first update is step 1)."""
+    def __call__(self, step: int, progress: float = 0.0) -> float:
+        """Learning rate of update number ``step`` (the first update is step 1); ``progress``
+        is accepted for a common signature and ignored."""
         step = max(step, 1)
         return self.scale * self.d_model ** -0.5 * min(step ** -0.5, step * self.warmup_steps ** -1.5)
 
     @property
     def peak(self) -> float:
-        """The largest rate, reached at step = warmup_steps."""
-        return self(self.warmup_steps)
+        return eq3_peak(self.d_model, self.warmup_steps, self.scale)
+
+
+@dataclass(frozen=True)
+class BudgetSchedule:
+    """Linear warmup to ``peak`` over ``warmup_steps``, then linear or cosine decay to zero at
+    ``progress`` = 1, the end of the run's budget."""
+
+    peak: float
+    warmup_steps: int
+    shape: str = "linear"
+
+    def __call__(self, step: int, progress: float = 0.0) -> float:
+        step = max(step, 1)
+        warm = min(1.0, step / self.warmup_steps)
+        remaining = min(max(1.0 - progress, 0.0), 1.0)
+        if self.shape == "cosine":
+            decay = 0.5 * (1.0 - math.cos(math.pi * remaining))
+        else:
+            decay = remaining
+        return self.peak * warm * decay
+
+
+def make_schedule(name: str, d_model: int, warmup_steps: int, scale: float) -> InverseSqrtSchedule | BudgetSchedule:
+    """The schedule a config names; the budgeted ones share Eq. 3's peak so one ``lr_scale``
+    means the same height in every schedule."""
+    if name == "inverse_sqrt":
+        return InverseSqrtSchedule(d_model, warmup_steps, scale)
+    if name in ("linear", "cosine"):
+        return BudgetSchedule(eq3_peak(d_model, warmup_steps, scale), warmup_steps, name)
+    raise ValueError(f"unknown schedule '{name}' (choose from {', '.join(SCHEDULES)})")

@@ -31,7 +31,7 @@ from aiayn.batching import Batch, BatchStream, collate, make_batches
 from aiayn.config import AiaynError, Config, from_dict, load_config
 from aiayn.loss import label_smoothed_cross_entropy
 from aiayn.model import Transformer, count_parameters
-from aiayn.schedule import InverseSqrtSchedule
+from aiayn.schedule import make_schedule
 
 METRICS = ["step", "epoch", "minutes", "train_loss", "train_nll", "lr", "tokens_per_s", "grad_norm",
            "valid_loss", "valid_ppl", "valid_bleu", "valid_beam_bleu"]
@@ -205,7 +205,8 @@ class Trainer:
         self.forward = torch.compile(self.ddp) if t.compile else self.ddp
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=0.0, betas=(t.adam_beta1, t.adam_beta2),
                                           eps=t.adam_eps, weight_decay=t.weight_decay, fused=True)
-        self.schedule = InverseSqrtSchedule(cfg.model.d_model, t.warmup_steps, t.lr_scale)
+        self.schedule = make_schedule(t.schedule, cfg.model.d_model, t.warmup_steps, t.lr_scale)
+        self.progress = 0.0  # fraction of the budget used, for the budgeted schedules
         self.step, self.minutes_before, self.best_valid = 0, 0.0, math.inf
         self.saved_step = -1
         if resume is not None:
@@ -221,6 +222,11 @@ class Trainer:
         self.log = MetricsLog(run_dir, self.step) if runtime.is_main else None
 
     # ------------------------------------------------------------------ one update
+    def _broadcast(self, values: list[float]) -> list[float]:
+        t = torch.tensor(values, dtype=torch.float64, device=self.rt.device)
+        dist.broadcast(t, src=0)
+        return t.tolist()
+
     def _all_reduce(self, values: list[float]) -> list[float]:
         if self.rt.world_size == 1:
             return values
@@ -261,14 +267,14 @@ class Trainer:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)) if finite else math.nan
         finite = finite and math.isfinite(grad_norm)
         if finite:
-            lr = self.schedule(self.step + 1)
+            lr = self.schedule(self.step + 1, self.progress)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             self.optimizer.step()
             self.step += 1
         self.optimizer.zero_grad(set_to_none=True)
         return {"finite": finite, "loss": loss_sum / tokens, "nll": nll_sum / tokens, "tokens": tokens,
-                "grad_norm": grad_norm, "lr": self.schedule(max(self.step, 1))}
+                "grad_norm": grad_norm, "lr": self.schedule(max(self.step, 1), self.progress)}
 
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
@@ -336,12 +342,20 @@ class Trainer:
                       f"device {self.rt.device}")
         self.model.train()
         last = {}
+        marks = tail_marks(t.tail_fraction, t.keep_last)
         while True:
             epoch = self.stream.epoch
+            before, self.progress = self.progress, budget_progress(self.step, minutes(), t)
             stop = self.step >= t.max_steps or (t.max_epochs and epoch >= t.max_epochs) or \
                 (t.max_minutes and minutes() >= t.max_minutes)
-            if self._all_reduce([float(bool(stop))])[0]:
+            if self.rt.world_size > 1:  # every rank must follow rank 0's clock: same rates, same stop
+                stop, self.progress = self._broadcast([float(bool(stop)), self.progress])
+            if stop:
                 break
+            in_tail = any(before < m <= self.progress for m in marks) and self.step > first_step
+            if in_tail and self.saved_step != self.step:
+                self.save(minutes())
+                last_ckpt_minutes = minutes()
             batches = [next(stream)[2] for _ in range(self.accumulate)]
             last = self.update(batches)
             if not last["finite"]:
@@ -394,6 +408,23 @@ class Trainer:
         return {"step": self.step, "minutes": minutes(), **final}
 
 
+def budget_progress(step: int, minutes: float, t) -> float:
+    """Fraction of the run's budget used: of ``max_steps``, or of ``max_minutes`` when that
+    comes first. The budgeted schedules reach zero, and training stops, at 1."""
+    done = step / t.max_steps
+    if t.max_minutes:
+        done = max(done, minutes / t.max_minutes)
+    return min(done, 1.0)
+
+
+def tail_marks(fraction: float, keep: int) -> list[float]:
+    """Budget fractions at which the tail checkpoints are written: ``keep`` - 1 of them evenly
+    over the last ``fraction`` (the final checkpoint, at the end, makes ``keep``)."""
+    if fraction <= 0 or keep < 2:
+        return []
+    return [1.0 - fraction * j / (keep - 1) for j in range(keep - 1, 0, -1)]
+
+
 def prepare_run_dir(cfg: Config, data_dir: Path, run_dir: Path) -> None:
     """A new run folder gets the resolved config, the tokenizer and the data's metadata."""
     from aiayn.tokenizer import Tokenizer
@@ -420,8 +451,8 @@ def train(data_dir: Path | None, run_dir: Path, preset: str | None = None, confi
         path, state = found
         cfg = from_dict(json.loads(state["config"]))
         for item in overrides:  # e.g. a longer max_minutes for the continued run
-            from aiayn.config import apply, parse_override
-            apply(cfg, *parse_override(item))
+            from aiayn.config import apply_override
+            apply_override(cfg, item)
         data_dir = Path(data_dir or json.loads((run_dir / "run.json").read_text())["data_dir"])
         print(f"aiayn: resuming {run_dir} from {path.name} (step {state['step']})", file=sys.stderr)
     else:

@@ -116,15 +116,36 @@ class Translator:
         self.config = config
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device | None = None) -> Translator:
-        """From a run folder (its averaged, best or latest checkpoint) or a checkpoint file."""
+    def load(cls, path: str | Path, device: str | torch.device | None = None, use_tuned: bool = True) -> Translator:
+        """From a run folder (its averaged, best or latest checkpoint) or a checkpoint file.
+        The decoding settings that ``aiayn tune-decoding`` chose on valid (RUN/decoding.json)
+        replace the config's, unless ``use_tuned`` is False."""
         from aiayn.checkpoint import load_for_inference
+        from aiayn.tune import tuned_decoding
 
         loaded = load_for_inference(path, resolve_device(device))
+        tuned = tuned_decoding(loaded.path) if use_tuned else None
+        for key, value in (tuned or {}).items():
+            setattr(loaded.config.decode, key, value)
         return cls(loaded.model, loaded.tokenizer, loaded.config)
 
+    @classmethod
+    def from_state(cls, weights: dict[str, Tensor], config_json: str, run_dir: Path,
+                   device: str | torch.device | None = None) -> Translator:
+        """From weights in memory (e.g. an average not yet written) and the run's tokenizer."""
+        import json
+
+        from aiayn.config import from_dict
+        from aiayn.model import Transformer
+        from aiayn.tokenizer import Tokenizer
+
+        config = from_dict(json.loads(config_json))
+        model = Transformer(config.model)
+        model.load_state_dict(weights)
+        return cls(model.to(resolve_device(device)).eval(), Tokenizer.load(Path(run_dir)), config)
+
     def translate(self, lines: Sequence[str], beam_size: int | None = None, alpha: float | None = None,
-                  nbest: int | None = None, sample: bool = False, temperature: float = 1.0, top_k: int = 0,
+                  length_penalty: str | None = None, nbest: int | None = None, sample: bool = False, temperature: float = 1.0, top_k: int = 0,
                   top_p: float = 1.0, batch_tokens: int | None = None, seed: int | None = None,
                   progress: bool = False) -> list[list[Translation]]:
         """Translate ``lines``; per line, ``nbest`` translations, best first, in input order.
@@ -137,6 +158,7 @@ class Translator:
         d = self.config.decode
         beam_size = d.beam_size if beam_size is None else beam_size
         alpha = d.alpha if alpha is None else alpha
+        length_penalty = d.length_penalty if length_penalty is None else length_penalty
         nbest = d.nbest if nbest is None else nbest
         if beam_size < 1 or nbest < 1:
             raise AiaynError(f"beam size and nbest must be positive, got beam {beam_size}, nbest {nbest}")
@@ -158,7 +180,7 @@ class Translator:
         generator = None
         if sample and seed is not None:
             generator = torch.Generator(self.device).manual_seed(seed)
-        settings = dict(beam_size=beam_size, alpha=alpha, nbest=nbest, sample=sample, temperature=temperature,
+        settings = dict(beam_size=beam_size, alpha=alpha, length_penalty=length_penalty, nbest=nbest, sample=sample, temperature=temperature,
                         top_k=top_k, top_p=top_p, generator=generator)
 
         from tqdm import tqdm
@@ -179,7 +201,8 @@ class Translator:
             self.model.train(was_training)
         return results
 
-    def _translate_batch(self, rows: list[list[int]], beam_size: int, alpha: float, nbest: int, sample: bool,
+    def _translate_batch(self, rows: list[list[int]], beam_size: int, alpha: float, length_penalty: str,
+                         nbest: int, sample: bool,
                          temperature: float, top_k: int, top_p: float,
                          generator: torch.Generator | None) -> list[list[Hypothesis]]:
         d, limit = self.config.decode, self.config.model.max_len
@@ -204,7 +227,7 @@ class Translator:
         if beam_size == 1:
             return [[h] for h in search.greedy_search(step_fn, state, B, BOS_ID, EOS_ID, max_len, d.min_len)]
         return search.beam_search(step_fn, state, B, BOS_ID, EOS_ID, max_len, beam_size, alpha,
-                                  d.length_penalty, d.min_len, nbest)
+                                  length_penalty, d.min_len, nbest)
 
 
 # ---------------------------------------------------------------------------- the command

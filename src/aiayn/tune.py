@@ -1,0 +1,184 @@
+"""Choices made on the validation split, never on test: whether averaging helps, and how to decode.
+
+§6.1: "We used beam search with a beam size of 4 and length penalty α = 0.6. These
+hyperparameters were chosen after experimentation on the development set." aiayn does the
+same for every run it trains, because the best settings move with the corpus and the budget:
+
+    aiayn average RUN --last 5      averaged.pt = the average, or the last checkpoint if that
+                                    scores higher on valid (the choice is printed and saved)
+    aiayn tune-decoding --model RUN sweeps beam size × length penalty on valid, prints the
+                                    grid, and writes RUN/decoding.json, which translate,
+                                    evaluate and serve then use
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiayn.config import AiaynError
+
+DECODING_FILE = "decoding.json"
+DEFAULT_BEAMS = (4, 6)
+DEFAULT_ALPHAS = (0.6, 1.0, 1.4)
+DEFAULT_PENALTIES = ("gnmt", "fairseq")
+DEFAULT_SENTENCES = 500
+
+
+def valid_split(data_dir: Path, sentences: int) -> tuple[list[str], list[str]]:
+    """The first ``sentences`` pairs of the valid split (0: all of them)."""
+    from aiayn.corpus import read_split
+
+    src, ref = read_split(Path(data_dir), "valid")
+    if not src:
+        raise AiaynError(f"{data_dir}: the valid split is empty; choices are made on valid, never on test")
+    return (src[:sentences], ref[:sentences]) if sentences else (src, ref)
+
+
+def run_data_dir(run_dir: Path, data: str | Path | None) -> Path:
+    """``--data``, else the data folder the run was trained on (RUN/run.json)."""
+    if data is not None:
+        return Path(data)
+    info = Path(run_dir) / "run.json"
+    if not info.is_file():
+        raise AiaynError(f"{run_dir}: no run.json naming the training data; give --data DIR")
+    return Path(json.loads(info.read_text())["data_dir"])
+
+
+def length_ratio(hypotheses: list[str], references: list[str]) -> float:
+    """Hypothesis length / reference length in sacreBLEU's 13a tokens (BLEU's brevity inputs)."""
+    from sacrebleu.metrics import BLEU
+
+    stats = BLEU().corpus_score(hypotheses, [references])
+    return stats.sys_len / max(stats.ref_len, 1)
+
+
+def score(translator: Any, sources: list[str], references: list[str], **options: Any) -> dict[str, float]:
+    from aiayn.evaluate import corpus_scores
+
+    hyps = [n[0].text for n in translator.translate(sources, progress=False, **options)]
+    found = corpus_scores(hyps, references)
+    return {"bleu": round(found["bleu"], 2), "chrf": round(found["chrf"], 2),
+            "length_ratio": round(length_ratio(hyps, references), 3)}
+
+
+# ---------------------------------------------------------------------------- averaging
+
+def choose_average(run_dir: Path, last: int, *, data: str | Path | None = None, sentences: int = 0,
+                   compare: bool = True, device: str | None = None, log=print) -> dict[str, Any]:
+    """Average the last ``last`` checkpoints; keep the average only where it beats the last
+    checkpoint in valid BLEU (the run's decoding settings). Writes RUN/averaged.pt either way:
+    the winner's weights, with ``selected`` saying which it is."""
+    from aiayn import checkpoint as ckpt
+    from aiayn.translate import Translator
+
+    run_dir = Path(run_dir)
+    paths = ckpt.list_checkpoints(run_dir)
+    if not paths:
+        raise AiaynError(f"{run_dir}: no checkpoints to average (expected {ckpt.checkpoint_dir(run_dir)}/step_*.pt)")
+    if last < 1:
+        raise AiaynError(f"--last must be at least 1, got {last}")
+    states = [ckpt.load_checkpoint(p) for p in paths[-last:]]
+    averaged = ckpt.average_state_dicts([s["model"] for s in states])
+    steps = [int(s["step"]) for s in states]
+    result: dict[str, Any] = {"averaged_steps": steps, "selected": "average"}
+    if compare and len(states) > 1:
+        src, ref = valid_split(run_data_dir(run_dir, data), sentences)
+        scores = {}
+        for name, weights in (("last", states[-1]["model"]), ("average", averaged)):
+            translator = Translator.from_state(weights, states[-1]["config"], run_dir, device)
+            scores[name] = score(translator, src, ref)
+            log(f"aiayn: valid BLEU {scores[name]['bleu']:.2f} (length ratio {scores[name]['length_ratio']:.3f}) "
+                f"with the {'average of steps ' + ', '.join(map(str, steps)) if name == 'average' else 'last checkpoint'}")
+        result.update(valid=scores, valid_sentences=len(src))
+        if scores["average"]["bleu"] < scores["last"]["bleu"]:
+            result["selected"] = "last"
+    weights = averaged if result["selected"] == "average" else states[-1]["model"]
+    out = run_dir / "averaged.pt"
+    ckpt.save_checkpoint(out, {"model": weights, "config": states[-1]["config"], "step": steps[-1],
+                               "averaged_steps": steps if result["selected"] == "average" else [steps[-1]],
+                               "selection": json.dumps(result)})
+    result["path"] = str(out)
+    return result
+
+
+# ---------------------------------------------------------------------------- decoding
+
+@dataclass(frozen=True)
+class Setting:
+    beam_size: int
+    length_penalty: str
+    alpha: float
+
+
+def grid(beams: tuple[int, ...], penalties: tuple[str, ...], alphas: tuple[float, ...]) -> list[Setting]:
+    """Every beam × penalty × α. Greedy search (beam 1) and ``none`` ignore α, so they appear once."""
+    out = []
+    for beam in beams:
+        for penalty in (("none",) if beam == 1 else penalties):
+            for alpha in ((0.0,) if penalty == "none" else alphas):
+                out.append(Setting(beam, penalty, alpha))
+    return list(dict.fromkeys(out))
+
+
+def tune_decoding(model: str | Path, *, data: str | Path | None = None, beams=DEFAULT_BEAMS,
+                  penalties=DEFAULT_PENALTIES, alphas=DEFAULT_ALPHAS, sentences: int = DEFAULT_SENTENCES,
+                  device: str | None = None, write: bool = True, log=print) -> dict[str, Any]:
+    """Sweep the grid on valid; the best BLEU wins (ties: the smaller beam, then the paper's
+    settings). With ``write``, RUN/decoding.json stores it for translate/evaluate/serve."""
+    from tqdm import tqdm
+
+    from aiayn.checkpoint import resolve_model_path
+    from aiayn.translate import Translator
+
+    for beam in beams:
+        if beam < 1:
+            raise AiaynError(f"--beams: a beam size must be positive, got {beam}")
+    if any(a < 0 for a in alphas):
+        raise AiaynError("--alphas: α cannot be negative")
+    model_path = resolve_model_path(Path(model))
+    run_dir = Path(model) if Path(model).is_dir() else model_path.parent
+    translator = Translator.load(model, device, use_tuned=False)
+    src, ref = valid_split(run_data_dir(run_dir, data), sentences)
+    rows = []
+    for s in tqdm(grid(tuple(beams), tuple(penalties), tuple(alphas)), desc="tune decoding", unit="setting",
+                  file=sys.stderr, dynamic_ncols=True):
+        rows.append({**vars(s), **score(translator, src, ref, beam_size=s.beam_size, alpha=s.alpha,
+                                        length_penalty=s.length_penalty)})
+    paper = Setting(4, "gnmt", 0.6)
+    best = max(rows, key=lambda r: (r["bleu"], -r["beam_size"], Setting(r["beam_size"], r["length_penalty"],
+                                                                         r["alpha"]) == paper))
+    log(format_grid(rows, best))
+    result = {"beam_size": best["beam_size"], "length_penalty": best["length_penalty"], "alpha": best["alpha"],
+              "valid_bleu": best["bleu"], "valid_sentences": len(src), "model": str(model_path), "grid": rows}
+    if write:
+        (run_dir / DECODING_FILE).write_text(json.dumps(result, indent=2) + "\n")
+        log(f"aiayn: wrote {run_dir / DECODING_FILE}; translate, evaluate and serve now decode with beam "
+            f"{best['beam_size']}, {best['length_penalty']} length penalty α = {best['alpha']}")
+    return result
+
+
+def format_grid(rows: list[dict[str, Any]], best: dict[str, Any]) -> str:
+    lines = [f"{'beam':>4}  {'penalty':<8} {'alpha':>5}  {'BLEU':>6}  {'chrF':>6}  {'len ratio':>9}"]
+    for r in rows:
+        mark = "  <- best" if r is best else ""
+        lines.append(f"{r['beam_size']:>4}  {r['length_penalty']:<8} {r['alpha']:>5.2f}  {r['bleu']:>6.2f}  "
+                     f"{r['chrf']:>6.2f}  {r['length_ratio']:>9.3f}{mark}")
+    return "\n".join(lines)
+
+
+def tuned_decoding(model_path: Path) -> dict[str, Any] | None:
+    """The decoding.json beside a checkpoint or in its run folder, if ``tune-decoding`` wrote one."""
+    for folder in (model_path.parent, model_path.parent.parent):
+        path = folder / DECODING_FILE
+        if path.is_file():
+            try:
+                found = json.loads(path.read_text())
+                return {k: found[k] for k in ("beam_size", "length_penalty", "alpha")}
+            except (ValueError, KeyError, TypeError):
+                raise AiaynError(f"{path}: not a decoding file written by `aiayn tune-decoding`; "
+                                 "delete it or run tune-decoding again") from None
+    return None
