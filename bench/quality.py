@@ -40,10 +40,11 @@ def bleu_details(hypotheses: list[str], references: list[str]) -> dict[str, Any]
 
 
 def aiayn_cli(*args: str) -> None:
-    """``python -m aiayn ARGS`` in a child process: exactly what a user runs."""
+    """``python -m aiayn ARGS`` in a child process: exactly what a user runs. Its output goes to
+    stderr, so stdout holds only the JSON lines."""
     cmd = [sys.executable, "-m", "aiayn", *args]
     print(f"bench: $ aiayn {shlex.join(args)}", file=sys.stderr, flush=True)
-    done = subprocess.run(cmd)
+    done = subprocess.run(cmd, stdout=sys.stderr)
     if done.returncode:
         raise AiaynError(f"`aiayn {shlex.join(args)}` failed with status {done.returncode}")
 
@@ -60,7 +61,7 @@ def run_aiayn(data: Path, work: Path, minutes: float, max_steps: int, threads: i
               *budget, *overrides)
     train_s = time.monotonic() - start
     start = time.monotonic()
-    aiayn_cli("average", str(run), "--last", "5")
+    aiayn_cli("average", str(run), "--last", "5", "--sentences", "500")
     if tune:
         aiayn_cli("tune-decoding", "--model", str(run))
     select_s = time.monotonic() - start

@@ -32,7 +32,7 @@ from aiayn.batching import Batch, BatchStream, collate
 from aiayn.config import Config, ModelConfig
 from aiayn.loss import label_smoothed_cross_entropy
 from aiayn.model import Transformer
-from aiayn.schedule import InverseSqrtSchedule
+from aiayn.schedule import InverseSqrtSchedule, make_schedule
 from aiayn.train import Runtime, Trainer, choose_precision
 from bench.common import (PeakMemory, Reporter, find_data, matmul_peak, parser, preset_config, presets, profile_top,
                           rate_stats, repeat, run_main, setup)
@@ -101,8 +101,8 @@ def aiayn_trainer(cfg: Config, device: torch.device) -> Trainer:
     trainer.forward = torch.compile(trainer.ddp) if t.compile else trainer.ddp
     trainer.optimizer = torch.optim.Adam(trainer.model.parameters(), lr=0.0, betas=(t.adam_beta1, t.adam_beta2),
                                          eps=t.adam_eps, weight_decay=t.weight_decay, fused=True)
-    trainer.schedule = InverseSqrtSchedule(cfg.model.d_model, t.warmup_steps, t.lr_scale)
-    trainer.step = 0
+    trainer.schedule = make_schedule(t.schedule, cfg.model.d_model, t.warmup_steps, t.lr_scale)
+    trainer.step, trainer.progress = 0, 0.0
     return trainer
 
 

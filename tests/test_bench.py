@@ -150,7 +150,8 @@ def test_bench_trainer_is_built_like_the_real_trainer(bible_data, tmp_path):
                    Runtime(torch.device("cpu")))
     ours = aiayn_trainer(cfg, torch.device("cpu"))
     assert type(ours.optimizer) is type(real.optimizer) and ours.optimizer.defaults == real.optimizer.defaults
-    assert (ours.schedule, ours.autocast, ours.step) == (real.schedule, real.autocast, real.step)
+    assert (ours.schedule, ours.autocast, ours.step, ours.progress) == (real.schedule, real.autocast, real.step,
+                                                                  real.progress)
     assert ours.model.cfg == real.model.cfg
     assert all(torch.equal(a, b) for a, b in zip(ours.model.parameters(), real.model.parameters()))
     assert ours.forward is ours.model and real.forward is real.model
@@ -188,7 +189,7 @@ def test_quality_harness_runs_both_systems_end_to_end(tmp_path):
                            "--max-steps", "3", "--threads", "1", "--no-tune", "--work", str(tmp_path / "q")],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    rows = [json.loads(line) for line in done.stdout.splitlines()]  # nothing but JSON lines on stdout
     assert [r["system"] for r in rows] == ["aiayn-small", "hf-marian"]
     for r in rows:
         assert r["updates"] == 3 and r["beam"] == 4 and 0 <= r["bleu"] <= 100 and r["length_ratio"] > 0

@@ -7,7 +7,7 @@ to a temporary file, fsynced and renamed, so a kill mid-write leaves the previou
 Run folder layout:
     RUN/config.yaml   resolved config          RUN/metrics.csv, RUN/tb/   logs
     RUN/spm.model     tokenizer (copied)       RUN/checkpoints/step_00001000.pt, best.pt
-    RUN/averaged.pt   from ``aiayn average``
+    RUN/averaged.pt   from ``aiayn average``  RUN/decoding.json  from ``aiayn tune-decoding``
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import torch
 from aiayn.config import AiaynError, Config, from_dict
 
 FORMAT = "aiayn-checkpoint-1"
+DECODING_FILE = "decoding.json"  # decoding settings chosen on valid by `aiayn tune-decoding`
 STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
 
 
@@ -164,14 +165,32 @@ class Loaded:
     step: int
 
 
-def load_for_inference(path: str | Path, device: str | torch.device = "cpu") -> Loaded:
-    """Model (eval mode), config and tokenizer from a run folder or a checkpoint file."""
+def tuned_decoding(model_path: Path) -> dict[str, Any] | None:
+    """The decoding.json beside a checkpoint or in its run folder, if ``tune-decoding`` wrote one."""
+    for folder in (model_path.parent, model_path.parent.parent):
+        path = folder / DECODING_FILE
+        if path.is_file():
+            try:
+                found = json.loads(path.read_text())
+                return {k: found[k] for k in ("beam_size", "length_penalty", "alpha")}
+            except (ValueError, KeyError, TypeError):
+                raise AiaynError(f"{path}: not a decoding file written by `aiayn tune-decoding`; "
+                                 "delete it or run tune-decoding again") from None
+    return None
+
+
+def load_for_inference(path: str | Path, device: str | torch.device = "cpu", use_tuned: bool = True) -> Loaded:
+    """Model (eval mode), config and tokenizer from a run folder or a checkpoint file. The
+    decoding settings ``aiayn tune-decoding`` chose on valid replace the config's, unless
+    ``use_tuned`` is False."""
     from aiayn.model import Transformer
     from aiayn.tokenizer import Tokenizer
 
     model_path = resolve_model_path(Path(path))
     state = load_checkpoint(model_path)
     config = from_dict(json.loads(state["config"]))
+    for key, value in ((tuned_decoding(model_path) if use_tuned else None) or {}).items():
+        setattr(config.decode, key, value)
     model = Transformer(config.model)
     model.load_state_dict(state["model"])
     model.to(device).eval()

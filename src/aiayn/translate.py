@@ -121,12 +121,8 @@ class Translator:
         The decoding settings that ``aiayn tune-decoding`` chose on valid (RUN/decoding.json)
         replace the config's, unless ``use_tuned`` is False."""
         from aiayn.checkpoint import load_for_inference
-        from aiayn.tune import tuned_decoding
 
-        loaded = load_for_inference(path, resolve_device(device))
-        tuned = tuned_decoding(loaded.path) if use_tuned else None
-        for key, value in (tuned or {}).items():
-            setattr(loaded.config.decode, key, value)
+        loaded = load_for_inference(path, resolve_device(device), use_tuned=use_tuned)
         return cls(loaded.model, loaded.tokenizer, loaded.config)
 
     @classmethod

@@ -21,7 +21,6 @@ from typing import Any
 
 from aiayn.config import AiaynError
 
-DECODING_FILE = "decoding.json"
 DEFAULT_BEAMS = (4, 6)
 DEFAULT_ALPHAS = (0.6, 1.0, 1.4)
 DEFAULT_PENALTIES = ("gnmt", "fairseq")
@@ -131,7 +130,7 @@ def tune_decoding(model: str | Path, *, data: str | Path | None = None, beams=DE
     settings). With ``write``, RUN/decoding.json stores it for translate/evaluate/serve."""
     from tqdm import tqdm
 
-    from aiayn.checkpoint import resolve_model_path
+    from aiayn.checkpoint import DECODING_FILE, resolve_model_path
     from aiayn.translate import Translator
 
     for beam in beams:
@@ -168,17 +167,3 @@ def format_grid(rows: list[dict[str, Any]], best: dict[str, Any]) -> str:
         lines.append(f"{r['beam_size']:>4}  {r['length_penalty']:<8} {r['alpha']:>5.2f}  {r['bleu']:>6.2f}  "
                      f"{r['chrf']:>6.2f}  {r['length_ratio']:>9.3f}{mark}")
     return "\n".join(lines)
-
-
-def tuned_decoding(model_path: Path) -> dict[str, Any] | None:
-    """The decoding.json beside a checkpoint or in its run folder, if ``tune-decoding`` wrote one."""
-    for folder in (model_path.parent, model_path.parent.parent):
-        path = folder / DECODING_FILE
-        if path.is_file():
-            try:
-                found = json.loads(path.read_text())
-                return {k: found[k] for k in ("beam_size", "length_penalty", "alpha")}
-            except (ValueError, KeyError, TypeError):
-                raise AiaynError(f"{path}: not a decoding file written by `aiayn tune-decoding`; "
-                                 "delete it or run tune-decoding again") from None
-    return None
