@@ -324,14 +324,23 @@ def _serve(args: argparse.Namespace) -> None:
 
 
 def _add_serve(sub) -> None:
+    from aiayn.serve_limits import QUEUE, WORKERS
+
     p = sub.add_parser("serve", help="HTTP service: /translate, /attention, /health and the explorer page at /",
                        description="Serve a model over HTTP (standard library only): POST /translate, "
                        "POST /attention, GET /health, and at / a page to explore attention interactively.")
     p.add_argument("--model", required=True, help="a run folder or a checkpoint file")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only; "
+                   "there is no authentication)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     p.add_argument("--device", help="cpu, cuda, ... (default cpu)")
     p.add_argument("--quiet", action="store_true", help="do not log each request to stderr")
+    p.add_argument("--allow-origin", action="append", metavar="ORIGIN",
+                   help="also accept pages and requests from ORIGIN (scheme://host[:port], e.g. a name this "
+                   "machine is reached by); repeatable. Other hosts and origins get 403 (DNS rebinding)")
+    p.add_argument("--workers", type=int, default=WORKERS, help=f"threads answering requests (default {WORKERS})")
+    p.add_argument("--queue", type=int, default=QUEUE, help="connections waiting for a worker before new ones "
+                   f"get 503 (default {QUEUE})")
     p.set_defaults(func=_serve)
 
 
