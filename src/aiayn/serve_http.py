@@ -139,6 +139,8 @@ class Handler(BaseHTTPRequestHandler):
         finally:
             if self.unread > 0:
                 self._drain(min(self.unread, MAX_DISCARD), DRAIN_SECONDS)
+            else:  # a body without a usable Content-Length: drop what has arrived
+                self._drain(MAX_DISCARD, 0)
 
     def _announced_length(self) -> int:
         try:
