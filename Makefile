@@ -9,7 +9,7 @@ DEMO_MINUTES ?= 30
 # The CPU wheel of torch 2.13.0; an unpinned torch would pull a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo test test-slow bench bench-quality clean
+.PHONY: setup demo test test-slow bench bench-quality bench-load clean
 
 $(STAMP): pyproject.toml
 	@# Debian's python3 lacks ensurepip (and so venv) until python3-venv is installed.
@@ -63,6 +63,14 @@ bench-quality: $(STAMP)
 	$(BIN)/python -m bench.quality --data $(DATA) --minutes $(QUALITY_MINUTES) --work $(BENCH_OUT)/quality \
 		$(QUALITY_ARGS) > $(BENCH_OUT)/quality.jsonl
 	@echo "JSON lines: $(BENCH_OUT)/quality.jsonl"
+
+# Load on `aiayn serve` (loopback only): 50 clients x 100 requests, a fifth of them malformed;
+# requests/s, latency, errors (must be 0), 5xx (must be 0), server RSS. A random tiny model unless
+# LOAD_ARGS names one, e.g. LOAD_ARGS="--model runs/demo".
+bench-load: $(STAMP)
+	@mkdir -p $(BENCH_OUT)
+	$(BIN)/python -m bench.load $(LOAD_ARGS) > $(BENCH_OUT)/load.jsonl
+	@echo "JSON lines: $(BENCH_OUT)/load.jsonl"
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache
