@@ -141,7 +141,7 @@ def test_ctranslate2_twin_scores_and_translates_like_aiayn(tmp_path):
     assert [[tokens.index(t) for t in found[0].hypotheses[0]]] == ours
 
 
-def test_bench_trainer_is_built_like_the_real_trainer(bible_data, tmp_path):
+def test_bench_trainer_is_built_like_the_real_trainer_debian_packages(bible_data, tmp_path):
     """The bench repeats Trainer.__init__'s model, precision and optimizer lines; they must not drift."""
     from aiayn.train import Runtime, Trainer
 

@@ -226,7 +226,8 @@ def _add_showcase(sub) -> None:
 def _prepare_bible(args: argparse.Namespace) -> None:
     from aiayn.bible import prepare_bible
 
-    prepare_bible(Path(args.out), None if args.sword_dir is None else Path(args.sword_dir), args.vocab_size)
+    prepare_bible(Path(args.out), None if args.sword_dir is None else Path(args.sword_dir), args.vocab_size,
+                  apt_update=args.apt_update)
 
 
 def _prepare_files(args: argparse.Namespace) -> None:
@@ -250,6 +251,8 @@ def _add_prepare(sub) -> None:
     b.add_argument("--sword-dir", help="a SWORD library (mods.d/, modules/); default: $SWORD_PATH, ~/.sword, "
                    "/usr/share/sword, else the Debian packages are downloaded into ~/.cache/aiayn/sword")
     b.add_argument("--vocab-size", type=int, default=8000, help="joint SentencePiece vocabulary (default 8000)")
+    b.add_argument("--apt-update", action="store_true", help="when the packages cannot be downloaded because "
+                   "apt's package lists are missing, run `apt-get update` (as root) instead of stopping")
     b.set_defaults(func=_prepare_bible)
     f = kinds.add_parser("files", help="any parallel corpus: two line-aligned files or one TSV")
     f.add_argument("--src", help="source-language text, one sentence a line (e.g. train.de)")
