@@ -9,7 +9,7 @@ DEMO_MINUTES ?= 30
 # The CPU wheel of torch 2.13.0; an unpinned torch would pull a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo test test-slow bench bench-quality clean
+.PHONY: setup demo test test-slow bench bench-quality bench-load clean
 
 $(STAMP): pyproject.toml
 	@# Debian's python3 lacks ensurepip (and so venv) until python3-venv is installed.
@@ -25,7 +25,7 @@ setup: $(STAMP)
 # checkpoint averaging kept only if it helps on valid, beam and length penalty chosen on
 # valid, famous verses side by side, sacreBLEU on the test split.
 demo: $(STAMP)
-	$(BIN)/aiayn prepare bible --out $(DATA)
+	$(BIN)/aiayn prepare bible --out $(DATA) --apt-update
 	@if [ -d $(RUN)/checkpoints ]; then echo "$(RUN) is already trained: reusing it (rm -rf $(RUN) to train again)"; \
 	else $(BIN)/aiayn train --data $(DATA) --out $(RUN) --preset small max_minutes=$(DEMO_MINUTES) $(TRAIN_ARGS); fi
 	$(BIN)/aiayn average $(RUN) --last 5
@@ -47,7 +47,7 @@ test-slow: $(STAMP)
 BENCH_OUT ?= runs/bench
 bench: $(STAMP)
 	$(BIN)/pip install -q -e '.[bench]'
-	@[ -f $(DATA)/meta.json ] || $(BIN)/aiayn prepare bible --out $(DATA)
+	@[ -f $(DATA)/meta.json ] || $(BIN)/aiayn prepare bible --out $(DATA) --apt-update
 	@mkdir -p $(BENCH_OUT)
 	$(BIN)/python -m bench.train --data $(DATA) --presets small,base --profile > $(BENCH_OUT)/train.jsonl
 	$(BIN)/python -m bench.decode --data $(DATA) --presets small --profile > $(BENCH_OUT)/decode.jsonl
@@ -58,11 +58,19 @@ bench: $(STAMP)
 QUALITY_MINUTES ?= 20
 bench-quality: $(STAMP)
 	$(BIN)/pip install -q -e '.[bench]'
-	@[ -f $(DATA)/meta.json ] || $(BIN)/aiayn prepare bible --out $(DATA)
+	@[ -f $(DATA)/meta.json ] || $(BIN)/aiayn prepare bible --out $(DATA) --apt-update
 	@mkdir -p $(BENCH_OUT) && rm -rf $(BENCH_OUT)/quality
 	$(BIN)/python -m bench.quality --data $(DATA) --minutes $(QUALITY_MINUTES) --work $(BENCH_OUT)/quality \
 		$(QUALITY_ARGS) > $(BENCH_OUT)/quality.jsonl
 	@echo "JSON lines: $(BENCH_OUT)/quality.jsonl"
+
+# Load on `aiayn serve` (loopback only): 50 clients x 100 requests, a fifth of them malformed;
+# requests/s, latency, errors (must be 0), 5xx (must be 0), server RSS. A random tiny model unless
+# LOAD_ARGS names one, e.g. LOAD_ARGS="--model runs/demo".
+bench-load: $(STAMP)
+	@mkdir -p $(BENCH_OUT)
+	$(BIN)/python -m bench.load $(LOAD_ARGS) > $(BENCH_OUT)/load.jsonl
+	@echo "JSON lines: $(BENCH_OUT)/load.jsonl"
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -165,7 +165,7 @@ def bible_train_ids(bible_data) -> tuple[list[list[int]], list[list[int]]]:
 
 
 @pytest.mark.parametrize("batch_tokens", [4096, 3000])
-def test_bible_padding_efficiency(bible_data, bible_train_ids, batch_tokens):
+def test_bible_padding_efficiency_debian_packages(bible_data, bible_train_ids, batch_tokens):
     report = padding_report(bible_data, batch_tokens)
     assert report["padding_efficiency"] >= 0.9
     # Recount from the tensors training would see, independently of the report's arithmetic.
@@ -179,7 +179,7 @@ def test_bible_padding_efficiency(bible_data, bible_train_ids, batch_tokens):
     assert all(b.src.numel() <= batch_tokens and b.tgt_out.numel() <= batch_tokens for b in batches if b.size > 1)
 
 
-def test_data_stats_command(bible_data, capsys):
+def test_data_stats_command_debian_packages(bible_data, capsys):
     assert main(["data-stats", "--data", str(bible_data), "--batch-tokens", "3000", "--split", "valid"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "split                        valid" in lines and "batch_tokens                 3,000" in lines

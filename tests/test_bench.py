@@ -141,7 +141,7 @@ def test_ctranslate2_twin_scores_and_translates_like_aiayn(tmp_path):
     assert [[tokens.index(t) for t in found[0].hypotheses[0]]] == ours
 
 
-def test_bench_trainer_is_built_like_the_real_trainer(bible_data, tmp_path):
+def test_bench_trainer_is_built_like_the_real_trainer_debian_packages(bible_data, tmp_path):
     """The bench repeats Trainer.__init__'s model, precision and optimizer lines; they must not drift."""
     from aiayn.train import Runtime, Trainer
 
@@ -200,3 +200,19 @@ def test_quality_harness_runs_both_systems_end_to_end(tmp_path):
     pairs = [([5] * a, [6] * b) for a, b in zip(range(1, 90), range(89, 0, -1))]
     for batch in marian_peer.token_batches(pairs, random.Random(0)):
         assert len(batch) * max(len(pairs[i][0]) + len(pairs[i][1]) for i in batch) <= marian_peer.MAX_TOKENS
+
+
+def test_load_bench_serves_a_short_load_without_errors():
+    """bench.load against `aiayn serve` with a random tiny model: every request answered, well-formed
+    ones 200, malformed ones their 4xx, no 5xx; one JSON line and the table."""
+    done = subprocess.run([sys.executable, "-m", "bench.load", "--clients", "3", "--requests", "4", "--malformed",
+                           "0.5", "--seconds", "120", "--threads", "1"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (record,) = [json.loads(line) for line in done.stdout.splitlines()]
+    assert record["requests"] == 12 and record["malformed"] >= 1 and record["well_formed"] >= 1
+    assert record["errors_well_formed"] == record["errors_malformed"] == record["status_5xx"] == 0
+    assert sum(record["statuses"].values()) == 12 and record["connection_failures"] == 0
+    assert record["latency_p50_ms"] <= record["latency_p99_ms"]
+    assert record["rss_peak_mb"] >= record["rss_end_mb"] > 0 and record["rss_peak_mb"] >= record["rss_loaded_mb"]
+    assert "5xx answers" in done.stderr

@@ -1,16 +1,20 @@
-"""The Bible corpus: the SWORD reader on modules written here, markup, alignment, and the real corpus."""
+"""The Bible corpus: the SWORD reader on modules written here (no download needed), markup, alignment,
+fetching the Debian packages (apt faked), and the real corpus (tests ending in _debian_packages)."""
 
 from __future__ import annotations
 
 import re
 import struct
+import subprocess
 import zlib
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from aiayn import bible
 from aiayn.bible import misaligned_chapters, split_by_chapter, spanish_verse, strip_markup, to_kjv
+from aiayn.cli import main
 from aiayn.config import AiaynError
 from aiayn.corpus import SPLITS, load_meta, read_split
 from aiayn.sword import KJV, NRSV, find_module, read_verses
@@ -148,7 +152,70 @@ def test_split_by_chapter_holds_out_whole_chapters():
     assert split_by_chapter(pairs, seed=2, target=100)["test"] != splits["test"]
 
 
-# The real corpus (tests/conftest.py builds it once per machine).
+def test_modules_in_a_sword_dir_are_found_without_a_download(tmp_path, monkeypatch):
+    for name, text in ((bible.SPANISH, "EN el principio"), (bible.ENGLISH, "In the beginning")):
+        write_ztext(tmp_path, name, {("ot", 4): text}, KJV_SIZES)
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("the modules are in --sword-dir: nothing may be downloaded")
+
+    monkeypatch.setattr(bible, "fetch_modules", no_download)
+    spanish, english = bible.locate_modules(tmp_path)
+    assert (spanish.name, english.name) == (bible.SPANISH, bible.ENGLISH)
+    assert read_verses(spanish) == {("Gen", 1, 1): "EN el principio"}
+
+
+class FakeApt:
+    """``apt-get download`` that cannot find the packages until ``apt-get update`` has run."""
+
+    def __init__(self, monkeypatch, root: bool = True):
+        self.commands: list[list[str]] = []
+        self.updated = False
+        monkeypatch.setattr(bible.shutil, "which", lambda tool: f"/usr/bin/{tool}")
+        monkeypatch.setattr(bible.os, "geteuid", lambda: 0 if root else 1000)
+        monkeypatch.setattr(bible.subprocess, "run", self.run)
+
+    def run(self, command: list[str], **kwargs) -> subprocess.CompletedProcess:
+        self.commands.append(command)
+        if command[:2] == ["apt-get", "update"]:
+            self.updated = True
+        elif command[:2] == ["apt-get", "download"] and not self.updated:
+            return subprocess.CompletedProcess(command, 100, "", "E: Unable to locate package sword-text-sparv\n")
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+
+def test_missing_package_lists_are_not_updated_unasked(tmp_path, monkeypatch):
+    apt = FakeApt(monkeypatch)
+    with pytest.raises(AiaynError) as e:
+        bible.fetch_modules(tmp_path)
+    assert "\n" not in str(e.value) and "run `sudo apt-get update` first (or pass --apt-update" in str(e.value)
+    assert apt.commands == [["apt-get", "download", *bible.PACKAGES]]
+
+
+def test_apt_update_runs_when_asked(tmp_path, monkeypatch):
+    apt = FakeApt(monkeypatch)
+    assert bible.fetch_modules(tmp_path, apt_update=True) == tmp_path / "usr/share/sword"
+    assert apt.commands == [["apt-get", "download", *bible.PACKAGES], ["apt-get", "update"],
+                            ["apt-get", "download", *bible.PACKAGES]]
+
+
+def test_apt_update_needs_root(tmp_path, monkeypatch):
+    apt = FakeApt(monkeypatch, root=False)
+    with pytest.raises(AiaynError, match=r"apt-get update needs root; run `sudo apt-get update`"):
+        bible.fetch_modules(tmp_path, apt_update=True)
+    assert ["apt-get", "update"] not in apt.commands
+
+
+def test_prepare_bible_passes_apt_update_on(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(bible, "prepare_bible", lambda *args, **kwargs: seen.append(kwargs["apt_update"]))
+    for flags in ([], ["--apt-update"]):
+        assert main(["prepare", "bible", "--out", str(tmp_path), *flags]) == 0
+    assert seen == [False, True]
+
+
+# The real corpus (tests/conftest.py builds it once per machine from the Debian packages; the tests
+# that need it end in _debian_packages and skip, saying why, when the packages cannot be had).
 
 def verses(folder: Path) -> dict[str, tuple[str, str, str]]:
     out = {}
@@ -159,7 +226,7 @@ def verses(folder: Path) -> dict[str, tuple[str, str, str]]:
     return out
 
 
-def test_bible_size_and_metadata(bible_data):
+def test_bible_size_and_metadata_debian_packages(bible_data):
     meta = load_meta(bible_data)
     assert (meta["source"], meta["src_lang"], meta["tgt_lang"], meta["vocab_size"]) == ("bible", "es", "en", 8000)
     assert sum(meta["counts"].values()) >= 30_000
@@ -171,7 +238,7 @@ def test_bible_size_and_metadata(bible_data):
         assert len(es) == len(en) == meta["counts"][split] and all(es) and all(en)
 
 
-def test_bible_has_no_markup(bible_data):
+def test_bible_has_no_markup_debian_packages(bible_data):
     text = "".join((bible_data / f"{split}.{lang}").read_text(encoding="utf-8")
                    for split in SPLITS for lang in ("es", "en"))
     assert not re.search(r"[<>¶]|&#?\w+;|\b[HG]\d{1,5}\b|  |^ | $", text, re.M)
@@ -187,19 +254,19 @@ def test_bible_has_no_markup(bible_data):
     ("Rev.13.1", ["arena del mar", "bestia"], ["sand of the sea", "beast"]),  # after NRSV's Rev 12:18
     ("Rev.22.20", ["Ven, Señor Jesús"], ["come, Lord Jesus"]),  # after 3 John 1:15 and Rev 12:18
 ])
-def test_famous_verses_pair_up(bible_data, ref, spanish, english):
+def test_famous_verses_pair_up_debian_packages(bible_data, ref, spanish, english):
     _, es, en = verses(bible_data)[ref]
     assert all(w in es for w in spanish) and all(w in en for w in english), (es, en)
 
 
-def test_spanish_verse_divisions_are_dropped(bible_data):
+def test_spanish_verse_divisions_are_dropped_debian_packages(bible_data):
     refs = verses(bible_data)
     # RV1909 numbers Jonah 1:17 as 2:1 and Numbers 12:16 as 13:1: both chapters of each pair go.
     assert not any(r.startswith(("Jonah.1.", "Jonah.2.", "Num.12.", "Num.13.")) for r in refs)
     assert "Jonah.3.1" in refs and "Num.14.1" in refs
 
 
-def test_bible_splits_hold_out_whole_chapters(bible_data):
+def test_bible_splits_hold_out_whole_chapters_debian_packages(bible_data):
     chapters = {s: {r.rsplit(".", 1)[0] for r, (split, _, _) in verses(bible_data).items() if split == s}
                 for s in SPLITS}
     assert not (chapters["train"] & (chapters["valid"] | chapters["test"]) or chapters["valid"] & chapters["test"])

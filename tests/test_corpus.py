@@ -10,7 +10,7 @@ import pytest
 
 from aiayn.cli import main
 from aiayn.config import AiaynError
-from aiayn.corpus import SPLITS, holdout_size, load_meta, read_split
+from aiayn.corpus import SPLITS, holdout_size, load_meta, read_lines, read_split
 
 NOUNS = [("der Hund", "the dog"), ("die Katze", "the cat"), ("das Haus", "the house"), ("ein Baum", "a tree"),
          ("mein Freund", "my friend"), ("dein Buch", "your book")]
@@ -104,6 +104,47 @@ def test_different_line_counts_name_the_line_where_one_file_ends(tmp_path, capsy
     code, err = prepare(capsys, "--src", str(src), "--tgt", str(tgt), "--out", str(tmp_path / "o"))
     assert code == 2
     assert_one_line_error(err, f"{tgt}:3:", "after 2 lines", f"{src} has 3")
+
+
+def test_read_lines_drops_a_byte_order_mark_and_carriage_returns(tmp_path):
+    crlf = write(tmp_path / "crlf.txt", b"\xef\xbb\xbfein Hund\r\nzwei\tKatzen\r\n\r\ndrei\r")
+    assert read_lines(crlf) == ["ein Hund", "zwei\tKatzen", "", "drei"]
+    mixed = write(tmp_path / "mixed.txt", b"\xef\xbb\xbfeins\nzwei\r\n")
+    assert read_lines(mixed) == ["eins", "zwei"]
+
+
+@pytest.mark.parametrize("layout", ["files", "tsv"])
+def test_crlf_and_a_byte_order_mark_prepare_the_same_folder(tmp_path, capsys, layout):
+    """Windows editors write CRLF and often a UTF-8 BOM: the prepared folder is byte for byte the
+    one the LF, BOM-less files give, the tokenizer's vocabulary included (spm.model also records
+    the paths it was trained from, and meta.json the input paths)."""
+    de, en = sentences(40)
+    rows = [f"S.{i}\t{a}\t{b}" for i, (a, b) in enumerate(zip(de, en))]
+
+    def prepared(name: str, newline: str, bom: bool) -> dict[str, bytes]:
+        folder = tmp_path / name
+        folder.mkdir()
+
+        def text(lines: list[str]) -> bytes:
+            return (b"\xef\xbb\xbf" if bom else b"") + "".join(line + newline for line in lines).encode()
+
+        if layout == "files":
+            src, tgt = write(folder / "train.de", text(de)), write(folder / "train.en", text(en))
+            args = ["--src", str(src), "--tgt", str(tgt)]
+        else:
+            args = ["--tsv", str(write(folder / "corpus.de-en.tsv", text(rows)))]
+        code, err = prepare(capsys, *args, "--out", str(folder / "data"))
+        assert code == 0, err
+        meta = json.loads((folder / "data" / "meta.json").read_text())
+        assert meta.pop("inputs")
+        skip = ("meta.json", "spm.model")
+        files = {p.name: p.read_bytes() for p in (folder / "data").iterdir() if p.name not in skip}
+        return {**files, "meta": json.dumps(meta).encode()}
+
+    plain = prepared("lf", "\n", bom=False)
+    assert {"train.de", "valid.en", "spm.vocab"} <= set(plain)
+    for name, newline, bom in (("crlf-bom", "\r\n", True), ("crlf", "\r\n", False), ("bom", "\n", True)):
+        assert prepared(name, newline, bom) == plain, name
 
 
 def test_invalid_utf8_names_file_line_and_byte(tmp_path, capsys):

@@ -291,3 +291,91 @@ def test_bad_arguments_are_user_errors():
         sample(step, Rows(torch.arange(1)), 1, BOS, EOS, torch.tensor([5]), temperature=0.0)
     with pytest.raises(AiaynError, match="max_len"):
         greedy_search(step, Rows(torch.arange(2)), 2, BOS, EOS, torch.tensor([5]))
+
+
+# Brute force: every hypothesis of a small vocabulary (three words and EOS) scored by hand, against
+# beam search wide enough that it prunes nothing: at step t there are 3^t live prefixes and 4·3^t
+# continuations, so with max_len 3 a beam of 36 keeps every one and beam search is exhaustive.
+WORDS_3 = (2, 3, 4)  # random_tables(seed, vocab=5): BOS 0 (never), EOS 1, three words
+WIDE = 4 * 3 ** 2
+
+
+def log_prob(step_fn, sentence: int, tokens: tuple[int, ...]) -> float:
+    """log P(tokens) under ``step_fn``, one prefix at a time."""
+    state, total = Rows(torch.tensor([sentence])), 0.0
+    prefix = torch.tensor([[BOS]])
+    for token in tokens:
+        log_probs, state = step_fn(prefix, state)
+        total += float(log_probs[0, token])
+        prefix = torch.cat([prefix, torch.tensor([[token]])], dim=1)
+    return total
+
+
+def by_hand(length: int, alpha: float, penalty: str) -> float:
+    """The length penalty written out: GNMT ((5 + |Y|) / 6)^α, fairseq |Y|^α, or none."""
+    return {"gnmt": ((5 + length) / 6) ** alpha, "fairseq": length ** alpha, "none": 1.0}[penalty]
+
+
+def every_hypothesis(step_fn, sentence: int, max_len: int, alpha: float, penalty: str) -> list[Hypothesis]:
+    """All of them, ranked as beam search ranks (finished first, then by score): those that end
+    with EOS within ``max_len`` steps, and those cut off after ``max_len`` words."""
+    found = []
+    for n in range(max_len + 1):
+        for words in itertools.product(WORDS_3, repeat=n):
+            finished = n < max_len
+            total = log_prob(step_fn, sentence, words + (EOS,) if finished else words)
+            length = n + 1 if finished else n  # |Y| counts EOS
+            found.append(Hypothesis(list(words), total / by_hand(length, alpha, penalty), total, finished))
+    return sorted(found, key=lambda h: (not h.finished, -h.score))
+
+
+def assert_same(got: list[Hypothesis], expected: list[Hypothesis]) -> None:
+    assert [(h.tokens, h.finished) for h in got] == [(h.tokens, h.finished) for h in expected]
+    assert [h.score for h in got] == pytest.approx([h.score for h in expected], abs=1e-5)
+    assert [h.log_prob for h in got] == pytest.approx([h.log_prob for h in expected], abs=1e-5)
+
+
+@pytest.mark.parametrize("penalty, alpha", [("gnmt", 0.6), ("gnmt", 2.0), ("fairseq", 0.6), ("fairseq", 1.5),
+                                            ("none", 0.0)])
+@pytest.mark.parametrize("nbest", [1, 4, 13, 20])  # 13 finished hypotheses exist; 20 needs cut-off ones too
+def test_wide_beam_equals_brute_force(penalty, alpha, nbest):
+    max_len = torch.tensor([3, 2, 1, 3])  # a batch: each sentence its own table and limit
+    # In seed 5's first sentence a hypothesis finished at step 2 beats the best of step 1: a stop
+    # rule that bounded live beams by the current length's penalty, not max_len's, would miss it.
+    for seed in (0, 5):
+        step = random_tables(seed, vocab=5)
+        got = beam_search(step, Rows(torch.arange(4)), 4, BOS, EOS, max_len, beam_size=WIDE, alpha=alpha,
+                          length_penalty=penalty, nbest=nbest)
+        for sentence, limit in enumerate(max_len.tolist()):
+            expected = every_hypothesis(step, sentence, limit, alpha, penalty)
+            assert_same(got[sentence], expected[:nbest])
+
+
+# A garden path: "a" is likelier than "b" at step 0, but every continuation of "a" is poor while
+# "b EOS" is almost certain. A beam of one follows "a"; a beam of two keeps "b" and finds the best.
+GARDEN = {(): {a: 0.55, b: 0.45}, (a,): {EOS: 0.4, c: 0.3, d: 0.3}, (b,): {EOS: 0.99, c: 0.01},
+          (a, c): {EOS: 0.5, c: 0.5}, (a, d): {EOS: 0.5, d: 0.5}, (b, c): {EOS: 1.0}}
+
+
+def test_a_narrow_beam_prunes_the_best_hypothesis_and_a_wider_one_keeps_it():
+    best = math.log(0.45 * 0.99) / gnmt(2)
+    assert max(math.log(0.55 * 0.4) / gnmt(2), math.log(0.55 * 0.3 * 0.5) / gnmt(3)) < best
+    narrow = run_beam(GARDEN, max_len=3, beam_size=1)[0]
+    assert narrow.tokens == [a] and narrow.score == pytest.approx(math.log(0.55 * 0.4) / gnmt(2), abs=1e-6)
+    wide = run_beam(GARDEN, max_len=3, beam_size=2)[0]
+    assert wide.tokens == [b] and wide.score == pytest.approx(best, abs=1e-6)
+
+
+@pytest.mark.parametrize("beam", [1, 2, 3, 5])
+def test_a_pruning_beam_returns_true_scores_and_never_beats_brute_force(beam):
+    """Narrower than exhaustive, beam search may miss hypotheses, but what it returns are real
+    hypotheses with their exact scores, ranked, and none better than the best that exists."""
+    for seed in range(6):
+        step = random_tables(seed, vocab=5)
+        every = every_hypothesis(step, 0, 3, 0.6, "gnmt")
+        by_tokens = {(tuple(h.tokens), h.finished): h for h in every}
+        got = beam_search(step, Rows(torch.arange(1)), 1, BOS, EOS, torch.tensor([3]), beam_size=beam,
+                          nbest=beam)[0]
+        assert_same(got, [by_tokens[tuple(h.tokens), h.finished] for h in got])
+        assert got == sorted(got, key=lambda h: (not h.finished, -h.score))
+        assert (not got[0].finished, -got[0].score) >= (not every[0].finished, -every[0].score - 1e-5)

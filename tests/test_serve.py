@@ -1,13 +1,14 @@
-"""The HTTP service on a loopback port, answered in a thread: good requests give what the Python API
-gives; bad ones give 400/404/405/411/413/422 with a JSON error, never a 500, and the server keeps going."""
+"""The HTTP service's endpoints on a loopback port, answered in threads: good requests give what the
+Python API gives; unusable values give a JSON 4xx; work per request is bounded in size and time;
+the model serves one chunk at a time and stops for a client that left. (Malformed HTTP and JSON,
+methods, types, origins and timeouts: test_serve_http.py.)"""
 
 from __future__ import annotations
 
-import http.client
-import json
 import re
 import socket
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +18,11 @@ import torch
 from aiayn import serve
 from aiayn.cli import main
 from aiayn.visualize import sentence_attention
+from served import Stand, call, post, serving
 from toydata import random_run
 
 SENTENCE = "en el principio creo dios los cielos"
+LONG = "y " * 499  # 499 subwords of the toy tokenizer: the model's 256 positions, after truncation
 
 
 @pytest.fixture(scope="module")
@@ -36,34 +39,27 @@ def explorer(run_dir) -> serve.Explorer:
 
 @pytest.fixture(scope="module")
 def server(explorer):
-    """The service on a free loopback port (port 0: the kernel picks one), in a thread."""
-    httpd = serve.ExplorerServer(explorer, "127.0.0.1", 0, quiet=True)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
+    with serving(explorer) as httpd:
+        yield httpd
 
 
-def call(server, method: str, path: str, body: bytes | dict | list | None = None,
-         headers: dict | None = None) -> tuple[int, dict | str, http.client.HTTPResponse]:
-    host, port = server.server_address[:2]
-    conn = http.client.HTTPConnection(host, port, timeout=30)
-    data = json.dumps(body).encode() if isinstance(body, (dict, list)) else body
-    conn.request(method, path, body=data, headers=headers or {})
-    response = conn.getresponse()
-    raw = response.read().decode("utf-8")
-    conn.close()
-    kind = response.getheader("Content-Type", "")
-    return response.status, json.loads(raw) if kind == "application/json" else raw, response
+def stand_in(explorer, **options) -> tuple[serve.Explorer, Stand]:
+    """An Explorer over the same model whose translator is a ``Stand`` (see served.py)."""
+    stand = Stand(explorer.translator, **options)
+    return serve.Explorer(stand, explorer.path, explorer.step), stand
 
 
-def test_health_names_the_model_and_its_shape(server, run_dir):
+def test_health_names_the_model_not_its_path(server, run_dir):
     status, body, _ = call(server, "GET", "/health")
     assert status == 200 and body["status"] == "ok"
-    assert body["model"] == str(run_dir / "checkpoints" / "step_00000042.pt") and body["step"] == 42
+    assert (body["model"], body["checkpoint"], body["step"]) == (run_dir.name, "step_00000042.pt", 42)
+    assert str(run_dir.parent) not in str(body)
     assert body["config"]["n_heads"] == 4 and body["config"]["encoder_layers"] == 2
-    assert body["limits"] == {"body_bytes": 65536, "sentences": 64, "chars": 1000, "beam": 16}
+    # tiny: 2 + 2 layers, 4 heads, 256 positions, max_len_offset 0, so T = S + 1 at the longest
+    largest = max(s for s in range(1, 257) if 4 * (2 * s * s + 2 * ((s + 1) ** 2 + (s + 1) * s)) <= 1_000_000)
+    assert body["limits"] == {"body_bytes": 65536, "sentences": 64, "chars": 1000, "beam": 16, "beam_tokens": 16384,
+                              "attention_weights": 1_000_000, "attention_source_subwords": largest,
+                              "decode_seconds": 30.0}
 
 
 def test_translate_gives_what_the_translator_gives(server, explorer):
@@ -77,6 +73,14 @@ def test_translate_gives_what_the_translator_gives(server, explorer):
     status, body, _ = call(server, "POST", "/translate", {"sentences": [SENTENCE]})  # defaults: beam 4, nbest 1
     assert status == 200 and len(body["translations"][0]) == 1
     assert body["translations"][0][0]["text"] == explorer.translator.translate([SENTENCE])[0][0].text
+
+
+def test_more_sentences_than_a_chunk_come_back_in_order(server, explorer):
+    lines = [" ".join(SENTENCE.split()[i % 7:]) or "dios" for i in range(2 * serve.CHUNK_SENTENCES + 3)]
+    status, body, _ = call(server, "POST", "/translate", {"sentences": lines, "beam": 2})
+    assert status == 200
+    assert [nb[0]["text"] for nb in body["translations"]] == \
+        [nb[0].text for nb in explorer.translator.translate(lines, beam_size=2)]
 
 
 def test_attention_gives_pieces_and_rounded_weights_of_every_layer_and_head(server, explorer):
@@ -93,11 +97,12 @@ def test_attention_gives_pieces_and_rounded_weights_of_every_layer_and_head(serv
     decoder = np.array(body["weights"]["decoder"])
     future = np.triu(np.ones(decoder.shape[-2:], dtype=bool), 1)  # query i, key j > i
     assert (decoder[..., future] == 0).all()
+    # The bound the service checks before decoding covers what it sent.
+    sent = sum(np.array(body["weights"][k]).size for k in ("encoder", "decoder", "cross"))
+    assert sent <= explorer.attention_size(len(body["source"]))
 
 
 @pytest.mark.parametrize("body, status, message", [
-    (b"{not json", 400, "not valid UTF-8 JSON"),
-    (b"\xff\xfe", 400, "not valid UTF-8 JSON"),
     ([1, 2], 422, "must be a JSON object"),
     ({"sentences": "one sentence"}, 422, "'sentences' must be a list"),
     ({"sentences": [3]}, 422, r"sentences\[0\] must be a string"),
@@ -107,8 +112,10 @@ def test_attention_gives_pieces_and_rounded_weights_of_every_layer_and_head(serv
     ({"sentences": ["x"], "beam": "4"}, 422, "'beam' must be an integer"),
     ({"sentences": ["x"], "beam": 2.0}, 422, "'beam' must be an integer"),
     ({"sentences": ["x"], "beam": True}, 422, "'beam' must be an integer"),
+    ({"sentences": ["x"], "beam": 10**19}, 422, "'beam' must be an integer from 1 to 16"),
     ({"sentences": ["x"], "beam": 2, "nbest": 3}, 422, "'nbest' must be an integer from 1 to 2"),
     ({"sentences": ["x"], "alpha": -1}, 422, "'alpha' must be a number"),
+    ({"sentences": ["x"], "alpha": [0.6]}, 422, "'alpha' must be a number from 0 to 10, got list"),
     ({"sentences": ["x"], "beams": 4}, 422, "unknown field 'beams'"),
 ])
 def test_bad_translate_requests_are_4xx_with_a_json_error(server, body, status, message):
@@ -127,56 +134,86 @@ def test_bad_attention_requests_are_422(server, body, message):
     assert status == 422 and message in answer["error"]
 
 
-def test_oversized_body_is_413_without_reading_it(server):
-    body = json.dumps({"sentences": ["a" * 900] * 80}).encode()
-    assert len(body) > serve.MAX_BODY
-    status, answer, _ = call(server, "POST", "/translate", body)
-    assert status == 413 and "limit is 65536" in answer["error"]
+def test_work_per_request_is_bounded_before_the_model_runs(explorer):
+    bounded, stand = stand_in(explorer)
+    with serving(bounded) as server:
+        # 64 x 256 source positions x beam 2 = 32,768 > 16,384
+        status, answer, _ = call(server, "POST", "/translate", {"sentences": [LONG] * 64, "beam": 2})
+        assert status == 413 and "16384 source subwords x beam 2 = 32768; the limit is 16384" in answer["error"]
+        # 256 source positions: 4 x (2 x 256² + 2 x (256² + 256 x 256)) weights, over 1,000,000
+        status, answer, _ = call(server, "POST", "/attention", {"sentence": LONG})
+        assert status == 413 and re.search(r"is 256 subwords .*at most \d+ \(1,000,000 weights\)", answer["error"])
+    assert stand.calls == 0
 
 
-def test_no_content_length_is_411(server):
-    host, port = server.server_address[:2]
-    with socket.create_connection((host, port), timeout=30) as s:
-        s.sendall(b"POST /translate HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        reply = b"".join(iter(lambda: s.recv(4096), b""))
-    head, _, body = reply.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.0 411") and b"Content-Length header is required" in body
-
-
-def test_unknown_paths_and_wrong_methods(server):
-    status, answer, _ = call(server, "GET", "/nope")
-    assert status == 404 and "no such path /nope" in answer["error"]
-    status, answer, response = call(server, "GET", "/translate")
-    assert status == 405 and response.getheader("Allow") == "POST"
-    status, answer, response = call(server, "POST", "/health", {})
-    assert status == 405 and response.getheader("Allow") == "GET"
-    assert call(server, "GET", "/health?verbose=1")[0] == 200  # a query string does not change the route
-
-
-def test_page_is_self_contained_and_served_from_the_package(server):
-    status, page, response = call(server, "GET", "/")
-    assert status == 200 and response.getheader("Content-Type") == "text/html; charset=utf-8"
-    assert "default-src 'none'" in response.getheader("Content-Security-Policy")
-    assert "<script>" in page and "/attention" in page and 'id="lines"' in page and 'id="grid"' in page
-    # Nothing fetched from elsewhere: no external scripts, styles, fonts or images.
-    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
-    assert not re.search(r"""url\(\s*["']?(https?:)?//""", page) and "@import" not in page
-
-
-def test_concurrent_requests_share_the_model_safely(server, explorer):
+def test_concurrent_requests_use_the_model_one_at_a_time(explorer):
+    """Six requests at once on six workers: the stand-in notes any call that starts while another
+    runs (each lasts 50 ms), so without the model lock this fails."""
+    guarded, stand = stand_in(explorer, delay=0.05)
     expected = explorer.translator.translate([SENTENCE])[0][0].text
     results: list = []
+    with serving(guarded, workers=6) as server:
+        def worker() -> None:
+            status, body, _ = call(server, "POST", "/translate", {"sentences": [SENTENCE]})
+            results.append((status, body["translations"][0][0]["text"]))
 
-    def worker() -> None:
-        status, body, _ = call(server, "POST", "/translate", {"sentences": [SENTENCE]})
-        results.append((status, body["translations"][0][0]["text"]))
-
-    threads = [threading.Thread(target=worker) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+        threads = [threading.Thread(target=worker) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
     assert results == [(200, expected)] * 6
+    assert stand.calls == 6 and stand.most_active == 1
+
+
+def test_decoding_time_limit_stops_between_chunks(explorer):
+    slow, stand = stand_in(explorer, delay=0.3)
+    slow.decode_seconds = 0.2
+    with serving(slow) as server:
+        lines = [SENTENCE] * (3 * serve.CHUNK_SENTENCES)
+        status, answer, response = call(server, "POST", "/translate", {"sentences": lines})
+    assert status == 503 and "within 0.2 s" in answer["error"] and response.getheader("Retry-After") == "1"
+    assert stand.calls == 1  # the first chunk ran; the time was up before the second
+
+
+def test_a_client_that_disconnects_stops_its_request(explorer):
+    gate = threading.Event()
+    held, stand = stand_in(explorer, gate=gate)
+    with serving(held, workers=1) as server:
+        body = ('{"sentences": [%s]}' % ", ".join([f'"{SENTENCE}"'] * (3 * serve.CHUNK_SENTENCES))).encode()
+        s = socket.create_connection(server.server_address[:2], timeout=30)
+        s.sendall(post("/translate", body))
+        assert stand.entered.wait(30)  # the first chunk is decoding
+        s.close()
+        gate.set()
+        # One worker: /health is answered once the abandoned request has ended.
+        assert call(server, "GET", "/health")[0] == 200
+    assert stand.calls == 1
+
+
+def test_a_full_queue_gets_503_with_retry_after(explorer):
+    gate = threading.Event()
+    held, stand = stand_in(explorer, gate=gate)
+    with serving(held, workers=1, queue_size=1) as server:
+        answers: list = []
+
+        def ask() -> None:
+            answers.append(call(server, "POST", "/translate", {"sentences": [SENTENCE]})[0])
+
+        first = threading.Thread(target=ask)
+        first.start()
+        assert stand.entered.wait(30)  # the one worker is busy
+        second = threading.Thread(target=ask)
+        second.start()
+        deadline = time.monotonic() + 30
+        while server.waiting.qsize() < 1 and time.monotonic() < deadline:  # the queue is full
+            time.sleep(0.01)
+        status, answer, response = call(server, "POST", "/translate", {"sentences": [SENTENCE]})
+        assert status == 503 and "busy" in answer["error"] and response.getheader("Retry-After") == "1"
+        gate.set()
+        first.join()
+        second.join()
+    assert answers == [200, 200] and stand.calls == 2
 
 
 def test_serve_command_reports_a_busy_port_in_one_line(server, run_dir, capsys):
@@ -184,3 +221,25 @@ def test_serve_command_reports_a_busy_port_in_one_line(server, run_dir, capsys):
     assert main(["serve", "--model", str(run_dir), "--host", host, "--port", str(port)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"aiayn: error: cannot listen on {host}:{port}")
+
+
+@pytest.mark.parametrize("host, warned", [("0.0.0.0", True), ("127.0.0.1", False), ("localhost", False)])
+def test_serve_warns_that_there_is_no_authentication_beyond_loopback(run_dir, capsys, monkeypatch, host, warned):
+    def stop_at_once(self, *args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(serve.ExplorerServer, "serve_forever", stop_at_once)
+    assert main(["serve", "--model", str(run_dir), "--host", host, "--port", "0"]) == 0
+    err = capsys.readouterr().err
+    assert ("no authentication" in err) == warned, err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--allow-origin", "gpu-box"], "--allow-origin 'gpu-box': expected scheme://host[:port]"),
+    (["--allow-origin", "http://gpu-box/page"], "expected scheme://host[:port]"),
+    (["--queue", "0"], "--workers and --queue must be at least 1"),
+])
+def test_serve_flags_are_checked_in_one_line(run_dir, capsys, flags, message):
+    assert main(["serve", "--model", str(run_dir), "--port", "0", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err

@@ -127,7 +127,7 @@ def test_missing_files_are_user_errors(tmp_path):
         Tokenizer.load(tmp_path)
 
 
-def test_bible_test_split_round_trips_exactly(bible_data):
+def test_bible_test_split_round_trips_exactly_debian_packages(bible_data):
     tok = Tokenizer.load(bible_data)
     meta = json.loads((bible_data / "meta.json").read_text())
     for lang in (meta["src_lang"], meta["tgt_lang"]):

@@ -2,7 +2,8 @@
 
 Both translations are in the public domain and packaged by Debian as SWORD modules
 (``sword-text-sparv``, ``sword-text-web``). ``aiayn prepare bible`` finds them (or downloads the two
-``.deb`` files and unpacks them into a cache folder), reads them with ``sword.py``, strips the
+``.deb`` files with ``apt-get download`` and unpacks them into a cache folder; it runs ``apt-get
+update`` only when asked to with ``--apt-update``), reads them with ``sword.py``, strips the
 OSIS markup (Strong's numbers, notes, section titles; Psalm titles stay where both sides have
 them), removes RV1909's letter subscriptions and Psalm 119 stanza letters, and pairs the verses
 on KJV versification:
@@ -69,8 +70,16 @@ def _apt_download(folder: Path) -> subprocess.CompletedProcess:
     return subprocess.run(["apt-get", "download", *PACKAGES], cwd=folder, capture_output=True, text=True)
 
 
-def fetch_modules(folder: Path) -> Path:
-    """``apt-get download`` the two packages into ``folder`` and unpack them there (never into /)."""
+def _no_lists(result: subprocess.CompletedProcess) -> bool:
+    return result.returncode != 0 and "Unable to locate package" in result.stderr
+
+
+def fetch_modules(folder: Path, apt_update: bool = False) -> Path:
+    """``apt-get download`` the two packages into ``folder`` and unpack them there (never into /).
+
+    Without apt's package lists (a fresh container) the download finds nothing; ``apt-get
+    update`` changes the machine, so it runs only with ``apt_update`` (and as root); otherwise
+    the error says which command to run."""
     for tool in ("apt-get", "dpkg-deb"):
         if shutil.which(tool) is None:
             raise AiaynError(f"no SWORD modules found and {tool} is missing; install {' and '.join(PACKAGES)} "
@@ -78,15 +87,20 @@ def fetch_modules(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     print(f"downloading {' and '.join(PACKAGES)} into {folder}", file=sys.stderr)
     result = _apt_download(folder)
-    no_lists = result.returncode != 0 and "Unable to locate package" in result.stderr
-    if no_lists and os.geteuid() == 0:
-        print("apt package lists are missing: running apt-get update", file=sys.stderr)
-        subprocess.run(["apt-get", "update"], capture_output=True, text=True)
+    if _no_lists(result) and apt_update:
+        if os.geteuid() != 0:
+            raise AiaynError("--apt-update: apt-get update needs root; run `sudo apt-get update`, then this "
+                             "command again without --apt-update")
+        print("apt package lists are missing: running apt-get update (--apt-update)", file=sys.stderr)
+        updated = subprocess.run(["apt-get", "update"], capture_output=True, text=True)
+        if updated.returncode != 0:
+            raise AiaynError(f"apt-get update failed: {(updated.stderr.strip().splitlines() or ['no message'])[-1]}")
         result = _apt_download(folder)
     if result.returncode != 0:
-        if "Unable to locate package" in result.stderr:
+        if _no_lists(result):
             raise AiaynError(f"apt-get download cannot find {PACKAGES[0]}: the apt package lists are missing; "
-                             "run `sudo apt-get update` first, or pass --sword-dir DIR")
+                             "run `sudo apt-get update` first (or pass --apt-update to let aiayn run it), "
+                             "or pass --sword-dir DIR")
         raise AiaynError(f"apt-get download {' '.join(PACKAGES)} failed: "
                          f"{(result.stderr.strip().splitlines() or ['no message'])[-1]}")
     for deb in sorted(folder.glob("sword-text-*.deb")):
@@ -96,12 +110,12 @@ def fetch_modules(folder: Path) -> Path:
     return folder / "usr/share/sword"
 
 
-def locate_modules(sword_dir: Path | None) -> tuple[Module, Module]:
+def locate_modules(sword_dir: Path | None, apt_update: bool = False) -> tuple[Module, Module]:
     """The Spanish and English modules, downloaded into the cache when no root has them."""
     roots = sword_roots(sword_dir)
     found = [find_module(name, roots) for name in (SPANISH, ENGLISH)]
     if None in found:
-        root = fetch_modules(cache_dir())
+        root = fetch_modules(cache_dir(), apt_update)
         found = [find_module(name, [root]) for name in (SPANISH, ENGLISH)]
         if None in found:
             raise AiaynError(f"{root}: the Debian packages hold no module {SPANISH} / {ENGLISH}; pass "
@@ -271,10 +285,12 @@ def split_by_chapter(pairs: list[VersePair], seed: int = 1,
     return splits
 
 
-def prepare_bible(out: Path, sword_dir: Path | None = None, vocab_size: int = 8000, seed: int = 1) -> dict:
-    """``aiayn prepare bible``: modules -> aligned, cleaned, split pairs -> data folder in ``out``."""
+def prepare_bible(out: Path, sword_dir: Path | None = None, vocab_size: int = 8000, seed: int = 1,
+                  apt_update: bool = False) -> dict:
+    """``aiayn prepare bible``: modules -> aligned, cleaned, split pairs -> data folder in ``out``.
+    ``apt_update`` lets a download run ``apt-get update`` when apt's package lists are missing."""
     start = time.monotonic()
-    spanish, english = locate_modules(sword_dir)
+    spanish, english = locate_modules(sword_dir, apt_update)
     es_raw = to_kjv(read_verses(spanish), spanish.versification)
     en_raw = to_kjv(read_verses(english), english.versification)
     pairs, drops = align(es_raw, en_raw)

@@ -179,6 +179,25 @@ def tuned_decoding(model_path: Path) -> dict[str, Any] | None:
     return None
 
 
+def _misfit(expected: dict[str, torch.Tensor], weights: Any) -> str:
+    """What keeps ``weights`` from loading into a model whose state dict is ``expected``, in a
+    few words ("" when they fit); ``load_state_dict`` would list every tensor over many lines."""
+    if not isinstance(weights, dict):
+        return f"model is a {type(weights).__name__}, not a dict of tensors"
+    missing = [k for k in expected if k not in weights]
+    if missing:
+        return f"{len(missing)} tensors missing, the first {missing[0]}"
+    extra = [k for k in weights if k not in expected]
+    if extra:
+        return f"{len(extra)} tensors the model does not have, the first {extra[0]}"
+    for key, tensor in expected.items():
+        got = weights[key]
+        if not isinstance(got, torch.Tensor) or got.shape != tensor.shape:
+            shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+            return f"{key} is {shape}, the config makes it {tuple(tensor.shape)}"
+    return ""
+
+
 def load_for_inference(path: str | Path, device: str | torch.device = "cpu", use_tuned: bool = True) -> Loaded:
     """Model (eval mode), config and tokenizer from a run folder or a checkpoint file. The
     decoding settings ``aiayn tune-decoding`` chose on valid replace the config's, unless
@@ -188,10 +207,21 @@ def load_for_inference(path: str | Path, device: str | torch.device = "cpu", use
 
     model_path = resolve_model_path(Path(path))
     state = load_checkpoint(model_path)
-    config = from_dict(json.loads(state["config"]))
+    if "config" not in state:
+        raise AiaynError(f"{model_path}: the checkpoint holds no config, so its model cannot be built; "
+                         "use one written by `aiayn train` or `aiayn average`")
+    try:
+        config = from_dict(json.loads(state["config"]))
+    except (TypeError, ValueError, AiaynError) as e:  # not a JSON string, or not a config
+        raise AiaynError(f"{model_path}: the checkpoint's config is unusable ({str(e).splitlines()[0][:120]}); "
+                         "use one written by `aiayn train` or `aiayn average`") from None
     for key, value in ((tuned_decoding(model_path) if use_tuned else None) or {}).items():
         setattr(config.decode, key, value)
     model = Transformer(config.model)
+    misfit = _misfit(model.state_dict(), state["model"])
+    if misfit:
+        raise AiaynError(f"{model_path}: the weights do not fit the checkpoint's own config ({misfit}); "
+                         "the file was damaged or edited, use another checkpoint")
     model.load_state_dict(state["model"])
     model.to(device).eval()
     return Loaded(model, config, Tokenizer.load(find_tokenizer(model_path)), model_path, int(state.get("step", 0)))

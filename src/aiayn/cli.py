@@ -226,7 +226,8 @@ def _add_showcase(sub) -> None:
 def _prepare_bible(args: argparse.Namespace) -> None:
     from aiayn.bible import prepare_bible
 
-    prepare_bible(Path(args.out), None if args.sword_dir is None else Path(args.sword_dir), args.vocab_size)
+    prepare_bible(Path(args.out), None if args.sword_dir is None else Path(args.sword_dir), args.vocab_size,
+                  apt_update=args.apt_update)
 
 
 def _prepare_files(args: argparse.Namespace) -> None:
@@ -250,6 +251,8 @@ def _add_prepare(sub) -> None:
     b.add_argument("--sword-dir", help="a SWORD library (mods.d/, modules/); default: $SWORD_PATH, ~/.sword, "
                    "/usr/share/sword, else the Debian packages are downloaded into ~/.cache/aiayn/sword")
     b.add_argument("--vocab-size", type=int, default=8000, help="joint SentencePiece vocabulary (default 8000)")
+    b.add_argument("--apt-update", action="store_true", help="when the packages cannot be downloaded because "
+                   "apt's package lists are missing, run `apt-get update` (as root) instead of stopping")
     b.set_defaults(func=_prepare_bible)
     f = kinds.add_parser("files", help="any parallel corpus: two line-aligned files or one TSV")
     f.add_argument("--src", help="source-language text, one sentence a line (e.g. train.de)")
@@ -324,14 +327,23 @@ def _serve(args: argparse.Namespace) -> None:
 
 
 def _add_serve(sub) -> None:
+    from aiayn.serve_limits import QUEUE, WORKERS
+
     p = sub.add_parser("serve", help="HTTP service: /translate, /attention, /health and the explorer page at /",
                        description="Serve a model over HTTP (standard library only): POST /translate, "
                        "POST /attention, GET /health, and at / a page to explore attention interactively.")
     p.add_argument("--model", required=True, help="a run folder or a checkpoint file")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only; "
+                   "there is no authentication)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     p.add_argument("--device", help="cpu, cuda, ... (default cpu)")
     p.add_argument("--quiet", action="store_true", help="do not log each request to stderr")
+    p.add_argument("--allow-origin", action="append", metavar="ORIGIN",
+                   help="also accept pages and requests from ORIGIN (scheme://host[:port], e.g. a name this "
+                   "machine is reached by); repeatable. Other hosts and origins get 403 (DNS rebinding)")
+    p.add_argument("--workers", type=int, default=WORKERS, help=f"threads answering requests (default {WORKERS})")
+    p.add_argument("--queue", type=int, default=QUEUE, help="connections waiting for a worker before new ones "
+                   f"get 503 (default {QUEUE})")
     p.set_defaults(func=_serve)
 
 

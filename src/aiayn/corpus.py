@@ -36,7 +36,9 @@ def normalize(text: str) -> str:
 
 
 def read_lines(path: Path) -> list[str]:
-    """Lines of a UTF-8 file, split on ``\\n`` only (``\\r\\n`` accepted), no trailing empty line."""
+    """Lines of a UTF-8 file, split on ``\\n`` only, no trailing empty line. Files from Windows
+    editors read as the same text: a ``\\r`` before each ``\\n`` and a leading byte-order mark
+    (U+FEFF) are dropped."""
     path = Path(path)
     try:
         data = path.read_bytes()

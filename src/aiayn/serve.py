@@ -1,82 +1,68 @@
 """``aiayn serve``: translation and attention over HTTP, and the explorer page, on the standard library.
 
     GET  /            the explorer page (static/explorer.html: inline JS and CSS, nothing fetched from elsewhere)
-    GET  /health      model path, training step, config summary, limits
+    GET  /health      model (run folder and checkpoint names), training step, config summary, limits
     POST /translate   {"sentences": [...], "beam": 4, "nbest": 1, "alpha": 0.6}
                       -> {"translations": [[{"text": ..., "score": ...}, ...], ...]}  (per sentence, best first)
     POST /attention   {"sentence": "...", "beam": 4}
                       -> {"source": [pieces], "target": [pieces], "translation": "...",
                           "weights": {"encoder": [layer][head][i][j], "decoder": ..., "cross": ...}}
 
-Three endpoints do not need a web framework: ``http.server.ThreadingHTTPServer`` answers each
-request in a thread and a lock lets one request at a time use the model. Bad input is a 4xx
-with ``{"error": "..."}``: 400 malformed JSON, 404 unknown path, 405 wrong method, 411 no
-Content-Length, 413 body over 64 KiB, 422 a well-formed request with unusable values.
+POST bodies are ``Content-Type: application/json``. Bad input is a 4xx with ``{"error": "..."}``:
+400 malformed (not UTF-8 JSON, NaN, a lone surrogate, nesting past Python's recursion limit,
+a bad Content-Length), 403 a Host or Origin of another site (DNS rebinding; ``--allow-origin``
+admits one), 404 unknown path, 405 another method than the path's, 411 no Content-Length,
+413 too large, 415 not JSON, 422 a well-formed request with unusable values. 503 with
+Retry-After: the queue is full or the decoding time limit ran out. Limits (serve_limits.py):
+
+    body                64 KiB; a refused body is read and dropped up to 1 MiB, then the connection closes
+    /translate          64 sentences of at most 1,000 characters; beam 1-16; integers of at most 20 digits;
+                        source subwords (EOS included) x beam, summed over the sentences: 16,384
+    /attention          layers x heads x (S² + T² + T·S) numbers at most 1,000,000, with S source and
+                        T target positions (T at its longest, S + max_len_offset): /health gives the
+                        source subwords this allows for the model; weights rounded to 4 decimals
+    time                10 s to receive a request (head and body), 30 s to send an answer, 30 s of
+                        decoding a request, checked before each chunk of 8 sentences
+    concurrency         4 worker threads, 32 connections waiting; beyond that, 503 (Retry-After: 1)
+
+The model answers one request chunk at a time (a lock); a client that disconnects is noticed
+before the next chunk and its request stops there. There is no authentication: the service
+binds to 127.0.0.1 unless ``--host`` says otherwise, and warns when it does.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import sys
 import threading
-import traceback
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from importlib import resources
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 
 from aiayn.config import AiaynError
-
-MAX_BODY = 64 * 1024  # bytes of one request body
-MAX_SENTENCES = 64  # sentences in one /translate request
-MAX_CHARS = 1000  # characters in one sentence
-MAX_BEAM = 16
-PAGE_SECURITY = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-                 "connect-src 'self'; img-src 'self' data:")
+from aiayn.serve_http import ExplorerServer
+from aiayn.serve_limits import (CHUNK_SENTENCES, DECODE_SECONDS, MAX_ATTENTION_WEIGHTS, MAX_BEAM, MAX_BEAM_TOKENS,
+                                MAX_BODY, MAX_CHARS, MAX_SENTENCES, ClientGone, RequestError, busy, is_loopback,
+                                number, only, parse_origin, sentence)
 
 
-class RequestError(Exception):
-    """A request the service refuses: sent as ``status`` with ``{"error": message}``."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-
-
-def _number(body: dict, name: str, default: float, low: float, high: float, integer: bool) -> Any:
-    value = body.get(name, default)
-    valid_type = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not valid_type or not (math.isfinite(value) and low <= value <= high):
-        kind = "an integer" if integer else "a number"
-        raise RequestError(422, f"'{name}' must be {kind} from {low:g} to {high:g}, got {value!r}")
-    return value
-
-
-def _sentence(value: Any, where: str) -> str:
-    if not isinstance(value, str):
-        raise RequestError(422, f"{where} must be a string, got {type(value).__name__}")
-    if len(value) > MAX_CHARS:
-        raise RequestError(422, f"{where} has {len(value)} characters; the limit is {MAX_CHARS}")
-    return value
-
-
-def _only(body: dict, allowed: tuple[str, ...]) -> None:
-    unknown = sorted(set(body) - set(allowed))
-    if unknown:
-        raise RequestError(422, f"unknown field '{unknown[0]}' (expected {', '.join(allowed)})")
+def model_name(path: Path) -> str:
+    """The run folder's name: what /health shows instead of a path on the server's disk."""
+    return (path.parent.parent if path.parent.name == "checkpoints" else path.parent).name
 
 
 class Explorer:
-    """The model behind the service. Requests share it; the lock lets one use it at a time."""
+    """The model behind the service. Requests share it; the lock lets one chunk use it at a time."""
 
-    def __init__(self, translator: Any, path: Path, step: int):
+    def __init__(self, translator: Any, path: Path, step: int, decode_seconds: float = DECODE_SECONDS):
         self.translator, self.path, self.step = translator, Path(path), step
+        self.decode_seconds = decode_seconds
         self.lock = threading.Lock()
+        m = translator.config.model
+        self.attention_source = max((s for s in range(1, m.max_len + 1) if self.attention_size(s) <=
+                                     MAX_ATTENTION_WEIGHTS), default=0)
 
     @classmethod
     def load(cls, model: str | Path, device: str | None = None) -> Explorer:
@@ -89,141 +75,107 @@ class Explorer:
     def health(self) -> dict[str, Any]:
         cfg = self.translator.config
         m = cfg.model
-        return {"status": "ok", "model": str(self.path), "step": self.step,
+        return {"status": "ok", "model": model_name(self.path), "checkpoint": self.path.name, "step": self.step,
                 "config": {"preset": cfg.preset, "d_model": m.d_model, "d_ff": m.d_ff, "n_heads": m.n_heads,
                            "encoder_layers": m.n_layers, "decoder_layers": m.decoder_layers,
                            "vocab_size": m.vocab_size, "max_len": m.max_len, "norm": m.norm,
                            "beam_size": cfg.decode.beam_size, "alpha": cfg.decode.alpha},
-                "limits": {"body_bytes": MAX_BODY, "sentences": MAX_SENTENCES, "chars": MAX_CHARS, "beam": MAX_BEAM}}
+                "limits": {"body_bytes": MAX_BODY, "sentences": MAX_SENTENCES, "chars": MAX_CHARS, "beam": MAX_BEAM,
+                           "beam_tokens": MAX_BEAM_TOKENS, "attention_weights": MAX_ATTENTION_WEIGHTS,
+                           "attention_source_subwords": self.attention_source,
+                           "decode_seconds": self.decode_seconds}}
 
-    def translate(self, body: dict) -> dict[str, Any]:
-        _only(body, ("sentences", "beam", "nbest", "alpha"))
+    def _positions(self, lines: list[str]) -> list[int]:
+        """Source positions of each line as the translator will see them: subwords + EOS, cut
+        at the model's length (empty lines are not translated)."""
+        limit = self.translator.config.model.max_len
+        ids = self.translator.tokenizer.encode_batch([line for line in lines if line.strip()])
+        return [min(len(x) + 1, limit) for x in ids]
+
+    def attention_size(self, source: int) -> int:
+        """Weights /attention returns for ``source`` positions, at the longest translation."""
+        m, offset = self.translator.config.model, self.translator.config.decode.max_len_offset
+        target = min(1 + min(source + offset, m.max_len), m.max_len)  # BOS + tokens
+        return m.n_heads * (m.n_layers * source**2 + m.decoder_layers * (target**2 + target * source))
+
+    def _with_model(self, work: Callable[[], Any], deadline: float, client_gone: Callable[[], bool]) -> Any:
+        """``work()`` once the model is free, unless the client has left or the time is up."""
+        if client_gone():
+            raise ClientGone
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not self.lock.acquire(timeout=remaining):
+            raise busy(f"decoding did not finish within {self.decode_seconds:g} s (the limit per request); "
+                       "retry later, or send fewer sentences or a smaller beam")
+        try:
+            if client_gone():  # it may have left while waiting for the model
+                raise ClientGone
+            return work()
+        finally:
+            self.lock.release()
+
+    def translate(self, body: dict, client_gone: Callable[[], bool] = lambda: False) -> dict[str, Any]:
+        deadline = time.monotonic() + self.decode_seconds
+        only(body, ("sentences", "beam", "nbest", "alpha"))
         sentences = body.get("sentences")
         if not isinstance(sentences, list):
             raise RequestError(422, "'sentences' must be a list of strings")
         if len(sentences) > MAX_SENTENCES:
             raise RequestError(422, f"{len(sentences)} sentences; the limit is {MAX_SENTENCES} per request")
-        lines = [_sentence(s, f"sentences[{i}]") for i, s in enumerate(sentences)]
+        lines = [sentence(s, f"sentences[{i}]") for i, s in enumerate(sentences)]
         d = self.translator.config.decode
-        beam = _number(body, "beam", d.beam_size, 1, MAX_BEAM, integer=True)
-        nbest = _number(body, "nbest", 1, 1, beam, integer=True)
-        alpha = _number(body, "alpha", d.alpha, 0, 10, integer=False)
-        with self.lock:
-            found = self.translator.translate(lines, beam_size=beam, nbest=nbest, alpha=alpha)
+        beam = number(body, "beam", d.beam_size, 1, MAX_BEAM, integer=True)
+        nbest = number(body, "nbest", 1, 1, beam, integer=True)
+        alpha = number(body, "alpha", d.alpha, 0, 10, integer=False)
+        work = sum(self._positions(lines)) * beam
+        if work > MAX_BEAM_TOKENS:
+            raise RequestError(413, f"{work // beam} source subwords x beam {beam} = {work}; the limit is "
+                                    f"{MAX_BEAM_TOKENS} per request: send fewer sentences or a smaller beam")
+        found = []
+        for start in range(0, len(lines), CHUNK_SENTENCES):
+            chunk = lines[start:start + CHUNK_SENTENCES]
+            found += self._with_model(lambda: self.translator.translate(chunk, beam_size=beam, nbest=nbest,
+                                                                        alpha=alpha), deadline, client_gone)
         return {"translations": [[{"text": t.text, "score": round(t.score, 4)} for t in nb] for nb in found]}
 
-    def attention(self, body: dict) -> dict[str, Any]:
+    def attention(self, body: dict, client_gone: Callable[[], bool] = lambda: False) -> dict[str, Any]:
         from aiayn.visualize import sentence_attention
 
-        _only(body, ("sentence", "beam"))
-        sentence = _sentence(body.get("sentence"), "'sentence'")
-        if not sentence.strip():
+        deadline = time.monotonic() + self.decode_seconds
+        only(body, ("sentence", "beam"))
+        text = sentence(body.get("sentence"), "'sentence'")
+        if not text.strip():
             raise RequestError(422, "'sentence' is empty")
-        beam = _number(body, "beam", self.translator.config.decode.beam_size, 1, MAX_BEAM, integer=True)
-        with self.lock:
-            maps = sentence_attention(self.translator, sentence, beam)
+        beam = number(body, "beam", self.translator.config.decode.beam_size, 1, MAX_BEAM, integer=True)
+        source = self._positions([text])[0]
+        if source > self.attention_source:
+            raise RequestError(413, f"'sentence' is {source} subwords (EOS included); this model shows attention "
+                                    f"for at most {self.attention_source} ({MAX_ATTENTION_WEIGHTS:,} weights)")
+        maps = self._with_model(lambda: sentence_attention(self.translator, text, beam), deadline, client_gone)
         # float64 before rounding, or float32's nearest value prints as 0.4050000011920929
         rounded = {k: np.round(getattr(maps, k).astype(np.float64), 4).tolist()
                    for k in ("encoder", "decoder", "cross")}
         return {"source": maps.source, "target": maps.target, "translation": maps.translation, "weights": rounded}
 
 
-class Handler(BaseHTTPRequestHandler):
-    """One request: route, parse, answer JSON (or the page). ``self.server`` is an ``ExplorerServer``."""
-
-    server_version = "aiayn"
-    routes = {"/": "GET", "/health": "GET", "/translate": "POST", "/attention": "POST"}
-
-    def do_GET(self) -> None:
-        self._answer("GET")
-
-    def do_POST(self) -> None:
-        self._answer("POST")
-
-    def _answer(self, method: str) -> None:
-        path = urlsplit(self.path).path
-        try:
-            if path not in self.routes:
-                raise RequestError(404, f"no such path {path} (try GET /, GET /health, POST /translate, "
-                                        "POST /attention)")
-            if self.routes[path] != method:
-                raise RequestError(405, f"{path} takes {self.routes[path]}, not {method}")
-            if path == "/":
-                self._send(200, self.server.page, "text/html; charset=utf-8")
-                return
-            explorer = self.server.explorer
-            if path == "/health":
-                self._send_json(200, explorer.health())
-            elif path == "/translate":
-                self._send_json(200, explorer.translate(self._read_json()))
-            else:
-                self._send_json(200, explorer.attention(self._read_json()))
-        except RequestError as e:
-            self._send_json(e.status, {"error": str(e)})
-        except AiaynError as e:
-            self._send_json(422, {"error": str(e)})
-        except Exception as e:  # a bug, not bad input: say so, and keep serving
-            traceback.print_exc(file=sys.stderr)
-            self._send_json(500, {"error": f"internal error: {type(e).__name__}"})
-
-    def _read_json(self) -> dict:
-        length = self.headers.get("Content-Length")
-        if length is None:
-            raise RequestError(411, "a Content-Length header is required")
-        if not length.isdigit():
-            raise RequestError(400, f"Content-Length '{length}' is not a number")
-        if int(length) > MAX_BODY:
-            self.close_connection = True  # the unread body must not be taken for the next request
-            raise RequestError(413, f"request body of {int(length)} bytes; the limit is {MAX_BODY}")
-        try:
-            body = json.loads(self.rfile.read(int(length)).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise RequestError(400, f"the body is not valid UTF-8 JSON ({e})") from None
-        if not isinstance(body, dict):
-            raise RequestError(422, f"the body must be a JSON object, got {type(body).__name__}")
-        return body
-
-    def _send_json(self, status: int, payload: dict) -> None:
-        self._send(status, json.dumps(payload, ensure_ascii=False).encode("utf-8"), "application/json")
-
-    def _send(self, status: int, data: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Cache-Control", "no-store")
-        if content_type.startswith("text/html"):
-            self.send_header("Content-Security-Policy", PAGE_SECURITY)
-        if status == HTTPStatus.METHOD_NOT_ALLOWED:
-            self.send_header("Allow", self.routes[urlsplit(self.path).path])
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        if not self.server.quiet:
-            super().log_message(format, *args)
-
-
-class ExplorerServer(ThreadingHTTPServer):
-    daemon_threads = True  # a hung client never keeps the process alive
-
-    def __init__(self, explorer: Explorer, host: str = "127.0.0.1", port: int = 8000, quiet: bool = False):
-        self.explorer, self.quiet = explorer, quiet
-        self.page = resources.files("aiayn").joinpath("static/explorer.html").read_bytes()
-        super().__init__((host, port), Handler)
-
-    @property
-    def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host}:{port}/"
-
-
 def run(args: Any) -> None:
     """``aiayn serve``: load the model, bind (127.0.0.1 by default), print the URL, serve until Ctrl-C."""
+    for origin in args.allow_origin or ():
+        try:
+            parse_origin(origin)
+        except ValueError:
+            raise AiaynError(f"--allow-origin {origin!r}: expected scheme://host[:port], e.g. "
+                             "http://gpu-box:8000") from None
+    if args.workers < 1 or args.queue < 1:
+        raise AiaynError(f"--workers and --queue must be at least 1, got {args.workers} and {args.queue}")
     explorer = Explorer.load(args.model, args.device)
     try:
-        server = ExplorerServer(explorer, args.host, args.port, quiet=args.quiet)
+        server = ExplorerServer(explorer, args.host, args.port, quiet=args.quiet, workers=args.workers,
+                                queue_size=args.queue, allow_origins=args.allow_origin or ())
     except OSError as e:
         raise AiaynError(f"cannot listen on {args.host}:{args.port} ({e.strerror}); choose another --port") from None
+    if not is_loopback(args.host):
+        print(f"aiayn: warning: listening on {args.host}: the service has no authentication, so anyone who can "
+              "reach this port can use the model", file=sys.stderr, flush=True)
     print(f"aiayn: serving {explorer.path} at {server.url} (Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()
