@@ -21,8 +21,8 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# The Bible quickstart: corpus, time-boxed training of the small preset (budget recipe),
-# checkpoint averaging kept only if it helps on valid, beam and length penalty chosen on
+# The Bible quickstart: corpus, time-boxed training of the small preset, checkpoint
+# averaging kept only if it helps on valid, beam and length penalty chosen on
 # valid, famous verses side by side, sacreBLEU on the test split.
 demo: $(STAMP)
 	$(BIN)/aiayn prepare bible --out $(DATA) --apt-update

@@ -145,20 +145,21 @@ def test_round_trips(tmp_path: Path) -> None:
 
 
 def test_recipes_paper_and_budget(tmp_path: Path) -> None:
-    """The paper presets keep Eq. 3; `small` (time-boxed CPU runs) uses the budget recipe, and
-    `recipe=paper` brings the paper's back in one word."""
-    for name in ("base", "big", "tiny"):
+    """Every preset trains with the paper's recipe; `recipe=budget` switches the schedule, the
+    checkpoints to average and the initialisation in one word, and `recipe=paper` brings them back."""
+    for name in ("base", "big", "small", "tiny"):
         cfg = load_config(name)
-        assert (cfg.recipe, cfg.train.schedule, cfg.train.tail_fraction) == ("paper", "inverse_sqrt", 0.0)
-    small = load_config("small")
-    assert (small.recipe, small.train.schedule, small.train.tail_fraction) == ("budget", "linear", 0.1)
-    paper = load_config("small", overrides=["recipe=paper"])
-    assert (paper.recipe, paper.train.schedule, paper.train.tail_fraction) == ("paper", "inverse_sqrt", 0.0)
-    assert (paper.model.init, small.model.init) == ("xavier", "normal")  # the network's shape stays
-    assert dataclasses.replace(paper.model, init="normal") == small.model
+        assert (cfg.recipe, cfg.train.schedule, cfg.train.tail_fraction, cfg.model.init) == (
+            "paper", "inverse_sqrt", 0.0, "xavier")
+    budget = load_config("small", overrides=["recipe=budget"])
+    assert (budget.recipe, budget.train.schedule, budget.train.tail_fraction) == ("budget", "linear", 0.1)
+    paper = load_config("small", overrides=["recipe=budget", "recipe=paper"])
+    assert paper == load_config("small")
+    assert (paper.model.init, budget.model.init) == ("xavier", "normal")  # the network's shape stays
+    assert dataclasses.replace(paper.model, init="normal") == budget.model
     # Later keys win over the recipe, in either order of the command line.
-    assert load_config("small", overrides=["recipe=paper", "schedule=cosine"]).train.schedule == "cosine"
-    assert load_config("small", overrides=["schedule=cosine", "recipe=paper"]).train.schedule == "inverse_sqrt"
+    assert load_config("small", overrides=["recipe=budget", "schedule=cosine"]).train.schedule == "cosine"
+    assert load_config("small", overrides=["schedule=cosine", "recipe=budget"]).train.schedule == "linear"
     path = tmp_path / "run.yaml"
     path.write_text("recipe: budget\ntrain:\n  schedule: cosine\n")
     cfg = load_config("base", path)

@@ -129,12 +129,12 @@ class Config:
 
 SECTIONS = ("model", "data", "train", "decode")
 
-# Recipes: named bundles of training settings, applied on top of a preset (``recipe=paper``).
-# ``paper`` is §5 as written: Eq. 3, a checkpoint every 10 minutes, and tensor2tensor's Xavier
-# initialisation (the paper names none). ``budget`` is for runs boxed into minutes, each change
-# measured in docs/quality.md: the same warmup and peak, then a linear decay to zero at the end
-# of the budget; the checkpoints to average taken from its last 10 %; and small N(0, 0.02)
-# initial weights, which learn more per update in the first thousand updates.
+# Recipes: named bundles of training settings, applied on top of a preset (``recipe=budget``).
+# ``paper`` is §5 as written and every preset's default: Eq. 3, a checkpoint every 10 minutes,
+# and tensor2tensor's Xavier initialisation (the paper names none). ``budget`` is for runs boxed
+# into minutes: the same warmup and peak, then a linear decay to zero at the end of the budget;
+# the checkpoints to average taken from its last 10 %; and N(0, 0.02) initial weights.
+# docs/quality.md has what each measured so far.
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {"model": dict(init="xavier"), "train": dict(schedule="inverse_sqrt", tail_fraction=0.0)},
     "budget": {"model": dict(init="normal"), "train": dict(schedule="linear", tail_fraction=0.1)},
@@ -151,7 +151,6 @@ PRESETS: dict[str, dict[str, Any]] = {
                       checkpoint_every_steps=100, checkpoint_every_minutes=0.0),
     },
     "small": {
-        "recipe": "budget",
         "model": dict(vocab_size=8000, d_model=256, d_ff=1024, n_heads=4, n_layers=3, dropout=0.1),
         "data": dict(batch_tokens=3000),
         "train": dict(warmup_steps=400, lr_scale=0.4, eval_every=500, checkpoint_every_steps=200,
