@@ -54,20 +54,21 @@ def _log_probs(logits: Tensor) -> Tensor:
     return log_probs
 
 
-def make_step_fn(model: Any, memory: Tensor, src_mask: Tensor,
-                 use_cache: bool = True) -> tuple[Callable[[Tensor, Any], tuple[Tensor, Any]], Any]:
+def make_step_fn(model: Any, memory: Tensor, src_mask: Tensor, use_cache: bool = True, *,
+                 capacity: int = 0) -> tuple[Callable[[Tensor, Any], tuple[Tensor, Any]], Any]:
     """A ``search`` step function and its initial state for one encoded batch.
 
-    With the cache (``model.init_cache``), each step feeds only the newest token and the
-    cache grows by one position; without it, each step re-runs the decoder over the whole
-    prefix (slow, kept as the reference the cached path is tested against, pitfall 16).
+    With the cache (``model.init_cache``, room for ``capacity`` steps), each step feeds only
+    the newest token, whose keys and values are written into the cache; without it, each step
+    re-runs the decoder over the whole prefix (slow, kept as the reference the cached path is
+    tested against, pitfall 16).
     """
     if use_cache:
         def cached_step(prefix: Tensor, cache: Any) -> tuple[Tensor, Any]:
             logits, cache, _ = model.decode(prefix[:, -1:], cache=cache)  # (N, 1, V)
             return _log_probs(logits[:, -1]), cache
 
-        return cached_step, model.init_cache(memory, src_mask)
+        return cached_step, model.init_cache(memory, src_mask, capacity=capacity)
 
     def full_step(prefix: Tensor, enc: _Encoded) -> tuple[Tensor, Any]:
         logits, _, _ = model.decode(prefix, enc.memory, enc.src_mask)  # (N, t, V)
@@ -214,16 +215,17 @@ class Translator:
         src, src_mask = src.to(self.device), src_mask.to(self.device)
         # Steps count EOS: at most (source subwords) + offset tokens, then EOS.
         max_len = (lengths + d.max_len_offset).clamp(max=limit).to(self.device)
+        steps = int(max_len.max())  # the most tokens any search here feeds the decoder
         memory, _ = self.model.encode(src, src_mask)
         B = len(rows)
         if sample:  # nbest independent samples: each sentence's encoder output repeated nbest times
             memory, src_mask, max_len = (x.repeat_interleave(nbest, dim=0) for x in (memory, src_mask, max_len))
-            step_fn, state = make_step_fn(self.model, memory, src_mask)
+            step_fn, state = make_step_fn(self.model, memory, src_mask, capacity=steps)
             found = search.sample(step_fn, state, B * nbest, BOS_ID, EOS_ID, max_len, temperature, top_k, top_p,
                                   generator, d.min_len)
             groups = [found[b * nbest:(b + 1) * nbest] for b in range(B)]
             return [sorted(g, key=lambda h: (not h.finished, -h.score)) for g in groups]
-        step_fn, state = make_step_fn(self.model, memory, src_mask)
+        step_fn, state = make_step_fn(self.model, memory, src_mask, capacity=steps)
         if beam_size == 1:
             return [[h] for h in search.greedy_search(step_fn, state, B, BOS_ID, EOS_ID, max_len, d.min_len)]
         return search.beam_search(step_fn, state, B, BOS_ID, EOS_ID, max_len, beam_size, alpha,
