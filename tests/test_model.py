@@ -17,6 +17,7 @@ from aiayn.model import (
     DecoderCache,
     DecoderLayer,
     EncoderLayer,
+    Linear,
     MultiHeadAttention,
     PositionalEncoding,
     ScaledDotProductAttention,
@@ -723,3 +724,28 @@ def test_cpu_bf16_explicit_path_matches_fused_kernel() -> None:
         assert weights is None and out.dtype == torch.bfloat16
         assert max_diff(out.float(), ref) < 3e-2
 
+
+# ---------------------------------------------------------------------------------------------
+# Linear's CPU inference path
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_inference_path_equals_nn_linear(bias: bool, monkeypatch) -> None:
+    """oneDNN's matmul in inference on ≥ 4 rows, nn.Linear's own path otherwise: the same values."""
+    import aiayn.model as model_module
+
+    calls = []
+    if model_module.ONEDNN_LINEAR is not None:
+        real = model_module.ONEDNN_LINEAR
+        monkeypatch.setattr(model_module, "ONEDNN_LINEAR", lambda *a: calls.append(1) or real(*a))
+    torch.manual_seed(0)
+    ours, ref = Linear(D, 48, bias=bias), nn.Linear(D, 48, bias=bias)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(6, 5, D)
+    with torch.inference_mode():
+        assert max_diff(ours(x), ref(x)) < TOL
+        assert max_diff(ours(x[:1, :3]), ref(x[:1, :3])) < TOL  # 3 rows: nn.Linear's path
+    assert len(calls) == (1 if model_module.ONEDNN_LINEAR is not None else 0)
+    out = ours(x)  # with gradients: nn.Linear's path, differentiable
+    out.sum().backward()
+    assert ours.weight.grad is not None and len(calls) <= 1
