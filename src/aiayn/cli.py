@@ -162,6 +162,12 @@ def _add_decoding(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha", type=float, help="length penalty α (default: the config's, 0.6 as in the paper)")
     p.add_argument("--batch-tokens", type=int, help="padded source tokens per batch (default: data.batch_tokens)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    _add_quantize(p)
+
+
+def _add_quantize(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quantize", choices=("int8",), help="int8 CPU inference: the linear layers' weights in int8, "
+                   "inputs quantized per call (default: float32)")
 
 
 def _add_translate(sub) -> None:
@@ -332,6 +338,7 @@ def _add_serve(sub) -> None:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     p.add_argument("--device", help="cpu, cuda, ... (default cpu)")
     p.add_argument("--quiet", action="store_true", help="do not log each request to stderr")
+    _add_quantize(p)
     p.set_defaults(func=_serve)
 
 

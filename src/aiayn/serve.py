@@ -79,12 +79,13 @@ class Explorer:
         self.lock = threading.Lock()
 
     @classmethod
-    def load(cls, model: str | Path, device: str | None = None) -> Explorer:
+    def load(cls, model: str | Path, device: str | None = None, *, quantize: str | None = None) -> Explorer:
         from aiayn.checkpoint import load_for_inference
         from aiayn.translate import Translator
 
         loaded = load_for_inference(model, device or "cpu")
-        return cls(Translator(loaded.model, loaded.tokenizer, loaded.config), loaded.path, loaded.step)
+        return cls(Translator(loaded.model, loaded.tokenizer, loaded.config, quantize=quantize), loaded.path,
+                   loaded.step)
 
     def health(self) -> dict[str, Any]:
         cfg = self.translator.config
@@ -219,7 +220,7 @@ class ExplorerServer(ThreadingHTTPServer):
 
 def run(args: Any) -> None:
     """``aiayn serve``: load the model, bind (127.0.0.1 by default), print the URL, serve until Ctrl-C."""
-    explorer = Explorer.load(args.model, args.device)
+    explorer = Explorer.load(args.model, args.device, quantize=args.quantize)
     try:
         server = ExplorerServer(explorer, args.host, args.port, quiet=args.quiet)
     except OSError as e:

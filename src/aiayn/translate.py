@@ -107,28 +107,40 @@ class Translator:
     """A model, its tokenizer and its config's decoding settings (§6.1 by default: beam 4, α = 0.6)."""
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, config: Config,
-                 device: str | torch.device | None = None):
+                 device: str | torch.device | None = None, *, quantize: str | None = None):
+        """``quantize="int8"``: translate with an int8 copy of ``model`` (aiayn.quantize; CPU only)."""
         if tokenizer.vocab_size > config.model.vocab_size:
             raise AiaynError(f"tokenizer has {tokenizer.vocab_size} pieces but the model only "
                              f"{config.model.vocab_size}; use the spm.model the model was trained with")
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        if quantize is not None:
+            from aiayn.quantize import check_quantization, quantize_model
+
+            check_quantization(quantize, self.device)
+            model = quantize_model(model, quantize)
         self.model = model.to(self.device)
         self.tokenizer = tokenizer
         self.config = config
+        self.quantize = quantize
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device | None = None, use_tuned: bool = True) -> Translator:
+    def load(cls, path: str | Path, device: str | torch.device | None = None, use_tuned: bool = True, *,
+             quantize: str | None = None) -> Translator:
         """From a run folder (its averaged, best or latest checkpoint) or a checkpoint file.
         The decoding settings that ``aiayn tune-decoding`` chose on valid (RUN/decoding.json)
-        replace the config's, unless ``use_tuned`` is False."""
+        replace the config's, unless ``use_tuned`` is False. ``quantize="int8"``: int8 linear
+        layers, on the CPU (the default device then)."""
         from aiayn.checkpoint import load_for_inference
+        from aiayn.quantize import check_quantization
         from aiayn.tune import tuned_decoding
 
-        loaded = load_for_inference(path, resolve_device(device))
+        device = resolve_device("cpu" if device is None and quantize is not None else device)
+        check_quantization(quantize, device)
+        loaded = load_for_inference(path, device)
         tuned = tuned_decoding(loaded.path) if use_tuned else None
         for key, value in (tuned or {}).items():
             setattr(loaded.config.decode, key, value)
-        return cls(loaded.model, loaded.tokenizer, loaded.config)
+        return cls(loaded.model, loaded.tokenizer, loaded.config, quantize=quantize)
 
     @classmethod
     def from_state(cls, weights: dict[str, Tensor], config_json: str, run_dir: Path,
@@ -300,7 +312,7 @@ def run(args: Any) -> None:
     from aiayn.corpus import read_lines
 
     lines = read_lines(Path(args.input)) if args.input else None
-    translator = Translator.load(args.model, args.device)
+    translator = Translator.load(args.model, args.device, quantize=args.quantize)
     nbest = args.nbest if args.nbest is not None else (1 if args.sample else translator.config.decode.nbest)
     options = dict(beam_size=args.beam, alpha=args.alpha, nbest=nbest, sample=args.sample,
                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
