@@ -2,13 +2,12 @@
 
     python -m bench.decode [--presets small] [--model runs/demo] [--reps 5] [--device cuda] [--profile]
 
-The peers run aiayn's own network: ``marian_from_aiayn`` builds a ``MarianMTModel`` of the same
-shape (post-norm, ReLU, √d_model-scaled tied embeddings, static sinusoids, PAD 0 / BOS 2 / EOS 3)
-and copies the weights in. Marian lays its sinusoids out as sin-half | cos-half where §3.5 (and
-aiayn) interleave them, so the model dimensions are permuted, consistently in every weight that
-reads or writes the residual stream, the embedding and the LayerNorms: the networks then compute
-the same function (tests/test_bench.py compares the logits). CTranslate2 converts that Marian
-model from a local folder (``ctranslate2.converters.TransformersConverter``), in fp32 and int8.
+The peers run aiayn's own network, converted by ``aiayn export``'s functions (aiayn/export.py):
+``marian_from_aiayn`` builds a ``MarianMTModel`` of the same shape holding aiayn's weights (model
+dimensions permuted to Marian's sin-half | cos-half sinusoids), ``ct2_from_aiayn`` writes a
+CTranslate2 model from them, loaded in fp32 and int8; tests/test_export.py checks that both
+compute aiayn's function. aiayn itself runs in float32 and, with ``--quantize int8``'s
+``Translator``, with int8 linear layers.
 
 Every model is measured on synthetic sources with every output forced to the same length (EOS
 banned until then): random weights give degenerate lengths, and equal lengths make the figure a
@@ -31,7 +30,8 @@ import torch
 from torch import Tensor
 
 from aiayn.batching import source_row
-from aiayn.config import BOS_ID, EOS_ID, PAD_ID, AiaynError, Config, ModelConfig
+from aiayn.config import BOS_ID, EOS_ID, PAD_ID, AiaynError, Config
+from aiayn.export import ct2_from_aiayn, marian_from_aiayn, token_strings
 from aiayn.model import Transformer
 from aiayn.translate import BANNED, Translator
 from bench.common import (Reporter, find_data, parser, preset_config, presets, profile_top, rate_stats, repeat,
@@ -42,142 +42,6 @@ BATCH, SINGLE = 32, 8  # sentences in the batched run; sentences translated one 
 FORCED_LEN = 32  # source and output length of the forced-length workload
 GROWTH_LENGTHS = (16, 64, 256)
 SEARCHES = (("greedy", 1), ("beam 4", 4))
-
-
-# ---------------------------------------------------------------------------- same weights, other toolkits
-
-def residual_permutation(d_model: int) -> Tensor:
-    """Marian's dimension k is aiayn's dimension perm[k]: its sin half holds aiayn's even
-    dimensions (the sines of §3.5), its cos half the odd ones."""
-    return torch.cat([torch.arange(0, d_model, 2), torch.arange(1, d_model, 2)])
-
-
-def marian_config(m: ModelConfig, vocab_size: int | None = None):
-    from transformers import MarianConfig
-
-    unsupported = [why for bad, why in [
-        (m.norm != "post", "model.norm=pre (Marian is post-norm)"),
-        (m.positional != "sinusoidal", "model.positional=learned (Marian has static sinusoids)"),
-        (m.tie_embeddings != "all", "model.tie_embeddings other than all"),
-        (m.head_dim_k * m.n_heads != m.d_model or m.head_dim_v * m.n_heads != m.d_model,
-         "d_k or d_v other than d_model / n_heads"),
-        (m.d_model % 2 == 1, "an odd d_model")] if bad]
-    if unsupported:
-        raise AiaynError(f"the Marian peer cannot express {unsupported[0]}; benchmark a paper-shaped model")
-    return MarianConfig(
-        vocab_size=vocab_size or m.vocab_size, d_model=m.d_model, encoder_layers=m.n_layers,
-        decoder_layers=m.decoder_layers, encoder_attention_heads=m.n_heads, decoder_attention_heads=m.n_heads,
-        encoder_ffn_dim=m.d_ff, decoder_ffn_dim=m.d_ff, activation_function="relu",
-        max_position_embeddings=m.max_len, scale_embedding=True, share_encoder_decoder_embeddings=True,
-        tie_word_embeddings=True, pad_token_id=PAD_ID, bos_token_id=BOS_ID, eos_token_id=EOS_ID,
-        decoder_start_token_id=BOS_ID, forced_eos_token_id=None, dropout=m.dropout, attention_dropout=0.0,
-        activation_dropout=0.0)
-
-
-def marian_state_dict(model: Transformer, extra_rows: int = 0) -> dict[str, Tensor]:
-    """aiayn's weights under Marian's names, residual dimensions permuted. ``extra_rows`` zero
-    rows are appended to the vocabulary (CTranslate2's Marian loader drops a final <pad> row)."""
-    perm = residual_permutation(model.cfg.d_model)
-    state: dict[str, Tensor] = {}
-
-    def reads(name: str, linear: torch.nn.Linear) -> None:  # input from the residual stream
-        state[f"{name}.weight"], state[f"{name}.bias"] = linear.weight[:, perm], linear.bias
-
-    def writes(name: str, linear: torch.nn.Linear) -> None:  # output into the residual stream
-        state[f"{name}.weight"], state[f"{name}.bias"] = linear.weight[perm], linear.bias[perm]
-
-    def norm(name: str, layer_norm: torch.nn.LayerNorm) -> None:
-        state[f"{name}.weight"], state[f"{name}.bias"] = layer_norm.weight[perm], layer_norm.bias[perm]
-
-    def attention(name: str, mha: Any) -> None:
-        for ours, theirs in ((mha.w_q, "q_proj"), (mha.w_k, "k_proj"), (mha.w_v, "v_proj")):
-            reads(f"{name}.{theirs}", ours)
-        writes(f"{name}.out_proj", mha.w_o)
-
-    embedding = model.encoder.embedding.tokens.weight[:, perm]  # (V, D)
-    embedding = torch.cat([embedding, embedding.new_zeros(extra_rows, embedding.size(1))])
-    for name in ("model.shared", "model.encoder.embed_tokens", "model.decoder.embed_tokens", "lm_head"):
-        state[f"{name}.weight"] = embedding
-    for i, layer in enumerate(model.encoder.layers):
-        p = f"model.encoder.layers.{i}"
-        attention(f"{p}.self_attn", layer.self_attn)
-        norm(f"{p}.self_attn_layer_norm", layer.res_attn.norm)
-        reads(f"{p}.fc1", layer.ffn.w_1)
-        writes(f"{p}.fc2", layer.ffn.w_2)
-        norm(f"{p}.final_layer_norm", layer.res_ffn.norm)
-    for i, layer in enumerate(model.decoder.layers):
-        p = f"model.decoder.layers.{i}"
-        attention(f"{p}.self_attn", layer.self_attn)
-        norm(f"{p}.self_attn_layer_norm", layer.res_self.norm)
-        attention(f"{p}.encoder_attn", layer.cross_attn)
-        norm(f"{p}.encoder_attn_layer_norm", layer.res_cross.norm)
-        reads(f"{p}.fc1", layer.ffn.w_1)
-        writes(f"{p}.fc2", layer.ffn.w_2)
-        norm(f"{p}.final_layer_norm", layer.res_ffn.norm)
-    return {k: v.detach().cpu().clone() for k, v in state.items()}
-
-
-def marian_from_aiayn(model: Transformer, extra_rows: int = 0):
-    """A Hugging Face ``MarianMTModel`` computing the same function as ``model`` (eval mode)."""
-    from transformers import MarianMTModel
-
-    config = marian_config(model.cfg, model.cfg.vocab_size + extra_rows)
-    with torch.device("cpu"):
-        marian = MarianMTModel(config)
-    state = marian.state_dict()
-    ours = marian_state_dict(model, extra_rows)
-    missing = set(state) - set(ours) - {"final_logits_bias", "model.encoder.embed_positions.weight",
-                                         "model.decoder.embed_positions.weight"}
-    if missing:
-        raise RuntimeError(f"Marian weights not covered by the transfer: {sorted(missing)[:3]}")
-    state.update(ours)
-    marian.load_state_dict(state)
-    return marian.eval()
-
-
-class _Vocabulary:
-    """The tokenizer CTranslate2's Marian loader asks for: the token strings and two specials."""
-
-    eos_token, unk_token = "</s>", "<unk>"
-
-    def __init__(self, tokens: list[str]):
-        self.tokens = tokens
-
-    def get_vocab(self) -> dict[str, int]:
-        return {t: i for i, t in enumerate(self.tokens)}
-
-
-def token_strings(vocab_size: int) -> list[str]:
-    """CTranslate2 speaks in token strings: aiayn's special pieces, then one name per id."""
-    return ["<pad>", "<unk>", "<s>", "</s>", *(f"t{i}" for i in range(4, vocab_size))]
-
-
-def ct2_from_aiayn(model: Transformer, out_dir: Path) -> Path:
-    """Save the Marian twin to a local folder and convert it with TransformersConverter (fp32
-    weights; int8 is chosen when loading, with ``compute_type``). Returns the model folder.
-
-    CTranslate2's Marian loader follows Marian's conventions, two of which are not the paper's:
-    it starts the decoder from a zero embedding and removes a trailing <pad> row from the
-    vocabulary. The converted spec starts from BOS's embedding instead, and the saved model
-    carries one extra zero row for the loader to remove."""
-    import ctranslate2
-
-    tokens = token_strings(model.cfg.vocab_size)
-
-    class Converter(ctranslate2.converters.TransformersConverter):
-        def load_tokenizer(self, tokenizer_class: Any, path: str, **kwargs: Any) -> _Vocabulary:
-            return _Vocabulary(tokens)
-
-        def _load(self) -> Any:
-            spec = super()._load()
-            spec.decoder.start_from_zero_embedding = False
-            spec.config.decoder_start_token = tokens[BOS_ID]
-            return spec
-
-    hf_dir, ct2_dir = out_dir / "marian", out_dir / "ct2"
-    marian_from_aiayn(model, extra_rows=1).save_pretrained(hf_dir)
-    Converter(str(hf_dir)).convert(str(ct2_dir), force=True)
-    return ct2_dir
 
 
 # ---------------------------------------------------------------------------- workloads and systems
@@ -283,7 +147,8 @@ def ct2_system(translator: Any, cfg: Config) -> System:
             else:
                 lengths = dict(max_decoding_length=max(map(len, rows)) + cfg.decode.max_len_offset,
                                min_decoding_length=cfg.decode.min_len, length_penalty=cfg.decode.alpha)
-            found = translator.translate_batch([[tokens[i] for i in r] for r in rows], beam_size=beam,
+            # r[:-1]: the exported model appends the source's EOS itself (add_source_eos)
+            found = translator.translate_batch([[tokens[i] for i in r[:-1]] for r in rows], beam_size=beam,
                                                max_batch_size=batch, suppress_sequences=banned, **lengths)
             out += [sum(t != tokens[EOS_ID] for t in r.hypotheses[0]) for r in found]
         return out
@@ -334,7 +199,7 @@ def peer_systems(subject: Subject, device: torch.device, threads: int, work_dir:
     import ctranslate2
 
     marian = marian_from_aiayn(subject.model).to(device)
-    ct2_dir = ct2_from_aiayn(subject.model, work_dir)
+    ct2_dir = ct2_from_aiayn(subject.model, work_dir / "ct2")
     found = {"transformers Marian": hf_system(marian, subject.cfg, device, None)}
     compute_types = {"fp32": "float32", "int8": "int8"}
     if device.type == "cuda":  # where bf16 is native; Marian under autocast
@@ -355,19 +220,44 @@ def measure(report: Reporter, impls: dict[str, System], w: Workload, batch: int,
             args: argparse.Namespace, device: torch.device, **extra: Any) -> None:
     """Time every implementation on ``w`` and emit one line each; the speedup is aiayn's rate
     over the line's. The first (warm-up) run also gives the output lengths."""
-    ours = None
+    ours = ours_int8 = None
     for label, run in impls.items():
         lengths = run(w, batch, beam)
         times = repeat(lambda: run(w, batch, beam), args.reps, device, warmup=0)
         tokens = sum(lengths)
         stats = rate_stats(tokens, times)
         ours = ours or stats
+        if label == "aiayn int8":
+            ours_int8 = stats
         rate = stats["median"] or None  # a barely trained model may emit only empty outputs
+        int8_speedup = rate and ours_int8 and label != "aiayn int8" and ours_int8["median"] / rate
         report.emit(impl=label, batch=batch, search=search, **stats, unit="tgt tokens/s",
-                    aiayn_speedup=rate and ours["median"] / rate, ms_per_token=rate and 1e3 / rate,
+                    aiayn_speedup=rate and ours["median"] / rate, aiayn_int8_speedup=int8_speedup or None,
+                    ms_per_token=rate and 1e3 / rate,
                     sentences=len(w.rows), sentences_per_s=rate_stats(len(w.rows), times)["median"],
                     output_tokens=tokens, mean_output_len=tokens / len(w.rows),
                     forced_len=w.forced, **extra)
+
+
+def int8(translator: Translator) -> Translator:
+    """The same model, tokenizer and settings with int8 linear layers (``--quantize int8``)."""
+    return Translator(translator.model, translator.tokenizer, translator.config, translator.device, quantize="int8")
+
+
+def int8_quality(report: Reporter, translator: Translator, data_dir: Path, args: argparse.Namespace) -> None:
+    """sacreBLEU of the trained model on the Bible test split (beam 4), float32 and int8."""
+    from aiayn.corpus import read_split
+    from aiayn.evaluate import evaluate
+
+    sources, references = read_split(data_dir, "test")
+    if args.quick:
+        sources, references = sources[:BATCH], references[:BATCH]
+    scores = {label: evaluate(t, sources, references, progress=False, beam_size=4)[1]
+              for label, t in (("fp32", translator), ("int8", int8(translator)))}
+    report.emit(bench="decode-quality", impl="aiayn", data="bible test", sentences=len(sources), search="beam 4",
+                bleu_fp32=scores["fp32"]["bleu"], bleu_int8=scores["int8"]["bleu"],
+                bleu_change=scores["int8"]["bleu"] - scores["fp32"]["bleu"], chrf_fp32=scores["fp32"]["chrf"],
+                chrf_int8=scores["int8"]["chrf"], signature=scores["fp32"]["bleu_signature"])
 
 
 def growth(report: Reporter, subject: Subject, preset: str, args: argparse.Namespace, device: torch.device) -> None:
@@ -405,14 +295,19 @@ def main(argv: list[str] | None = None) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             peers = peer_systems(subject, device, args.threads, Path(tmp))
             for data, (translator, workload) in subject.workloads.items():
-                impls = {"aiayn": aiayn_system(translator, None), **peers}
+                impls = {"aiayn": aiayn_system(translator, None)}
                 if device.type == "cuda":
                     impls["aiayn bf16"] = aiayn_system(translator, torch.bfloat16)
+                else:
+                    impls["aiayn int8"] = aiayn_system(int8(translator), None)
+                impls.update(peers)
                 extra = {"preset": preset, "model": subject.label, "data": data, "vocab": subject.cfg.model.vocab_size}
                 for search, beam in SEARCHES:
                     measure(report, impls, subset(workload, 2 if args.quick else SINGLE), 1, search, beam, args,
                             device, **extra)
                     measure(report, impls, workload, BATCH, search, beam, args, device, **extra)
+            if "bible test, own lengths" in subject.workloads and device.type == "cpu":
+                int8_quality(report, subject.workloads["bible test, own lengths"][0], data_dir, args)
         growth(report, subject, preset, args, device)
         if args.profile:
             translator, workload = next(iter(subject.workloads.values()))
@@ -420,7 +315,7 @@ def main(argv: list[str] | None = None) -> None:
             top = profile_top(lambda: run(workload, BATCH, 4), device, f"aiayn beam 4, batch {BATCH}, {preset}")
             report.emit(bench="decode-profile", impl="aiayn", preset=preset, batch=BATCH, search="beam 4",
                         top_ops=top, model=subject.label)
-    report.summary(extra=("search", "data", "ms_per_token", "mean_output_len"))
+    report.summary(extra=("search", "data", "aiayn_int8_speedup", "ms_per_token", "mean_output_len"))
 
 
 if __name__ == "__main__":

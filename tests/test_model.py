@@ -4,17 +4,20 @@ float64 gradcheck, hand-written mask tables, the PE formula of §3.5, and Table 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aiayn.config import BOS_ID, PAD_ID, ModelConfig, load_config
+from aiayn.config import BOS_ID, EOS_ID, PAD_ID, ModelConfig, load_config
 from aiayn.loss import label_smoothed_cross_entropy
 from aiayn.model import (
+    DecoderCache,
     DecoderLayer,
     EncoderLayer,
+    Linear,
     MultiHeadAttention,
     PositionalEncoding,
     ScaledDotProductAttention,
@@ -24,6 +27,7 @@ from aiayn.model import (
     padding_mask,
     sinusoid_table,
 )
+from aiayn.search import beam_search, greedy_search
 
 D, H, D_FF = 32, 4, 64
 TOL = 1e-5
@@ -446,6 +450,81 @@ def test_reordered_cache_equals_full_decoding_of_its_rows() -> None:
     step_and_check(cache, rows, sentence)
 
 
+class CatCache:
+    """The reference cache: self-attention K/V grown by ``torch.cat`` at every step and gathered
+    whole at every reorder, the encoder output repeated per decoder row (no buffers written in
+    place, no beams folded), run through the layers' sublayers directly."""
+
+    def __init__(self, model: Transformer, memory: torch.Tensor, src_mask: torch.Tensor, kv=None):
+        self.model, self.memory, self.src_mask = model, memory, src_mask
+        n, h, cfg = memory.size(0), model.cfg.n_heads, model.cfg
+        self.kv = kv or [(memory.new_zeros(n, h, 0, cfg.head_dim_k), memory.new_zeros(n, h, 0, cfg.head_dim_v))
+                         for _ in model.decoder.layers]
+
+    def reorder(self, index: torch.Tensor) -> "CatCache":
+        return CatCache(self.model, self.memory[index], self.src_mask[index], [(k[index], v[index]) for k, v in self.kv])
+
+    def step(self, prefix: torch.Tensor) -> tuple[torch.Tensor, "CatCache"]:
+        model, kv = self.model, []
+        x = model.decoder.embedding(prefix[:, -1:], self.kv[0][0].size(2))  # (N, 1, D)
+        for layer, (past_k, past_v) in zip(model.decoder.layers, self.kv):
+            h = layer.res_self.before(x)
+            k, v = layer.self_attn.project_kv(h)
+            kv.append((torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)))
+            x = layer.res_self.after(x, layer.self_attn(h, kv[-1])[0])
+            cross = layer.cross_attn.project_kv(self.memory)
+            x = layer.res_cross.after(x, layer.cross_attn(layer.res_cross.before(x), cross, padding_mask(self.src_mask))[0])
+            x = layer.res_ffn.after(x, layer.ffn(layer.res_ffn.before(x)))
+        logits = model.out_proj(model.decoder.final_norm(x))[:, -1]  # (N, V)
+        return logits.log_softmax(-1), CatCache(model, self.memory, self.src_mask, kv)
+
+
+@dataclass
+class Lockstep:
+    """aiayn's cache and the reference, reordered together."""
+
+    cache: DecoderCache
+    ref: CatCache
+
+    def reorder(self, index: torch.Tensor) -> "Lockstep":
+        return Lockstep(self.cache.reorder(index), self.ref.reorder(index))
+
+
+@pytest.mark.parametrize("capacity", [0, 13], ids=["growing", "preallocated"])
+@pytest.mark.parametrize("beam", [1, 3], ids=["greedy", "beam"])
+def test_in_place_cache_equals_the_torch_cat_cache_at_every_step(beam: int, capacity: int) -> None:
+    """Through beam reorders and sentences leaving the batch (their own max_len, or EOS): the same
+    log-probabilities and the same K/V at every step, and the same tokens chosen."""
+    model = make_model(seed=7, n_decoder_layers=3)
+    src, src_mask = random_batch([9, 4, 7, 2], 9)
+    max_len = torch.tensor([4, 13, 8, 11])
+    rows_per_step = []
+
+    def step(prefix: torch.Tensor, both: Lockstep) -> tuple[torch.Tensor, Lockstep]:
+        logits, cache, _ = model.decode(prefix[:, -1:], cache=both.cache)
+        ref_log_probs, ref = both.ref.step(prefix)
+        log_probs = logits[:, -1].log_softmax(-1)
+        assert max_diff(log_probs, ref_log_probs) < TOL
+        assert cache.length == prefix.size(1) and cache.rows == prefix.size(0)
+        for (k, v), (ref_k, ref_v) in zip(cache.filled(), ref.kv):
+            assert max_diff(k, ref_k) <= 1e-6 and max_diff(v, ref_v) <= 1e-6
+        rows_per_step.append(prefix.size(0))
+        return log_probs, Lockstep(cache, ref)
+
+    def search(step_fn, state):
+        if beam == 1:
+            return [[h] for h in greedy_search(step_fn, state, 4, BOS_ID, EOS_ID, max_len)]
+        return beam_search(step_fn, state, 4, BOS_ID, EOS_ID, max_len, beam_size=beam, nbest=beam)
+
+    with torch.no_grad():
+        memory, _ = model.encode(src, src_mask)
+        both = Lockstep(model.init_cache(memory, src_mask, capacity=capacity), CatCache(model, memory, src_mask))
+        ours = search(step, both)
+        reference = search(lambda prefix, ref: ref.step(prefix), CatCache(model, memory, src_mask))
+    assert [[h.tokens for h in nb] for nb in ours] == [[h.tokens for h in nb] for nb in reference]
+    assert len(set(rows_per_step)) >= 3  # sentences left the batch at different steps
+
+
 def test_attention_weights_equal_the_explicit_computation() -> None:
     model = make_model(seed=5)
     src, src_mask = random_batch([6, 3], 6)
@@ -644,3 +723,29 @@ def test_cpu_bf16_explicit_path_matches_fused_kernel() -> None:
         out, weights = sdpa(q.bfloat16(), k.bfloat16(), v.bfloat16(), mask, is_causal=is_causal)
         assert weights is None and out.dtype == torch.bfloat16
         assert max_diff(out.float(), ref) < 3e-2
+
+
+# ---------------------------------------------------------------------------------------------
+# Linear's CPU inference path
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_inference_path_equals_nn_linear(bias: bool, monkeypatch) -> None:
+    """oneDNN's matmul in inference on ≥ 4 rows, nn.Linear's own path otherwise: the same values."""
+    import aiayn.model as model_module
+
+    calls = []
+    if model_module.ONEDNN_LINEAR is not None:
+        real = model_module.ONEDNN_LINEAR
+        monkeypatch.setattr(model_module, "ONEDNN_LINEAR", lambda *a: calls.append(1) or real(*a))
+    torch.manual_seed(0)
+    ours, ref = Linear(D, 48, bias=bias), nn.Linear(D, 48, bias=bias)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(6, 5, D)
+    with torch.inference_mode():
+        assert max_diff(ours(x), ref(x)) < TOL
+        assert max_diff(ours(x[:1, :3]), ref(x[:1, :3])) < TOL  # 3 rows: nn.Linear's path
+    assert len(calls) == (1 if model_module.ONEDNN_LINEAR is not None else 0)
+    out = ours(x)  # with gradients: nn.Linear's path, differentiable
+    out.sum().backward()
+    assert ours.weight.grad is not None and len(calls) <= 1

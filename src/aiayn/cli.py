@@ -162,6 +162,12 @@ def _add_decoding(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha", type=float, help="length penalty α (default: the config's, 0.6 as in the paper)")
     p.add_argument("--batch-tokens", type=int, help="padded source tokens per batch (default: data.batch_tokens)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    _add_quantize(p)
+
+
+def _add_quantize(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quantize", choices=("int8",), help="int8 CPU inference: the linear layers' weights in int8, "
+                   "inputs quantized per call (default: float32)")
 
 
 def _add_translate(sub) -> None:
@@ -320,6 +326,27 @@ def _add_plot(sub) -> None:
         q.set_defaults(func=_plot)
 
 
+def _export(args: argparse.Namespace) -> None:
+    from aiayn.export import run
+
+    run(args)
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="write a model for CTranslate2 or Hugging Face Transformers, tokenizer included",
+                       description="Export a trained model to a new folder: --to ctranslate2 (ctranslate2.Translator "
+                       "loads it; the SentencePiece model beside it) or --to huggingface (MarianMTModel and "
+                       "MarianTokenizer load it). Both compute aiayn's function; README.md in the folder says where "
+                       "the runtime decodes differently. A setting the target cannot express is refused and nothing "
+                       "is written. Needs the ctranslate2 or transformers package (pip install 'aiayn[export]').")
+    p.add_argument("--model", required=True, help="a run folder or a checkpoint file")
+    p.add_argument("--to", required=True, metavar="TARGET", help="ctranslate2 | huggingface")
+    p.add_argument("--out", required=True, help="the folder to create (must not exist)")
+    p.add_argument("--quantization", help="ctranslate2 only: store the weights as int8, int8_float32, int8_float16, "
+                   "int8_bfloat16, int16, float16, bfloat16 or float32 (default: float32)")
+    p.set_defaults(func=_export)
+
+
 def _serve(args: argparse.Namespace) -> None:
     from aiayn.serve import run
 
@@ -344,6 +371,7 @@ def _add_serve(sub) -> None:
     p.add_argument("--workers", type=int, default=WORKERS, help=f"threads answering requests (default {WORKERS})")
     p.add_argument("--queue", type=int, default=QUEUE, help="connections waiting for a worker before new ones "
                    f"get 503 (default {QUEUE})")
+    _add_quantize(p)
     p.set_defaults(func=_serve)
 
 
@@ -357,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (_add_model_info, _add_prepare, _add_data_stats, _add_train, _add_average, _add_tune_decoding,
                 _add_translate,
-                _add_evaluate, _add_showcase, _add_attention, _add_plot, _add_serve):
+                _add_evaluate, _add_showcase, _add_attention, _add_plot, _add_serve, _add_export):
         add(sub)
     return parser
 

@@ -87,13 +87,13 @@ def run(args: Any) -> None:
     from aiayn.translate import Translator
 
     sources, references, tgt_lang = _read_inputs(args)
-    translator = Translator.load(args.model, args.device)
+    translator = Translator.load(args.model, args.device, quantize=args.quantize)
     hypotheses, scores = evaluate(translator, sources, references, beam_size=args.beam, alpha=args.alpha,
                                   batch_tokens=args.batch_tokens)
     d = translator.config.decode
     scores.update(model=str(args.model), split=args.split if args.data else None,
                   beam_size=args.beam or d.beam_size, alpha=d.alpha if args.alpha is None else args.alpha,
-                  length_penalty=d.length_penalty)
+                  length_penalty=d.length_penalty, quantize=args.quantize)
     text = "".join(h + "\n" for h in hypotheses)
     if args.hyp_out:
         Path(args.hyp_out).write_text(text, encoding="utf-8")
@@ -140,7 +140,7 @@ def run_showcase(args: Any) -> None:
     meta = load_meta(Path(args.data))
     refs = tuple(args.refs.split(",")) if args.refs else FAMOUS
     examples = showcase_examples(Path(args.data), refs)
-    translator = Translator.load(args.model, args.device)
+    translator = Translator.load(args.model, args.device, quantize=args.quantize)
     outputs = translator.translate([e["src"] for e in examples], beam_size=args.beam, alpha=args.alpha,
                                    batch_tokens=args.batch_tokens, progress=False)
     width = max(len(meta["src_lang"]), len("aiayn"), len("ref"))

@@ -12,7 +12,8 @@ Masks have one polarity, everywhere: True = this key may be attended to.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,31 @@ def causal_mask(t_q: int, t_k: int, device: torch.device | None = None) -> Tenso
     q = torch.arange(t_q, device=device)[:, None]
     k = torch.arange(t_k, device=device)[None, :]
     return k <= q + (t_k - t_q)
+
+
+def _onednn_linear() -> Any:
+    """oneDNN's fp32 matmul with bias, as PyTorch registers it (``None`` in builds without oneDNN)."""
+    if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        return None
+    return torch.ops.mkldnn._linear_pointwise
+
+
+ONEDNN_LINEAR = _onednn_linear()
+ONEDNN_MIN_ROWS = 4  # below this, PyTorch's default path measured faster
+
+
+class Linear(nn.Linear):
+    """nn.Linear, y = x Wᵀ + b. In CPU inference (no gradients, no autocast, float32) on at least
+    ``ONEDNN_MIN_ROWS`` rows it runs oneDNN's matmul instead of PyTorch's default BLAS call:
+    at decoding shapes (128 rows by 256 × 768 or 256 × 8000) that measured 2.2–2.4× faster on
+    the AMD CPU of docs/performance.md, same weights, same float32 arithmetic."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (ONEDNN_LINEAR is not None and x.device.type == "cpu" and x.dtype == self.weight.dtype == torch.float32
+                and x.numel() >= ONEDNN_MIN_ROWS * self.in_features and not torch.is_grad_enabled()
+                and not torch.is_autocast_enabled("cpu")):
+            return ONEDNN_LINEAR(x, self.weight, self.bias, "none", [], "")
+        return super().forward(x)
 
 
 class ScaledDotProductAttention(nn.Module):
@@ -77,10 +103,10 @@ class MultiHeadAttention(nn.Module):
     def __init__(self, d_model: int, n_heads: int, d_k: int, d_v: int):
         super().__init__()
         self.n_heads, self.d_k, self.d_v = n_heads, d_k, d_v
-        self.w_q = nn.Linear(d_model, n_heads * d_k)
-        self.w_k = nn.Linear(d_model, n_heads * d_k)
-        self.w_v = nn.Linear(d_model, n_heads * d_v)
-        self.w_o = nn.Linear(n_heads * d_v, d_model)
+        self.w_q = Linear(d_model, n_heads * d_k)
+        self.w_k = Linear(d_model, n_heads * d_k)
+        self.w_v = Linear(d_model, n_heads * d_v)
+        self.w_o = Linear(n_heads * d_v, d_model)
         self.attention = ScaledDotProductAttention()
 
     def _split(self, x: Tensor, d: int) -> Tensor:
@@ -118,8 +144,8 @@ class PositionwiseFeedForward(nn.Module):
 
     def __init__(self, d_model: int, d_ff: int):
         super().__init__()
-        self.w_1 = nn.Linear(d_model, d_ff)
-        self.w_2 = nn.Linear(d_ff, d_model)
+        self.w_1 = Linear(d_model, d_ff)
+        self.w_2 = Linear(d_ff, d_model)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.w_2(F.relu(self.w_1(x)))
@@ -220,14 +246,19 @@ class DecoderLayer(nn.Module):
         self.res_ffn = Residual(cfg.d_model, cfg.dropout, pre)
 
     def forward(self, x: Tensor, cross_kv: tuple[Tensor, Tensor], src_mask: Tensor,
-                past_kv: tuple[Tensor, Tensor] | None = None, need_weights: bool = False, beam: int = 1,
-                ) -> tuple[Tensor, tuple[Tensor, Tensor], Tensor | None, Tensor | None]:
-        """x (N, T, D) new target positions; past_kv: cached self-attention K/V of earlier
-        positions. Returns the output, the grown self-attention K/V, and the weights."""
+                kv_buffer: tuple[Tensor, Tensor] | None = None, offset: int = 0, need_weights: bool = False,
+                beam: int = 1) -> tuple[Tensor, tuple[Tensor, Tensor], Tensor | None, Tensor | None]:
+        """x (N, T, D) target positions offset … offset+T-1. ``kv_buffer``: self-attention K
+        (N, H, C, d_k) and V (N, H, C, d_v) buffers whose positions < offset hold the earlier
+        tokens; the new K/V are written into them in place at offset … offset+T-1. Returns the
+        output, the K/V attended to (N, H, offset+T, ·) and the weights."""
         h = self.res_self.before(x)
         k, v = self.self_attn.project_kv(h)  # (N, H, T, d_k), (N, H, T, d_v)
-        if past_kv is not None:
-            k, v = torch.cat([past_kv[0], k], dim=2), torch.cat([past_kv[1], v], dim=2)  # (N, H, t+T, ·)
+        if kv_buffer is not None:
+            end = offset + x.size(1)
+            kv_buffer[0][:, :, offset:end] = k
+            kv_buffer[1][:, :, offset:end] = v
+            k, v = kv_buffer[0][:, :, :end], kv_buffer[1][:, :, :end]  # (N, H, offset+T, ·), views
         t_q, t_k = x.size(1), k.size(2)
         # One new query may see every cached key; a whole sequence uses the kernel's own
         # causal mask; a few new queries against a cache need it aligned bottom-right.
@@ -240,43 +271,114 @@ class DecoderLayer(nn.Module):
         return x, (k, v), self_w, cross_w
 
 
+KVBuffers = tuple[tuple[Tensor, Tensor], ...]  # per decoder layer: K (R, H, C, d_k), V (R, H, C, d_v)
+
+
+def _allocate(like: KVBuffers, rows: int, capacity: int) -> KVBuffers:
+    """Uninitialised buffers shaped as ``like`` but with ``rows`` rows and ``capacity`` positions:
+    only the positions a cache has filled are ever read."""
+    return tuple((k.new_empty(rows, k.size(1), capacity, k.size(3)), v.new_empty(rows, v.size(1), capacity, v.size(3)))
+                 for k, v in like)
+
+
+def _gather_rows(source: Tensor, index: Tensor, out: Tensor) -> None:
+    """out = source[index] (rows), written into ``out`` in place. ``out=`` takes no part in
+    autograd, so a source that carries a graph is gathered, then copied."""
+    if source.requires_grad:
+        out.copy_(source.index_select(0, index))
+    else:
+        torch.index_select(source, 0, index, out=out)
+
+
 @dataclass(frozen=True)
 class DecoderCache:
     """State for incremental decoding, passed in and returned (never kept on a module).
 
-    self_kv:  per layer, K (N, H, t, d_k) and V (N, H, t, d_v) of the t tokens decoded so far
+    self_kv:  per layer, buffers K (R, H, C, d_k) and V (R, H, C, d_v) of capacity C positions,
+              allocated once per batch: rows 0 … rows-1 and positions 0 … length-1 hold the
+              self-attention K/V of the tokens decoded so far; ``decode`` writes the next
+              positions in place instead of concatenating
+    spare:    buffers of the same shapes that ``reorder`` gathers the kept rows into, after
+              which the two sets swap roles: beam reordering copies only the filled positions of
+              the kept rows, and no step allocates
     cross_kv: per layer, K (B, H, S, d_k) and V (B, H, S, d_v) of the encoder output, computed once
     src_mask: (B, 1, 1, S) attention mask of the source
+    rows:     N = B × beam, the decoder rows in use
+    length:   t, the positions filled
     beam:     decoder rows per sentence (N = B × beam); rows of a sentence are contiguous
+
+    A cache shares its buffers with the caches made from it, and those write into them: only
+    the newest one is valid, as in a search that always replaces its state by the one returned.
     """
 
-    self_kv: tuple[tuple[Tensor, Tensor], ...]
+    self_kv: KVBuffers
+    spare: KVBuffers
     cross_kv: tuple[tuple[Tensor, Tensor], ...]
     src_mask: Tensor
+    rows: int
+    length: int = 0
     beam: int = 1
 
     @property
-    def length(self) -> int:
+    def capacity(self) -> int:
         return self.self_kv[0][0].size(2)
+
+    def filled(self) -> KVBuffers:
+        """Per layer, the K (N, H, t, d_k) and V (N, H, t, d_v) decoded so far (views)."""
+        return tuple((k[: self.rows, :, : self.length], v[: self.rows, :, : self.length]) for k, v in self.self_kv)
+
+    def in_use(self) -> KVBuffers:
+        """Per layer, the buffers' rows in use, K (N, H, C, d_k) and V (N, H, C, d_v) (views)."""
+        return tuple((k[: self.rows], v[: self.rows]) for k, v in self.self_kv)
+
+    def reserve(self, steps: int) -> DecoderCache:
+        """A cache with room for ``steps`` more positions: this one when they fit, else one with
+        buffers of at least twice the capacity (amortised O(1) per position) holding the same state."""
+        needed = self.length + steps
+        if needed <= self.capacity:
+            return self
+        capacity = max(needed, 2 * self.capacity, 16)
+        self_kv, spare = _allocate(self.self_kv, self.rows, capacity), _allocate(self.self_kv, self.rows, capacity)
+        for (new_k, new_v), (k, v) in zip(self_kv, self.filled()):
+            new_k[:, :, : self.length], new_v[:, :, : self.length] = k, v
+        return replace(self, self_kv=self_kv, spare=spare)
+
+    def advance(self, steps: int) -> DecoderCache:
+        """The cache after ``decode`` wrote ``steps`` new positions into its buffers."""
+        return replace(self, length=self.length + steps)
 
     def reorder(self, index: Tensor) -> DecoderCache:
         """Keep decoder rows ``index`` (beam reordering; finished sentences dropped).
 
-        Cross-attention K/V are per sentence, so they are only gathered when the set of
-        sentences changes (pitfall 16), never copied per beam.
+        Self-attention K/V: the filled positions of the kept rows are gathered into the spare
+        buffers (nothing is copied when ``index`` keeps the first rows in place). Cross-attention
+        K/V are per sentence, so they are only gathered when the set of sentences changes
+        (pitfall 16), never copied per beam.
         """
-        self_kv = tuple((k.index_select(0, index), v.index_select(0, index)) for k, v in self.self_kv)
+        n = index.numel()
+        if torch.equal(index, torch.arange(n, device=index.device)):
+            self_kv, spare = self.self_kv, self.spare
+        else:
+            if n > self.self_kv[0][0].size(0):  # more rows than allocated: the beams of a fresh search
+                self_kv, spare = _allocate(self.self_kv, n, self.capacity), _allocate(self.self_kv, n, self.capacity)
+            else:
+                self_kv, spare = self.spare, self.self_kv
+            if self.length:
+                for (new_k, new_v), (k, v) in zip(self_kv, self.filled()):
+                    _gather_rows(k, index, new_k[:n, :, : self.length])
+                    _gather_rows(v, index, new_v[:n, :, : self.length])
         sentences, counts = torch.unique_consecutive(index // self.beam, return_counts=True)
-        beam = index.numel() // max(sentences.numel(), 1)
+        beam = n // max(sentences.numel(), 1)
         if sentences.numel() and not bool((counts == beam).all()):
             raise ValueError("reorder: each sentence must keep the same number of contiguous rows")
         n_sentences = self.src_mask.size(0)
         unchanged = sentences.numel() == n_sentences and bool(
             (sentences == torch.arange(n_sentences, device=index.device)).all())
-        if unchanged:
-            return DecoderCache(self_kv, self.cross_kv, self.src_mask, beam)
-        cross_kv = tuple((k.index_select(0, sentences), v.index_select(0, sentences)) for k, v in self.cross_kv)
-        return DecoderCache(self_kv, cross_kv, self.src_mask.index_select(0, sentences), beam)
+        cross_kv, src_mask = self.cross_kv, self.src_mask
+        if not unchanged:
+            cross_kv = tuple((k.index_select(0, sentences), v.index_select(0, sentences)) for k, v in self.cross_kv)
+            src_mask = self.src_mask.index_select(0, sentences)
+        return DecoderCache(self_kv, spare, cross_kv, src_mask, n, self.length, beam)
 
 
 class Encoder(nn.Module):
@@ -309,18 +411,19 @@ class Decoder(nn.Module):
         self.final_norm = nn.LayerNorm(cfg.d_model) if cfg.norm == "pre" else nn.Identity()
 
     def forward(self, tgt: Tensor, cross_kv: list[tuple[Tensor, Tensor]] | tuple, src_mask: Tensor,
-                past: tuple[tuple[Tensor, Tensor], ...] | None = None, need_weights: bool = False, beam: int = 1,
-                ) -> tuple[Tensor, tuple[tuple[Tensor, Tensor], ...], dict[str, list[Tensor]] | None]:
-        offset = past[0][0].size(2) if past else 0
+                kv_buffers: KVBuffers | None = None, offset: int = 0, need_weights: bool = False, beam: int = 1,
+                ) -> tuple[Tensor, dict[str, list[Tensor]] | None]:
+        """tgt (N, T): target positions offset … offset+T-1; ``kv_buffers`` (one per layer, see
+        ``DecoderLayer``) hold the earlier positions and receive the new ones."""
         x = self.embedding(tgt, offset)  # (N, T, D)
-        new_kv, self_ws, cross_ws = [], [], []
+        self_ws, cross_ws = [], []
         for i, layer in enumerate(self.layers):
-            x, kv, sw, cw = layer(x, cross_kv[i], src_mask, past[i] if past else None, need_weights, beam)
-            new_kv.append(kv)
+            x, _, sw, cw = layer(x, cross_kv[i], src_mask, kv_buffers[i] if kv_buffers else None, offset,
+                                 need_weights, beam)
             self_ws.append(sw)
             cross_ws.append(cw)
         weights = {"self": self_ws, "cross": cross_ws} if need_weights else None
-        return self.final_norm(x), tuple(new_kv), weights
+        return self.final_norm(x), weights
 
 
 class Transformer(nn.Module):
@@ -337,7 +440,7 @@ class Transformer(nn.Module):
                                                    cfg.dropout))
         self.decoder = Decoder(cfg, InputEmbedding(tgt_tokens, PositionalEncoding(cfg.max_len, cfg.d_model, learned),
                                                    cfg.dropout))
-        self.out_proj = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.out_proj = Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.reset_parameters()
         if cfg.tie_embeddings != "none":
             self.out_proj.weight = tgt_tokens.weight
@@ -367,28 +470,36 @@ class Transformer(nn.Module):
         per-layer self-attention weights (B, H, S, S)."""
         return self.encoder(src, src_mask, need_weights)
 
-    def init_cache(self, memory: Tensor, src_mask: Tensor) -> DecoderCache:
-        """Project the encoder output once for every decoder layer's cross-attention."""
+    def init_cache(self, memory: Tensor, src_mask: Tensor, *, capacity: int = 0) -> DecoderCache:
+        """Project the encoder output once for every decoder layer's cross-attention, and allocate
+        self-attention buffers for ``capacity`` positions (a search passes its step limit, so
+        that they never grow; without it they grow by doubling)."""
         cross_kv = tuple(layer.cross_attn.project_kv(memory) for layer in self.decoder.layers)
-        n, h = memory.size(0), self.cfg.n_heads
-        empty = (memory.new_zeros(n, h, 0, self.cfg.head_dim_k), memory.new_zeros(n, h, 0, self.cfg.head_dim_v))
-        return DecoderCache((empty,) * len(self.decoder.layers), cross_kv, padding_mask(src_mask))
+        n, h, d_k, d_v = memory.size(0), self.cfg.n_heads, self.cfg.head_dim_k, self.cfg.head_dim_v
+        self_kv = tuple((memory.new_empty(n, h, capacity, d_k), memory.new_empty(n, h, capacity, d_v))
+                        for _ in self.decoder.layers)
+        return DecoderCache(self_kv, _allocate(self_kv, n, capacity), cross_kv, padding_mask(src_mask), n)
 
     def decode(self, tgt_in: Tensor, memory: Tensor | None = None, src_mask: Tensor | None = None,
                cache: DecoderCache | None = None, need_weights: bool = False,
                ) -> tuple[Tensor, DecoderCache | None, dict[str, list[Tensor]] | None]:
         """Without a cache: tgt_in (B, T) is the whole shifted target (teacher forcing).
-        With a cache (from ``init_cache``): tgt_in (N, T_new) holds only the new tokens and
-        the grown cache is returned. Logits (·, T, V)."""
+        With a cache (from ``init_cache``): tgt_in (N, T_new) holds only the new tokens, whose
+        self-attention K/V are written into the cache's buffers; the advanced cache is returned
+        (it supersedes the one passed in). Logits (·, T, V)."""
         if cache is None:
             if memory is None or src_mask is None:
                 raise ValueError("decode needs memory and src_mask when no cache is given")
             cross_kv = [layer.cross_attn.project_kv(memory) for layer in self.decoder.layers]
-            x, _, weights = self.decoder(tgt_in, cross_kv, padding_mask(src_mask), None, need_weights)
+            x, weights = self.decoder(tgt_in, cross_kv, padding_mask(src_mask), need_weights=need_weights)
             return self.out_proj(x), None, weights
-        x, self_kv, weights = self.decoder(tgt_in, cache.cross_kv, cache.src_mask, cache.self_kv, need_weights,
-                                           cache.beam)
-        return self.out_proj(x), DecoderCache(self_kv, cache.cross_kv, cache.src_mask, cache.beam), weights
+        if tgt_in.size(0) != cache.rows:
+            raise ValueError(f"decode: {tgt_in.size(0)} rows of new tokens for a cache of {cache.rows} rows")
+        steps = tgt_in.size(1)
+        cache = cache.reserve(steps)
+        x, weights = self.decoder(tgt_in, cache.cross_kv, cache.src_mask, cache.in_use(), cache.length,
+                                  need_weights, cache.beam)
+        return self.out_proj(x), cache.advance(steps), weights
 
     def forward(self, src: Tensor, tgt_in: Tensor, src_mask: Tensor, tgt_mask: Tensor | None = None) -> Tensor:
         """Teacher-forced logits (B, T, V). Given ``tgt_mask`` (B, T) (True = real token), only
@@ -399,7 +510,7 @@ class Transformer(nn.Module):
             logits, _, _ = self.decode(tgt_in, memory, src_mask)
             return logits
         cross_kv = [layer.cross_attn.project_kv(memory) for layer in self.decoder.layers]
-        hidden, _, _ = self.decoder(tgt_in, cross_kv, padding_mask(src_mask))  # (B, T, D)
+        hidden, _ = self.decoder(tgt_in, cross_kv, padding_mask(src_mask))  # (B, T, D)
         return self.out_proj(hidden[tgt_mask])  # (n, V)
 
 

@@ -65,12 +65,13 @@ class Explorer:
                                      MAX_ATTENTION_WEIGHTS), default=0)
 
     @classmethod
-    def load(cls, model: str | Path, device: str | None = None) -> Explorer:
+    def load(cls, model: str | Path, device: str | None = None, *, quantize: str | None = None) -> Explorer:
         from aiayn.checkpoint import load_for_inference
         from aiayn.translate import Translator
 
         loaded = load_for_inference(model, device or "cpu")
-        return cls(Translator(loaded.model, loaded.tokenizer, loaded.config), loaded.path, loaded.step)
+        return cls(Translator(loaded.model, loaded.tokenizer, loaded.config, quantize=quantize), loaded.path,
+                   loaded.step)
 
     def health(self) -> dict[str, Any]:
         cfg = self.translator.config
@@ -167,7 +168,7 @@ def run(args: Any) -> None:
                              "http://gpu-box:8000") from None
     if args.workers < 1 or args.queue < 1:
         raise AiaynError(f"--workers and --queue must be at least 1, got {args.workers} and {args.queue}")
-    explorer = Explorer.load(args.model, args.device)
+    explorer = Explorer.load(args.model, args.device, quantize=args.quantize)
     try:
         server = ExplorerServer(explorer, args.host, args.port, quiet=args.quiet, workers=args.workers,
                                 queue_size=args.queue, allow_origins=args.allow_origin or ())

@@ -54,20 +54,21 @@ def _log_probs(logits: Tensor) -> Tensor:
     return log_probs
 
 
-def make_step_fn(model: Any, memory: Tensor, src_mask: Tensor,
-                 use_cache: bool = True) -> tuple[Callable[[Tensor, Any], tuple[Tensor, Any]], Any]:
+def make_step_fn(model: Any, memory: Tensor, src_mask: Tensor, use_cache: bool = True, *,
+                 capacity: int = 0) -> tuple[Callable[[Tensor, Any], tuple[Tensor, Any]], Any]:
     """A ``search`` step function and its initial state for one encoded batch.
 
-    With the cache (``model.init_cache``), each step feeds only the newest token and the
-    cache grows by one position; without it, each step re-runs the decoder over the whole
-    prefix (slow, kept as the reference the cached path is tested against, pitfall 16).
+    With the cache (``model.init_cache``, room for ``capacity`` steps), each step feeds only
+    the newest token, whose keys and values are written into the cache; without it, each step
+    re-runs the decoder over the whole prefix (slow, kept as the reference the cached path is
+    tested against, pitfall 16).
     """
     if use_cache:
         def cached_step(prefix: Tensor, cache: Any) -> tuple[Tensor, Any]:
             logits, cache, _ = model.decode(prefix[:, -1:], cache=cache)  # (N, 1, V)
             return _log_probs(logits[:, -1]), cache
 
-        return cached_step, model.init_cache(memory, src_mask)
+        return cached_step, model.init_cache(memory, src_mask, capacity=capacity)
 
     def full_step(prefix: Tensor, enc: _Encoded) -> tuple[Tensor, Any]:
         logits, _, _ = model.decode(prefix, enc.memory, enc.src_mask)  # (N, t, V)
@@ -106,24 +107,36 @@ class Translator:
     """A model, its tokenizer and its config's decoding settings (§6.1 by default: beam 4, α = 0.6)."""
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, config: Config,
-                 device: str | torch.device | None = None):
+                 device: str | torch.device | None = None, *, quantize: str | None = None):
+        """``quantize="int8"``: translate with an int8 copy of ``model`` (aiayn.quantize; CPU only)."""
         if tokenizer.vocab_size > config.model.vocab_size:
             raise AiaynError(f"tokenizer has {tokenizer.vocab_size} pieces but the model only "
                              f"{config.model.vocab_size}; use the spm.model the model was trained with")
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        if quantize is not None:
+            from aiayn.quantize import check_quantization, quantize_model
+
+            check_quantization(quantize, self.device)
+            model = quantize_model(model, quantize)
         self.model = model.to(self.device)
         self.tokenizer = tokenizer
         self.config = config
+        self.quantize = quantize
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device | None = None, use_tuned: bool = True) -> Translator:
+    def load(cls, path: str | Path, device: str | torch.device | None = None, use_tuned: bool = True, *,
+             quantize: str | None = None) -> Translator:
         """From a run folder (its averaged, best or latest checkpoint) or a checkpoint file.
         The decoding settings that ``aiayn tune-decoding`` chose on valid (RUN/decoding.json)
-        replace the config's, unless ``use_tuned`` is False."""
+        replace the config's, unless ``use_tuned`` is False. ``quantize="int8"``: int8 linear
+        layers, on the CPU (the default device then)."""
         from aiayn.checkpoint import load_for_inference
+        from aiayn.quantize import check_quantization
 
-        loaded = load_for_inference(path, resolve_device(device), use_tuned=use_tuned)
-        return cls(loaded.model, loaded.tokenizer, loaded.config)
+        device = resolve_device("cpu" if device is None and quantize is not None else device)
+        check_quantization(quantize, device)
+        loaded = load_for_inference(path, device, use_tuned=use_tuned)
+        return cls(loaded.model, loaded.tokenizer, loaded.config, quantize=quantize)
 
     @classmethod
     def from_state(cls, weights: dict[str, Tensor], config_json: str, run_dir: Path,
@@ -210,16 +223,17 @@ class Translator:
         src, src_mask = src.to(self.device), src_mask.to(self.device)
         # Steps count EOS: at most (source subwords) + offset tokens, then EOS.
         max_len = (lengths + d.max_len_offset).clamp(max=limit).to(self.device)
+        steps = int(max_len.max())  # the most tokens any search here feeds the decoder
         memory, _ = self.model.encode(src, src_mask)
         B = len(rows)
         if sample:  # nbest independent samples: each sentence's encoder output repeated nbest times
             memory, src_mask, max_len = (x.repeat_interleave(nbest, dim=0) for x in (memory, src_mask, max_len))
-            step_fn, state = make_step_fn(self.model, memory, src_mask)
+            step_fn, state = make_step_fn(self.model, memory, src_mask, capacity=steps)
             found = search.sample(step_fn, state, B * nbest, BOS_ID, EOS_ID, max_len, temperature, top_k, top_p,
                                   generator, d.min_len)
             groups = [found[b * nbest:(b + 1) * nbest] for b in range(B)]
             return [sorted(g, key=lambda h: (not h.finished, -h.score)) for g in groups]
-        step_fn, state = make_step_fn(self.model, memory, src_mask)
+        step_fn, state = make_step_fn(self.model, memory, src_mask, capacity=steps)
         if beam_size == 1:
             return [[h] for h in search.greedy_search(step_fn, state, B, BOS_ID, EOS_ID, max_len, d.min_len)]
         return search.beam_search(step_fn, state, B, BOS_ID, EOS_ID, max_len, beam_size, alpha,
@@ -294,7 +308,7 @@ def run(args: Any) -> None:
     from aiayn.corpus import read_lines
 
     lines = read_lines(Path(args.input)) if args.input else None
-    translator = Translator.load(args.model, args.device)
+    translator = Translator.load(args.model, args.device, quantize=args.quantize)
     nbest = args.nbest if args.nbest is not None else (1 if args.sample else translator.config.decode.nbest)
     options = dict(beam_size=args.beam, alpha=args.alpha, nbest=nbest, sample=args.sample,
                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
