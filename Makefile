@@ -34,7 +34,10 @@ demo: $(STAMP)
 	$(BIN)/aiayn evaluate --model $(RUN) --data $(DATA) --split test --out $(RUN)/eval
 	@echo "run folder: $(RUN)  (metrics.csv, checkpoints/, averaged.pt, eval/)"
 
+# Formatting and lint first (ruff, settings in pyproject.toml), then the suite.
 test: $(STAMP)
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
 	$(BIN)/pytest -q
 

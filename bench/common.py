@@ -23,6 +23,7 @@ from aiayn.config import AiaynError, Config, load_config
 
 # ---------------------------------------------------------------------------- options and machine
 
+
 def parser(description: str, presets: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="a short smoke run: the tiny preset, small inputs")
@@ -78,7 +79,7 @@ def environment(device: torch.device, threads: int) -> dict[str, Any]:
 def find_data(path: str | None) -> Path | None:
     """The prepared Bible folder: ``path``, else the test cache, else ``data/bible``; None if absent."""
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "aiayn" / "test-bible"
-    for folder in ([Path(path)] if path else [cache, Path("data/bible")]):
+    for folder in [Path(path)] if path else [cache, Path("data/bible")]:
         if (folder / "spm.model").is_file() and (folder / "meta.json").is_file():
             return folder
     if path:
@@ -87,6 +88,7 @@ def find_data(path: str | None) -> Path | None:
 
 
 # ---------------------------------------------------------------------------- measuring
+
 
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
@@ -156,8 +158,9 @@ class PeakMemory:
         self.peak_mb, self.added_mb = peak / 2**20, (peak - self.start) / 2**20
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048,
-                reps: int = 5) -> dict[str, float]:
+def matmul_peak(
+    device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048, reps: int = 5
+) -> dict[str, float]:
     """GFLOP/s of an n×n by n×n matmul (2n³ FLOPs) at the current thread count: median, min
     and max over ``reps``; the max is the peak that model FLOP utilisation is measured against."""
     a = torch.randn(n, n, device=device).to(dtype)
@@ -179,11 +182,19 @@ def profile_top(fn: Callable[[], Any], device: torch.device, title: str, rows: i
     print(f"\n== profile: {title} ==", file=sys.stderr)
     print(events.table(sort_by="self_cpu_time_total", row_limit=rows), file=sys.stderr)
     top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:rows]
-    return [{"op": e.key, "self_cpu_ms": round(e.self_cpu_time_total / 1e3, 3),
-             "share": round(e.self_cpu_time_total / total, 4), "calls": e.count} for e in top]
+    return [
+        {
+            "op": e.key,
+            "self_cpu_ms": round(e.self_cpu_time_total / 1e3, 3),
+            "share": round(e.self_cpu_time_total / total, 4),
+            "calls": e.count,
+        }
+        for e in top
+    ]
 
 
 # ---------------------------------------------------------------------------- reporting
+
 
 class Reporter:
     """Prints one JSON line per measurement (stdout) and keeps them for the summary (stderr)."""
@@ -207,13 +218,23 @@ class Reporter:
         table = [head]
         for r in rows:
             speedup = r.get("aiayn_speedup")
-            table.append([str(r.get("impl", "")), str(r.get("preset", "")), str(r.get("batch", "")),
-                          f"{r['median']:,.1f} ({r['min']:,.1f}-{r['max']:,.1f})", r.get("unit", ""),
-                          "" if speedup is None else f"{speedup:.2f}x",
-                          *(_cell(r.get(k)) for k in extra)])
+            table.append(
+                [
+                    str(r.get("impl", "")),
+                    str(r.get("preset", "")),
+                    str(r.get("batch", "")),
+                    f"{r['median']:,.1f} ({r['min']:,.1f}-{r['max']:,.1f})",
+                    r.get("unit", ""),
+                    "" if speedup is None else f"{speedup:.2f}x",
+                    *(_cell(r.get(k)) for k in extra),
+                ]
+            )
         widths = [max(len(row[i]) for row in table) for i in range(len(head))]
-        print(f"\n{self.bench}: {self.env['cpu']}, {self.env['threads']} threads, {self.env['device']}, "
-              f"torch {self.env['torch']}", file=sys.stderr)
+        print(
+            f"\n{self.bench}: {self.env['cpu']}, {self.env['threads']} threads, {self.env['device']}, "
+            f"torch {self.env['torch']}",
+            file=sys.stderr,
+        )
         for row in table:
             print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip(), file=sys.stderr)
 

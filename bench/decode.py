@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,8 +35,18 @@ from aiayn.config import BOS_ID, EOS_ID, PAD_ID, AiaynError, Config
 from aiayn.export import ct2_from_aiayn, marian_from_aiayn, token_strings
 from aiayn.model import Transformer
 from aiayn.translate import BANNED, Translator
-from bench.common import (Reporter, find_data, parser, preset_config, presets, profile_top, rate_stats, repeat,
-                          run_main, setup)
+from bench.common import (
+    Reporter,
+    find_data,
+    parser,
+    preset_config,
+    presets,
+    profile_top,
+    rate_stats,
+    repeat,
+    run_main,
+    setup,
+)
 
 DEMO = "runs/demo"  # the folder `make demo` trains
 BATCH, SINGLE = 32, 8  # sentences in the batched run; sentences translated one at a time
@@ -45,6 +56,7 @@ SEARCHES = (("greedy", 1), ("beam 4", 4))
 
 
 # ---------------------------------------------------------------------------- workloads and systems
+
 
 class IdTokenizer:
     """Text spelled as ids ("t17 t5 …"), so that Translator runs on synthetic sources."""
@@ -107,11 +119,11 @@ def aiayn_system(translator: Translator, autocast: torch.dtype | None) -> System
     def run(w: Workload, batch: int, beam: int) -> list[int]:
         out = []
         for start in range(0, len(w.lines), batch):
-            with torch.autocast(translator.device.type, dtype=autocast or torch.bfloat16,
-                                enabled=autocast is not None):
-                found = translator.translate(w.lines[start:start + batch], beam_size=beam, batch_tokens=10**9)
+            with torch.autocast(translator.device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+                found = translator.translate(w.lines[start : start + batch], beam_size=beam, batch_tokens=10**9)
             out += [len(t[0].tokens) for t in found]
         return out
+
     return run
 
 
@@ -119,18 +131,26 @@ def hf_system(marian: Any, cfg: Config, device: torch.device, autocast: torch.dt
     def run(w: Workload, batch: int, beam: int) -> list[int]:
         out = []
         for start in range(0, len(w.rows), batch):
-            rows = w.rows[start:start + batch]
+            rows = w.rows[start : start + batch]
             src, mask = _pad(rows, device)
             if w.forced:
                 lengths = dict(min_new_tokens=w.forced, max_new_tokens=w.forced)
             else:
-                lengths = dict(max_new_tokens=max(map(len, rows)) + cfg.decode.max_len_offset,
-                               length_penalty=cfg.decode.alpha)
+                lengths = dict(
+                    max_new_tokens=max(map(len, rows)) + cfg.decode.max_len_offset, length_penalty=cfg.decode.alpha
+                )
             with torch.autocast(device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
-                ids = marian.generate(input_ids=src, attention_mask=mask, num_beams=beam, do_sample=False,
-                                      suppress_tokens=list(BANNED), **lengths)
+                ids = marian.generate(
+                    input_ids=src,
+                    attention_mask=mask,
+                    num_beams=beam,
+                    do_sample=False,
+                    suppress_tokens=list(BANNED),
+                    **lengths,
+                )
             out += [_output_length(r) for r in ids.tolist()]
         return out
+
     return run
 
 
@@ -141,17 +161,26 @@ def ct2_system(translator: Any, cfg: Config) -> System:
     def run(w: Workload, batch: int, beam: int) -> list[int]:
         out = []
         for start in range(0, len(w.rows), batch):
-            rows = w.rows[start:start + batch]
+            rows = w.rows[start : start + batch]
             if w.forced:
                 lengths = dict(min_decoding_length=w.forced, max_decoding_length=w.forced)
             else:
-                lengths = dict(max_decoding_length=max(map(len, rows)) + cfg.decode.max_len_offset,
-                               min_decoding_length=cfg.decode.min_len, length_penalty=cfg.decode.alpha)
+                lengths = dict(
+                    max_decoding_length=max(map(len, rows)) + cfg.decode.max_len_offset,
+                    min_decoding_length=cfg.decode.min_len,
+                    length_penalty=cfg.decode.alpha,
+                )
             # r[:-1]: the exported model appends the source's EOS itself (add_source_eos)
-            found = translator.translate_batch([[tokens[i] for i in r[:-1]] for r in rows], beam_size=beam,
-                                               max_batch_size=batch, suppress_sequences=banned, **lengths)
+            found = translator.translate_batch(
+                [[tokens[i] for i in r[:-1]] for r in rows],
+                beam_size=beam,
+                max_batch_size=batch,
+                suppress_sequences=banned,
+                **lengths,
+            )
             out += [sum(t != tokens[EOS_ID] for t in r.hypotheses[0]) for r in found]
         return out
+
     return run
 
 
@@ -166,8 +195,9 @@ class Subject:
     workloads: dict[str, tuple[Translator, Workload]]
 
 
-def load_subject(name: str, model_path: str | None, data_dir: Path | None, args: argparse.Namespace,
-                 device: torch.device) -> Subject:
+def load_subject(
+    name: str, model_path: str | None, data_dir: Path | None, args: argparse.Namespace, device: torch.device
+) -> Subject:
     """The trained model at ``model_path``, or a random one of preset ``name``. Every model gets
     the forced-length workload (time per token at equal lengths, whatever the weights); a trained
     one also translates Bible test verses at the lengths each system chooses."""
@@ -180,9 +210,12 @@ def load_subject(name: str, model_path: str | None, data_dir: Path | None, args:
         translator = Translator.load(model_path, device)
         model, cfg, label = translator.model.eval(), translator.config, f"trained ({model_path})"
     length = 8 if args.quick else FORCED_LEN
-    workloads = {f"synthetic, forced length {length}": (
-        forced_translator(model, cfg, length, length, device),
-        synthetic_workload(BATCH, cfg.model.vocab_size, length, length))}
+    workloads = {
+        f"synthetic, forced length {length}": (
+            forced_translator(model, cfg, length, length, device),
+            synthetic_workload(BATCH, cfg.model.vocab_size, length, length),
+        )
+    }
     if translator is not None:
         if data_dir is None:
             raise AiaynError(f"--model {model_path}: no Bible test sentences; pass --data DIR (from `aiayn prepare`)")
@@ -206,8 +239,9 @@ def peer_systems(subject: Subject, device: torch.device, threads: int, work_dir:
         found["transformers Marian bf16"] = hf_system(marian, subject.cfg, device, torch.bfloat16)
         compute_types = {"fp32": "float32", "int8": "int8_float32", "bf16": "bfloat16"}
     for label, compute_type in compute_types.items():
-        ct2 = ctranslate2.Translator(str(ct2_dir), device=device.type, compute_type=compute_type,
-                                     intra_threads=threads, inter_threads=1)
+        ct2 = ctranslate2.Translator(
+            str(ct2_dir), device=device.type, compute_type=compute_type, intra_threads=threads, inter_threads=1
+        )
         found[f"ctranslate2 {label}"] = ct2_system(ct2, subject.cfg)
     return found
 
@@ -216,14 +250,23 @@ def subset(w: Workload, n: int) -> Workload:
     return Workload(w.lines[:n], w.rows[:n], w.forced)
 
 
-def measure(report: Reporter, impls: dict[str, System], w: Workload, batch: int, search: str, beam: int,
-            args: argparse.Namespace, device: torch.device, **extra: Any) -> None:
+def measure(
+    report: Reporter,
+    impls: dict[str, System],
+    w: Workload,
+    batch: int,
+    search: str,
+    beam: int,
+    args: argparse.Namespace,
+    device: torch.device,
+    **extra: Any,
+) -> None:
     """Time every implementation on ``w`` and emit one line each; the speedup is aiayn's rate
     over the line's. The first (warm-up) run also gives the output lengths."""
     ours = ours_int8 = None
     for label, run in impls.items():
         lengths = run(w, batch, beam)
-        times = repeat(lambda: run(w, batch, beam), args.reps, device, warmup=0)
+        times = repeat(functools.partial(run, w, batch, beam), args.reps, device, warmup=0)
         tokens = sum(lengths)
         stats = rate_stats(tokens, times)
         ours = ours or stats
@@ -231,12 +274,22 @@ def measure(report: Reporter, impls: dict[str, System], w: Workload, batch: int,
             ours_int8 = stats
         rate = stats["median"] or None  # a barely trained model may emit only empty outputs
         int8_speedup = rate and ours_int8 and label != "aiayn int8" and ours_int8["median"] / rate
-        report.emit(impl=label, batch=batch, search=search, **stats, unit="tgt tokens/s",
-                    aiayn_speedup=rate and ours["median"] / rate, aiayn_int8_speedup=int8_speedup or None,
-                    ms_per_token=rate and 1e3 / rate,
-                    sentences=len(w.rows), sentences_per_s=rate_stats(len(w.rows), times)["median"],
-                    output_tokens=tokens, mean_output_len=tokens / len(w.rows),
-                    forced_len=w.forced, **extra)
+        report.emit(
+            impl=label,
+            batch=batch,
+            search=search,
+            **stats,
+            unit="tgt tokens/s",
+            aiayn_speedup=rate and ours["median"] / rate,
+            aiayn_int8_speedup=int8_speedup or None,
+            ms_per_token=rate and 1e3 / rate,
+            sentences=len(w.rows),
+            sentences_per_s=rate_stats(len(w.rows), times)["median"],
+            output_tokens=tokens,
+            mean_output_len=tokens / len(w.rows),
+            forced_len=w.forced,
+            **extra,
+        )
 
 
 def int8(translator: Translator) -> Translator:
@@ -252,12 +305,23 @@ def int8_quality(report: Reporter, translator: Translator, data_dir: Path, args:
     sources, references = read_split(data_dir, "test")
     if args.quick:
         sources, references = sources[:BATCH], references[:BATCH]
-    scores = {label: evaluate(t, sources, references, progress=False, beam_size=4)[1]
-              for label, t in (("fp32", translator), ("int8", int8(translator)))}
-    report.emit(bench="decode-quality", impl="aiayn", data="bible test", sentences=len(sources), search="beam 4",
-                bleu_fp32=scores["fp32"]["bleu"], bleu_int8=scores["int8"]["bleu"],
-                bleu_change=scores["int8"]["bleu"] - scores["fp32"]["bleu"], chrf_fp32=scores["fp32"]["chrf"],
-                chrf_int8=scores["int8"]["chrf"], signature=scores["fp32"]["bleu_signature"])
+    scores = {
+        label: evaluate(t, sources, references, progress=False, beam_size=4)[1]
+        for label, t in (("fp32", translator), ("int8", int8(translator)))
+    }
+    report.emit(
+        bench="decode-quality",
+        impl="aiayn",
+        data="bible test",
+        sentences=len(sources),
+        search="beam 4",
+        bleu_fp32=scores["fp32"]["bleu"],
+        bleu_int8=scores["int8"]["bleu"],
+        bleu_change=scores["int8"]["bleu"] - scores["fp32"]["bleu"],
+        chrf_fp32=scores["fp32"]["chrf"],
+        chrf_int8=scores["int8"]["chrf"],
+        signature=scores["fp32"]["bleu_signature"],
+    )
 
 
 def growth(report: Reporter, subject: Subject, preset: str, args: argparse.Namespace, device: torch.device) -> None:
@@ -269,17 +333,28 @@ def growth(report: Reporter, subject: Subject, preset: str, args: argparse.Names
         for out_len in lengths:
             w = synthetic_workload(n, subject.cfg.model.vocab_size, 16, out_len, seed=1)
             run = aiayn_system(forced_translator(subject.model, subject.cfg, 16, out_len, device), None)
-            stats = rate_stats(n * out_len, repeat(lambda: run(w, batch, 1), args.reps, device))
+            stats = rate_stats(n * out_len, repeat(functools.partial(run, w, batch, 1), args.reps, device))
             first = first or stats["median"]
-            report.emit(bench="decode-growth", impl="aiayn", preset=preset, batch=batch, search="greedy", **stats,
-                        unit="tgt tokens/s", ms_per_token=1e3 / stats["median"], output_len=out_len,
-                        time_per_token_vs_16=first / stats["median"], model=subject.label)
+            report.emit(
+                bench="decode-growth",
+                impl="aiayn",
+                preset=preset,
+                batch=batch,
+                search="greedy",
+                **stats,
+                unit="tgt tokens/s",
+                ms_per_token=1e3 / stats["median"],
+                output_len=out_len,
+                time_per_token_vs_16=first / stats["median"],
+                model=subject.label,
+            )
 
 
 def main(argv: list[str] | None = None) -> None:
     p = parser("Decoding throughput: aiayn vs Hugging Face Marian and CTranslate2.", "small")
-    p.add_argument("--model", help=f"a trained run folder or checkpoint (default {DEMO} when it exists; "
-                   "--presets is then ignored)")
+    p.add_argument(
+        "--model", help=f"a trained run folder or checkpoint (default {DEMO} when it exists; --presets is then ignored)"
+    )
     args = p.parse_args(argv)
     device = setup(args)
     from transformers.utils import logging as hf_logging
@@ -303,8 +378,17 @@ def main(argv: list[str] | None = None) -> None:
                 impls.update(peers)
                 extra = {"preset": preset, "model": subject.label, "data": data, "vocab": subject.cfg.model.vocab_size}
                 for search, beam in SEARCHES:
-                    measure(report, impls, subset(workload, 2 if args.quick else SINGLE), 1, search, beam, args,
-                            device, **extra)
+                    measure(
+                        report,
+                        impls,
+                        subset(workload, 2 if args.quick else SINGLE),
+                        1,
+                        search,
+                        beam,
+                        args,
+                        device,
+                        **extra,
+                    )
                     measure(report, impls, workload, BATCH, search, beam, args, device, **extra)
             if "bible test, own lengths" in subject.workloads and device.type == "cpu":
                 int8_quality(report, subject.workloads["bible test, own lengths"][0], data_dir, args)
@@ -312,9 +396,18 @@ def main(argv: list[str] | None = None) -> None:
         if args.profile:
             translator, workload = next(iter(subject.workloads.values()))
             run = aiayn_system(translator, None)
-            top = profile_top(lambda: run(workload, BATCH, 4), device, f"aiayn beam 4, batch {BATCH}, {preset}")
-            report.emit(bench="decode-profile", impl="aiayn", preset=preset, batch=BATCH, search="beam 4",
-                        top_ops=top, model=subject.label)
+            top = profile_top(
+                functools.partial(run, workload, BATCH, 4), device, f"aiayn beam 4, batch {BATCH}, {preset}"
+            )
+            report.emit(
+                bench="decode-profile",
+                impl="aiayn",
+                preset=preset,
+                batch=BATCH,
+                search="beam 4",
+                top_ops=top,
+                model=subject.label,
+            )
     report.summary(extra=("search", "data", "aiayn_int8_speedup", "ms_per_token", "mean_output_len"))
 
 

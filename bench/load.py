@@ -74,8 +74,10 @@ def random_model(folder: Path) -> Path:
     cfg = preset("tiny")
     cfg.decode = dataclasses.replace(cfg.decode, min_len=4, max_len_offset=8)
     torch.manual_seed(0)
-    save_checkpoint(step_path(folder, 1), {"model": Transformer(cfg.model).state_dict(),
-                                           "config": json.dumps(cfg.to_dict()), "step": 1})
+    save_checkpoint(
+        step_path(folder, 1),
+        {"model": Transformer(cfg.model).state_dict(), "config": json.dumps(cfg.to_dict()), "step": 1},
+    )
     return folder
 
 
@@ -138,8 +140,23 @@ class Server:
     """``aiayn serve`` in a subprocess on a free loopback port, and its memory."""
 
     def __init__(self, model: Path, threads: int, workers: int, queue: int):
-        command = [sys.executable, "-m", "aiayn", "serve", "--model", str(model), "--port", "0", "--quiet",
-                   "--device", "cpu", "--workers", str(workers), "--queue", str(queue)]
+        command = [
+            sys.executable,
+            "-m",
+            "aiayn",
+            "serve",
+            "--model",
+            str(model),
+            "--port",
+            "0",
+            "--quiet",
+            "--device",
+            "cpu",
+            "--workers",
+            str(workers),
+            "--queue",
+            str(queue),
+        ]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         ready, _, _ = select.select([self.proc.stdout], [], [], 120)
@@ -164,38 +181,59 @@ class Server:
 
 
 def percentile(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else \
-        (values[0] if values else float("nan"))
+    return (
+        statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+        if len(values) > 1
+        else (values[0] if values else float("nan"))
+    )
 
 
 def summarize(results: list[Result], wall: float) -> dict[str, Any]:
     good = [r for r in results if r.well_formed]
     bad = [r for r in results if not r.well_formed]
     latency = sorted(r.seconds * 1e3 for r in good)
-    return {"requests": len(results), "requests_per_s": len(results) / wall, "well_formed": len(good),
-            "malformed": len(bad), "latency_p50_ms": percentile(latency, 50), "latency_p99_ms": percentile(latency, 99),
-            "errors_well_formed": sum(r.status != 200 for r in good),
-            "errors_malformed": sum(r.status != r.expected for r in bad),
-            "connection_failures": sum(r.status == 0 for r in results),
-            "status_5xx": sum(r.status >= 500 for r in results),
-            "statuses": {str(s): n for s, n in sorted(Counter(r.status for r in results).items())}}
+    return {
+        "requests": len(results),
+        "requests_per_s": len(results) / wall,
+        "well_formed": len(good),
+        "malformed": len(bad),
+        "latency_p50_ms": percentile(latency, 50),
+        "latency_p99_ms": percentile(latency, 99),
+        "errors_well_formed": sum(r.status != 200 for r in good),
+        "errors_malformed": sum(r.status != r.expected for r in bad),
+        "connection_failures": sum(r.status == 0 for r in results),
+        "status_5xx": sum(r.status >= 500 for r in results),
+        "statuses": {str(s): n for s, n in sorted(Counter(r.status for r in results).items())},
+    }
 
 
 def table(record: dict[str, Any]) -> None:
-    rows = [("clients x requests", f"{record['clients']} x {record['requests_per_client']} "
-                                   f"({record['malformed_fraction']:.0%} malformed)"),
-            ("requests answered", f"{record['requests']:,} in {record['seconds']:.1f} s"),
-            ("requests/s", f"{record['requests_per_s']:,.1f}"),
-            ("latency p50 / p99", f"{record['latency_p50_ms']:,.1f} / {record['latency_p99_ms']:,.1f} ms "
-                                  "(well-formed)"),
-            ("errors", f"{record['errors_well_formed']} well-formed, {record['errors_malformed']} malformed "
-                       f"({record['connection_failures']} connections failed)"),
-            ("5xx answers", str(record["status_5xx"])),
-            ("statuses", ", ".join(f"{s}: {n}" for s, n in record["statuses"].items())),
-            ("server RSS", f"{record['rss_loaded_mb']:,.0f} MB loaded, {record['rss_end_mb']:,.0f} MB at the end, "
-                           f"{record['rss_peak_mb']:,.0f} MB peak")]
-    print(f"\nload: aiayn serve ({record['model']}), {record['threads']} threads, {record['workers']} workers, "
-          f"torch {record['torch']}", file=sys.stderr)
+    rows = [
+        (
+            "clients x requests",
+            f"{record['clients']} x {record['requests_per_client']} ({record['malformed_fraction']:.0%} malformed)",
+        ),
+        ("requests answered", f"{record['requests']:,} in {record['seconds']:.1f} s"),
+        ("requests/s", f"{record['requests_per_s']:,.1f}"),
+        ("latency p50 / p99", f"{record['latency_p50_ms']:,.1f} / {record['latency_p99_ms']:,.1f} ms (well-formed)"),
+        (
+            "errors",
+            f"{record['errors_well_formed']} well-formed, {record['errors_malformed']} malformed "
+            f"({record['connection_failures']} connections failed)",
+        ),
+        ("5xx answers", str(record["status_5xx"])),
+        ("statuses", ", ".join(f"{s}: {n}" for s, n in record["statuses"].items())),
+        (
+            "server RSS",
+            f"{record['rss_loaded_mb']:,.0f} MB loaded, {record['rss_end_mb']:,.0f} MB at the end, "
+            f"{record['rss_peak_mb']:,.0f} MB peak",
+        ),
+    ]
+    print(
+        f"\nload: aiayn serve ({record['model']}), {record['threads']} threads, {record['workers']} workers, "
+        f"torch {record['torch']}",
+        file=sys.stderr,
+    )
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"  {name.ljust(width)}  {value}", file=sys.stderr)
@@ -225,8 +263,12 @@ def main(argv: list[str] | None = None) -> None:
             loaded = server.memory_mb("VmRSS")
             results: list[Result] = []
             deadline = time.monotonic() + args.seconds
-            threads = [threading.Thread(target=client, args=(server.port, seed, args.requests, args.malformed,
-                                                              deadline, results)) for seed in range(args.clients)]
+            threads = [
+                threading.Thread(
+                    target=client, args=(server.port, seed, args.requests, args.malformed, deadline, results)
+                )
+                for seed in range(args.clients)
+            ]
             start = time.perf_counter()
             for t in threads:
                 t.start()
@@ -237,13 +279,25 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             server.stop()
     report = Reporter("load", torch.device("cpu"), args.threads)
-    record = report.emit(impl="aiayn serve", model=args.model or "random tiny", clients=args.clients,
-                         requests_per_client=args.requests, malformed_fraction=args.malformed,
-                         workers=args.workers, seconds=wall, **summarize(results, wall),
-                         rss_loaded_mb=loaded, rss_end_mb=end, rss_peak_mb=peak)
+    record = report.emit(
+        impl="aiayn serve",
+        model=args.model or "random tiny",
+        clients=args.clients,
+        requests_per_client=args.requests,
+        malformed_fraction=args.malformed,
+        workers=args.workers,
+        seconds=wall,
+        **summarize(results, wall),
+        rss_loaded_mb=loaded,
+        rss_end_mb=end,
+        rss_peak_mb=peak,
+    )
     table(record)
-    failed = [f"{record[k]} {k.replace('_', ' ')}" for k in ("errors_well_formed", "errors_malformed", "status_5xx")
-              if record[k]]
+    failed = [
+        f"{record[k]} {k.replace('_', ' ')}"
+        for k in ("errors_well_formed", "errors_malformed", "status_5xx")
+        if record[k]
+    ]
     if failed:
         raise AiaynError(f"the service broke its guarantees: {', '.join(failed)}")
 

@@ -30,13 +30,29 @@ LR, WARMUP, MAX_TOKENS, TRUNCATE = 1e-3, 300, 6000, 200
 def marian_small(vocab_size: int) -> Any:
     from transformers import MarianConfig, MarianMTModel
 
-    cfg = MarianConfig(vocab_size=vocab_size, d_model=256, encoder_layers=3, decoder_layers=3,
-                       encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=1024,
-                       decoder_ffn_dim=1024, activation_function="relu", dropout=0.1, attention_dropout=0.0,
-                       activation_dropout=0.0, max_position_embeddings=512, scale_embedding=True,
-                       share_encoder_decoder_embeddings=True, tie_word_embeddings=True,
-                       pad_token_id=PAD_ID, eos_token_id=EOS_ID, bos_token_id=BOS_ID,
-                       decoder_start_token_id=BOS_ID, forced_eos_token_id=EOS_ID)
+    cfg = MarianConfig(
+        vocab_size=vocab_size,
+        d_model=256,
+        encoder_layers=3,
+        decoder_layers=3,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=1024,
+        decoder_ffn_dim=1024,
+        activation_function="relu",
+        dropout=0.1,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        max_position_embeddings=512,
+        scale_embedding=True,
+        share_encoder_decoder_embeddings=True,
+        tie_word_embeddings=True,
+        pad_token_id=PAD_ID,
+        eos_token_id=EOS_ID,
+        bos_token_id=BOS_ID,
+        decoder_start_token_id=BOS_ID,
+        forced_eos_token_id=EOS_ID,
+    )
     return MarianMTModel(cfg)
 
 
@@ -72,11 +88,18 @@ class PeerRun:
     tgt_tokens_per_s: float
 
 
-def train(src_ids: list[list[int]], tgt_ids: list[list[int]], vocab_size: int, *, minutes: float,
-          max_steps: int = 0, seed: int = 1) -> PeerRun:
+def train(
+    src_ids: list[list[int]],
+    tgt_ids: list[list[int]],
+    vocab_size: int,
+    *,
+    minutes: float,
+    max_steps: int = 0,
+    seed: int = 1,
+) -> PeerRun:
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    pairs = [(s[: TRUNCATE] + [EOS_ID], t[: TRUNCATE] + [EOS_ID]) for s, t in zip(src_ids, tgt_ids)]
+    pairs = [(s[:TRUNCATE] + [EOS_ID], t[:TRUNCATE] + [EOS_ID]) for s, t in zip(src_ids, tgt_ids)]
     model = marian_small(vocab_size)
     opt = torch.optim.Adam(model.parameters(), lr=LR, betas=(0.9, 0.98), eps=1e-9)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / WARMUP, math.sqrt(WARMUP / (s + 1))))
@@ -93,10 +116,12 @@ def train(src_ids: list[list[int]], tgt_ids: list[list[int]], vocab_size: int, *
         position += 1
         s, t = pad_rows([pairs[i][0] for i in b]), pad_rows([pairs[i][1] for i in b])
         dec_in = torch.cat([torch.full((t.size(0), 1), BOS_ID), t[:, :-1]], 1)  # (B, T)
-        logits = model(input_ids=s, attention_mask=s != PAD_ID, decoder_input_ids=dec_in,
-                       decoder_attention_mask=dec_in != PAD_ID).logits  # (B, T, V)
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), t.reshape(-1), ignore_index=PAD_ID,
-                               label_smoothing=0.1)
+        logits = model(
+            input_ids=s, attention_mask=s != PAD_ID, decoder_input_ids=dec_in, decoder_attention_mask=dec_in != PAD_ID
+        ).logits  # (B, T, V)
+        loss = F.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), t.reshape(-1), ignore_index=PAD_ID, label_smoothing=0.1
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -118,14 +143,16 @@ def valid_nll(model: Any, src_ids: list[list[int]], tgt_ids: list[list[int]]) ->
     total = count = 0.0
     order = sorted(range(len(src_ids)), key=lambda i: len(tgt_ids[i]))
     for k in range(0, len(order), 64):
-        idx = order[k: k + 64]
+        idx = order[k : k + 64]
         s = pad_rows([src_ids[i][:TRUNCATE] + [EOS_ID] for i in idx])
         t = pad_rows([tgt_ids[i][:TRUNCATE] + [EOS_ID] for i in idx])
         dec_in = torch.cat([torch.full((t.size(0), 1), BOS_ID), t[:, :-1]], 1)
-        logits = model(input_ids=s, attention_mask=s != PAD_ID, decoder_input_ids=dec_in,
-                       decoder_attention_mask=dec_in != PAD_ID).logits
-        total += float(F.cross_entropy(logits.reshape(-1, logits.size(-1)), t.reshape(-1), ignore_index=PAD_ID,
-                                       reduction="sum"))
+        logits = model(
+            input_ids=s, attention_mask=s != PAD_ID, decoder_input_ids=dec_in, decoder_attention_mask=dec_in != PAD_ID
+        ).logits
+        total += float(
+            F.cross_entropy(logits.reshape(-1, logits.size(-1)), t.reshape(-1), ignore_index=PAD_ID, reduction="sum")
+        )
         count += int((t != PAD_ID).sum())
     return total / count
 
@@ -136,10 +163,11 @@ def translate(model: Any, tokenizer: Any, sources: list[str], beam: int = 4, bat
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
     out = [""] * len(sources)
     for k in tqdm(range(0, len(order), batch), desc="marian decode", unit="batch", dynamic_ncols=True):
-        idx = order[k: k + batch]
+        idx = order[k : k + batch]
         s = pad_rows([(tokenizer.encode(sources[i])[:TRUNCATE] or [PAD_ID + 1]) + [EOS_ID] for i in idx])
-        ids = model.generate(input_ids=s, attention_mask=s != PAD_ID, num_beams=beam, length_penalty=0.6,
-                             max_new_tokens=s.size(1) + 50)
+        ids = model.generate(
+            input_ids=s, attention_mask=s != PAD_ID, num_beams=beam, length_penalty=0.6, max_new_tokens=s.size(1) + 50
+        )
         for i, row in zip(idx, ids.tolist()):
             out[i] = tokenizer.decode(row)
     return out
@@ -153,14 +181,22 @@ def run(data_dir: Path, *, minutes: float, max_steps: int = 0, seed: int = 1, sp
 
     tok = Tokenizer.load(data_dir)
     src, tgt = read_split(data_dir, "train")
-    peer = train(tok.encode_batch(src), tok.encode_batch(tgt), tok.vocab_size, minutes=minutes,
-                 max_steps=max_steps, seed=seed)
+    peer = train(
+        tok.encode_batch(src), tok.encode_batch(tgt), tok.vocab_size, minutes=minutes, max_steps=max_steps, seed=seed
+    )
     vs, vt = read_split(data_dir, "valid")
     nll = valid_nll(peer.model, tok.encode_batch(vs), tok.encode_batch(vt))
     sources, refs = read_split(data_dir, split)
     start = time.monotonic()
     hyps = translate(peer.model, tok, sources)
-    return {"system": "hf-marian", "updates": peer.steps, "epochs": round(peer.epochs, 2),
-            "train_minutes": round(peer.train_seconds / 60, 2), "tgt_tok_per_s": round(peer.tgt_tokens_per_s),
-            "valid_nll": round(nll, 4), "decode_s": round(time.monotonic() - start, 1),
-            "hypotheses": hyps, **corpus_scores(hyps, refs)}
+    return {
+        "system": "hf-marian",
+        "updates": peer.steps,
+        "epochs": round(peer.epochs, 2),
+        "train_minutes": round(peer.train_seconds / 60, 2),
+        "tgt_tok_per_s": round(peer.tgt_tokens_per_s),
+        "valid_nll": round(nll, 4),
+        "decode_s": round(time.monotonic() - start, 1),
+        "hypotheses": hyps,
+        **corpus_scores(hyps, refs),
+    }

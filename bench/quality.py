@@ -27,16 +27,19 @@ from typing import Any
 
 import torch
 
-from bench.common import environment, find_data, run_main
 from aiayn.config import AiaynError
+from bench.common import environment, find_data, run_main
 
 
 def bleu_details(hypotheses: list[str], references: list[str]) -> dict[str, Any]:
     from sacrebleu.metrics import BLEU
 
     b = BLEU().corpus_score(hypotheses, [references])
-    return {"length_ratio": round(b.sys_len / max(b.ref_len, 1), 3), "bp": round(b.bp, 3),
-            "precisions": [round(p, 1) for p in b.precisions]}
+    return {
+        "length_ratio": round(b.sys_len / max(b.ref_len, 1), 3),
+        "bp": round(b.bp, 3),
+        "precisions": [round(p, 1) for p in b.precisions],
+    }
 
 
 def aiayn_cli(*args: str) -> None:
@@ -49,16 +52,18 @@ def aiayn_cli(*args: str) -> None:
         raise AiaynError(f"`aiayn {shlex.join(args)}` failed with status {done.returncode}")
 
 
-def run_aiayn(data: Path, work: Path, minutes: float, max_steps: int, threads: int, overrides: list[str],
-              tune: bool) -> dict[str, Any]:
+def run_aiayn(
+    data: Path, work: Path, minutes: float, max_steps: int, threads: int, overrides: list[str], tune: bool
+) -> dict[str, Any]:
     run = work / "aiayn"
     if run.exists():
         raise AiaynError(f"{run} exists; give another --work folder or remove it")
     budget = [f"max_minutes={minutes}"] if minutes else []
     budget += [f"max_steps={max_steps}"] if max_steps else []
     start = time.monotonic()
-    aiayn_cli("train", "--data", str(data), "--out", str(run), "--preset", "small", f"threads={threads}",
-              *budget, *overrides)
+    aiayn_cli(
+        "train", "--data", str(data), "--out", str(run), "--preset", "small", f"threads={threads}", *budget, *overrides
+    )
     train_s = time.monotonic() - start
     start = time.monotonic()
     aiayn_cli("average", str(run), "--last", "5", "--sentences", "500")
@@ -77,14 +82,24 @@ def run_aiayn(data: Path, work: Path, minutes: float, max_steps: int, threads: i
 
     refs = read_split(data, "test")[1]
     hypotheses = next(hyps).read_text(encoding="utf-8").splitlines()
-    return {"system": "aiayn-small", "updates": steps, "epochs": int(rows[-1]["epoch"]),
-            "train_minutes": round(train_s / 60, 2), "select_minutes": round(select_s / 60, 2),
-            "tgt_tok_per_s": round(sum(rates) / max(len(rates), 1)),
-            "valid_nll": round(math.log(float(rows[-1]["valid_ppl"])), 4) if rows[-1].get("valid_ppl") else None,
-            "averaging": selection.get("selected"), "beam": scores["beam_size"],
-            "length_penalty": scores["length_penalty"], "alpha": scores["alpha"],
-            "bleu": round(scores["bleu"], 2), "chrf": round(scores["chrf"], 2),
-            "signature": scores["bleu_signature"], "overrides": overrides, **bleu_details(hypotheses, refs)}
+    return {
+        "system": "aiayn-small",
+        "updates": steps,
+        "epochs": int(rows[-1]["epoch"]),
+        "train_minutes": round(train_s / 60, 2),
+        "select_minutes": round(select_s / 60, 2),
+        "tgt_tok_per_s": round(sum(rates) / max(len(rates), 1)),
+        "valid_nll": round(math.log(float(rows[-1]["valid_ppl"])), 4) if rows[-1].get("valid_ppl") else None,
+        "averaging": selection.get("selected"),
+        "beam": scores["beam_size"],
+        "length_penalty": scores["length_penalty"],
+        "alpha": scores["alpha"],
+        "bleu": round(scores["bleu"], 2),
+        "chrf": round(scores["chrf"], 2),
+        "signature": scores["bleu_signature"],
+        "overrides": overrides,
+        **bleu_details(hypotheses, refs),
+    }
 
 
 def run_marian(data: Path, minutes: float, max_steps: int, threads: int) -> dict[str, Any]:
@@ -96,13 +111,32 @@ def run_marian(data: Path, minutes: float, max_steps: int, threads: int) -> dict
 
     refs = read_split(data, "test")[1]
     hyps = found.pop("hypotheses")
-    return {**{k: v for k, v in found.items() if k not in ("bleu_detail", "chrf_signature", "sentences")},
-            "bleu": round(found["bleu"], 2), "chrf": round(found["chrf"], 2), "signature": found["bleu_signature"],
-            "beam": 4, "length_penalty": "hf |Y|^a", "alpha": 0.6, **bleu_details(hyps, refs)}
+    return {
+        **{k: v for k, v in found.items() if k not in ("bleu_detail", "chrf_signature", "sentences")},
+        "bleu": round(found["bleu"], 2),
+        "chrf": round(found["chrf"], 2),
+        "signature": found["bleu_signature"],
+        "beam": 4,
+        "length_penalty": "hf |Y|^a",
+        "alpha": 0.6,
+        **bleu_details(hyps, refs),
+    }
 
 
-COLUMNS = ("system", "updates", "train_minutes", "tgt_tok_per_s", "valid_nll", "bleu", "chrf", "length_ratio",
-           "bp", "beam", "length_penalty", "alpha")
+COLUMNS = (
+    "system",
+    "updates",
+    "train_minutes",
+    "tgt_tok_per_s",
+    "valid_nll",
+    "bleu",
+    "chrf",
+    "length_ratio",
+    "bp",
+    "beam",
+    "length_penalty",
+    "alpha",
+)
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -137,8 +171,9 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for system in systems:
         if system == "aiayn":
-            row = run_aiayn(data, work, args.minutes, args.max_steps, args.threads, shlex.split(args.aiayn_args),
-                            not args.no_tune)
+            row = run_aiayn(
+                data, work, args.minutes, args.max_steps, args.threads, shlex.split(args.aiayn_args), not args.no_tune
+            )
         else:
             row = run_marian(data, args.minutes, args.max_steps, args.threads)
         row = {"bench": "quality", "data": str(data), "minutes": args.minutes, **row, **env}

@@ -34,8 +34,20 @@ from aiayn.loss import label_smoothed_cross_entropy
 from aiayn.model import Transformer
 from aiayn.schedule import InverseSqrtSchedule, make_schedule
 from aiayn.train import Runtime, Trainer, choose_precision
-from bench.common import (PeakMemory, Reporter, find_data, matmul_peak, parser, preset_config, presets, profile_top,
-                          rate_stats, repeat, run_main, setup)
+from bench.common import (
+    PeakMemory,
+    Reporter,
+    find_data,
+    matmul_peak,
+    parser,
+    preset_config,
+    presets,
+    profile_top,
+    rate_stats,
+    repeat,
+    run_main,
+    setup,
+)
 
 FIXED_ROWS, FIXED_LEN = 128, 32
 # Bucketed batches per timed pass (--batches N overrides): base's fp32 reference steps take ~8 s
@@ -44,6 +56,7 @@ BUCKETED_BATCHES = {"tiny": 1, "small": 3, "base": 2}
 
 
 # ---------------------------------------------------------------------------- the reference
+
 
 def sinusoids(max_len: int, d_model: int) -> Tensor:
     """§3.5's table, written the way a tutorial does: (max_len, D), sin on even, cos on odd dims."""
@@ -62,14 +75,23 @@ class NNTransformerReference(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.embedding = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        nn.init.normal_(self.embedding.weight, std=cfg.d_model ** -0.5)
+        nn.init.normal_(self.embedding.weight, std=cfg.d_model**-0.5)
         self.register_buffer("positions", sinusoids(cfg.max_len, cfg.d_model), persistent=False)
         self.dropout = nn.Dropout(cfg.dropout)
         self.scale = math.sqrt(cfg.d_model)
         with warnings.catch_warnings():  # nested-tensor notice: irrelevant in training mode
             warnings.simplefilter("ignore")
-            self.transformer = nn.Transformer(cfg.d_model, cfg.n_heads, cfg.n_layers, cfg.decoder_layers, cfg.d_ff,
-                                              cfg.dropout, activation="relu", batch_first=True, norm_first=False)
+            self.transformer = nn.Transformer(
+                cfg.d_model,
+                cfg.n_heads,
+                cfg.n_layers,
+                cfg.decoder_layers,
+                cfg.d_ff,
+                cfg.dropout,
+                activation="relu",
+                batch_first=True,
+                norm_first=False,
+            )
 
     def embed(self, ids: Tensor) -> Tensor:
         return self.dropout(self.embedding(ids) * self.scale + self.positions[: ids.size(1)])  # (B, L, D)
@@ -79,12 +101,20 @@ class NNTransformerReference(nn.Module):
         # bool like the padding masks (True = masked): mixing a float causal mask with bool
         # padding masks takes a deprecated, slower path in nn.MultiheadAttention.
         causal = torch.ones(t, t, dtype=torch.bool, device=tgt_in.device).triu(1)
-        x = self.transformer(self.embed(src), self.embed(tgt_in), tgt_mask=causal, src_key_padding_mask=~src_mask,
-                             tgt_key_padding_mask=~tgt_mask, memory_key_padding_mask=~src_mask, tgt_is_causal=True)
+        x = self.transformer(
+            self.embed(src),
+            self.embed(tgt_in),
+            tgt_mask=causal,
+            src_key_padding_mask=~src_mask,
+            tgt_key_padding_mask=~tgt_mask,
+            memory_key_padding_mask=~src_mask,
+            tgt_is_causal=True,
+        )
         return F.linear(x, self.embedding.weight)  # (B, T, V)
 
 
 # ---------------------------------------------------------------------------- the two steps
+
 
 def aiayn_trainer(cfg: Config, device: torch.device) -> Trainer:
     """A Trainer whose ``update`` is the real one. ``Trainer.__init__`` also reads a data folder
@@ -95,19 +125,27 @@ def aiayn_trainer(cfg: Config, device: torch.device) -> Trainer:
     t = cfg.train
     torch.manual_seed(t.seed)
     trainer.model = Transformer(cfg.model).to(device)
-    trainer.autocast = choose_precision(t.precision, device, trainer.model, cfg.data.batch_tokens,
-                                        log=lambda m: print(m, file=sys.stderr))
+    trainer.autocast = choose_precision(
+        t.precision, device, trainer.model, cfg.data.batch_tokens, log=lambda m: print(m, file=sys.stderr)
+    )
     trainer.ddp = trainer.model
     trainer.forward = torch.compile(trainer.ddp) if t.compile else trainer.ddp
-    trainer.optimizer = torch.optim.Adam(trainer.model.parameters(), lr=0.0, betas=(t.adam_beta1, t.adam_beta2),
-                                         eps=t.adam_eps, weight_decay=t.weight_decay, fused=True)
+    trainer.optimizer = torch.optim.Adam(
+        trainer.model.parameters(),
+        lr=0.0,
+        betas=(t.adam_beta1, t.adam_beta2),
+        eps=t.adam_eps,
+        weight_decay=t.weight_decay,
+        fused=True,
+    )
     trainer.schedule = make_schedule(t.schedule, cfg.model.d_model, t.warmup_steps, t.lr_scale)
     trainer.step, trainer.progress = 0, 0.0
     return trainer
 
 
-def reference_step(cfg: Config, device: torch.device, autocast: torch.dtype | None,
-                   compile: bool) -> tuple[nn.Module, Callable[[Batch], float]]:
+def reference_step(
+    cfg: Config, device: torch.device, autocast: torch.dtype | None, compile: bool
+) -> tuple[nn.Module, Callable[[Batch], float]]:
     """The reference model and its training step: forward, the same loss (a mean over target
     tokens), backward, Adam with the same betas, epsilon and Eq. 3 rate."""
     t = cfg.train
@@ -134,6 +172,7 @@ def reference_step(cfg: Config, device: torch.device, autocast: torch.dtype | No
 
 
 # ---------------------------------------------------------------------------- batches and FLOPs
+
 
 def synthetic_pairs(n: int, vocab: int, seed: int = 0) -> tuple[list[list[int]], list[list[int]]]:
     """Sentence pairs with verse-like lengths (log-normal, median 30 subwords), random ids."""
@@ -186,6 +225,7 @@ def training_flops(m: ModelConfig, batch: Batch) -> float:
 
 # ---------------------------------------------------------------------------- measuring
 
+
 @dataclass
 class Result:
     stats: dict[str, float]
@@ -195,8 +235,9 @@ class Result:
     batches: int
 
 
-def measure(step: Callable[[Batch], object], batches: list[Batch], cfg: Config, reps: int,
-            device: torch.device) -> Result:
+def measure(
+    step: Callable[[Batch], object], batches: list[Batch], cfg: Config, reps: int, device: torch.device
+) -> Result:
     """One warm-up pass over ``batches`` (allocates Adam's moments, picks kernels), then ``reps``
     timed passes. Throughput: target tokens (real, EOS included) per second."""
 
@@ -212,40 +253,76 @@ def measure(step: Callable[[Batch], object], batches: list[Batch], cfg: Config, 
     return Result(rate_stats(tokens, times), memory, tokens, flops, len(batches))
 
 
-def emit(report: Reporter, impl: str, preset: str, kind: str, precision: str, r: Result, peaks: dict[str, float],
-         aiayn: Result | None, **extra: object) -> None:
+def emit(
+    report: Reporter,
+    impl: str,
+    preset: str,
+    kind: str,
+    precision: str,
+    r: Result,
+    peaks: dict[str, float],
+    aiayn: Result | None,
+    **extra: object,
+) -> None:
     """One line; ``mfu`` is against the fp32 matmul peak, ``mfu_own_precision`` against the peak
     of the precision the line ran in."""
     flops_rate = r.stats["median"] * r.flops / r.tokens
-    report.emit(impl=impl, preset=preset, batch=kind, precision=precision, **r.stats, unit="tgt tokens/s",
-                batches_per_rep=r.batches,
-                aiayn_speedup=(aiayn.stats["median"] / r.stats["median"]) if aiayn else 1.0,
-                tokens_per_rep=r.tokens, model_gflops_per_rep=round(r.flops / 1e9, 3),
-                model_gflops_per_s=round(flops_rate / 1e9, 2), mfu=round(flops_rate / 1e9 / peaks["fp32"], 4),
-                mfu_own_precision=round(flops_rate / 1e9 / peaks[precision], 4),
-                peak_mem_mb=round(r.memory.peak_mb, 1), step_mem_mb=round(r.memory.added_mb, 1), **extra)
+    report.emit(
+        impl=impl,
+        preset=preset,
+        batch=kind,
+        precision=precision,
+        **r.stats,
+        unit="tgt tokens/s",
+        batches_per_rep=r.batches,
+        aiayn_speedup=(aiayn.stats["median"] / r.stats["median"]) if aiayn else 1.0,
+        tokens_per_rep=r.tokens,
+        model_gflops_per_rep=round(r.flops / 1e9, 3),
+        model_gflops_per_s=round(flops_rate / 1e9, 2),
+        mfu=round(flops_rate / 1e9 / peaks["fp32"], 4),
+        mfu_own_precision=round(flops_rate / 1e9 / peaks[precision], 4),
+        peak_mem_mb=round(r.memory.peak_mb, 1),
+        step_mem_mb=round(r.memory.added_mb, 1),
+        **extra,
+    )
 
 
-def run_aiayn(cfg: Config, kinds: dict[str, list[Batch]], name: str, args: argparse.Namespace, device: torch.device,
-              report: Reporter, peaks: dict[str, float], extra: dict) -> tuple[dict[str, Result], str]:
+def run_aiayn(
+    cfg: Config,
+    kinds: dict[str, list[Batch]],
+    name: str,
+    args: argparse.Namespace,
+    device: torch.device,
+    report: Reporter,
+    peaks: dict[str, float],
+    extra: dict,
+) -> tuple[dict[str, Result], str]:
     """Measure aiayn on every kind of batch (and profile one step); returns the results and the
     precision ``choose_precision`` picked."""
     trainer = aiayn_trainer(cfg, device)
     precision = "bf16" if trainer.autocast is not None else "fp32"
-    ours = {kind: measure(lambda b: trainer.update([b]), batches, cfg, args.reps, device)
-            for kind, batches in kinds.items()}
+    ours = {
+        kind: measure(lambda b: trainer.update([b]), batches, cfg, args.reps, device) for kind, batches in kinds.items()
+    }
     for kind, r in ours.items():
         emit(report, "aiayn", name, kind, precision, r, peaks, None, **extra)
     if args.profile:
         first = kinds["bucketed"][0]
         top = profile_top(lambda: trainer.update([first]), device, f"aiayn training step, {name}")
-        report.emit(bench="train-profile", impl="aiayn", preset=name, batch="bucketed", precision=precision,
-                    top_ops=top)
+        report.emit(
+            bench="train-profile", impl="aiayn", preset=name, batch="bucketed", precision=precision, top_ops=top
+        )
     return ours, precision
 
 
-def run_preset(name: str, data_dir: Path | None, args: argparse.Namespace, device: torch.device,
-               report: Reporter, peaks: dict[str, float]) -> None:
+def run_preset(
+    name: str,
+    data_dir: Path | None,
+    args: argparse.Namespace,
+    device: torch.device,
+    report: Reporter,
+    peaks: dict[str, float],
+) -> None:
     if data_dir is not None:
         from aiayn.tokenizer import Tokenizer
         from aiayn.train import load_split_ids
@@ -260,11 +337,17 @@ def run_preset(name: str, data_dir: Path | None, args: argparse.Namespace, devic
         source = "synthetic lengths (no prepared Bible folder)"
     count = args.batches or BUCKETED_BATCHES.get(name, 2)
     rows = 16 if args.quick else FIXED_ROWS
-    kinds = {"bucketed": bucketed_batches(cfg, (src, tgt), count),
-             f"fixed {rows}x{FIXED_LEN}": [fixed_batch(cfg.model.vocab_size, rows)]}
+    kinds = {
+        "bucketed": bucketed_batches(cfg, (src, tgt), count),
+        f"fixed {rows}x{FIXED_LEN}": [fixed_batch(cfg.model.vocab_size, rows)],
+    }
     kinds = {k: [b.to(device) for b in v] for k, v in kinds.items()}
-    extra = {"data": source, "vocab": cfg.model.vocab_size, "batch_tokens": cfg.data.batch_tokens,
-             "compile": args.compile}
+    extra = {
+        "data": source,
+        "vocab": cfg.model.vocab_size,
+        "batch_tokens": cfg.data.batch_tokens,
+        "compile": args.compile,
+    }
 
     ours, precision = run_aiayn(cfg, kinds, name, args, device, report, peaks, extra)
     gc.collect()  # aiayn's model and optimizer are gone before the reference is built
@@ -280,8 +363,9 @@ def run_preset(name: str, data_dir: Path | None, args: argparse.Namespace, devic
 
 def main(argv: list[str] | None = None) -> None:
     p = parser("Training throughput: aiayn vs torch.nn.Transformer.", "small,base")
-    p.add_argument("--batches", type=int, default=0,
-                   help="bucketed batches per timed pass (default 3 for small, 2 for base)")
+    p.add_argument(
+        "--batches", type=int, default=0, help="bucketed batches per timed pass (default 3 for small, 2 for base)"
+    )
     args = p.parse_args(argv)
     device = setup(args)
     data_dir = find_data(args.data)
@@ -291,8 +375,15 @@ def main(argv: list[str] | None = None) -> None:
     for label, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         stats = matmul_peak(device, dtype, n=n, reps=args.reps)
         peaks[label] = stats["max"]
-        report.emit(bench="matmul-peak", impl="torch.matmul", preset="", batch=f"{n}x{n}", precision=label, **stats,
-                    unit="GFLOP/s")
+        report.emit(
+            bench="matmul-peak",
+            impl="torch.matmul",
+            preset="",
+            batch=f"{n}x{n}",
+            precision=label,
+            **stats,
+            unit="GFLOP/s",
+        )
     for name in presets(args):
         run_preset(name, data_dir, args, device, report, peaks)
     report.summary(extra=("precision", "mfu", "mfu_own_precision", "peak_mem_mb"))

@@ -25,8 +25,11 @@ def _complete(folder: Path, code: tuple[str, ...] = ()) -> bool:
         if any(Path(f).stat().st_mtime > (folder / "meta.json").stat().st_mtime for f in code):
             return False
         meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-        lines = {(split, side): (folder / f"{split}.{meta[side]}").read_text(encoding="utf-8").count("\n")
-                 for split in SPLITS for side in ("src_lang", "tgt_lang")}
+        lines = {
+            (split, side): (folder / f"{split}.{meta[side]}").read_text(encoding="utf-8").count("\n")
+            for split in SPLITS
+            for side in ("src_lang", "tgt_lang")
+        }
         return (folder / "spm.model").is_file() and all(n == meta["counts"][k[0]] for k, n in lines.items())
     except (OSError, ValueError, KeyError):
         return False
@@ -81,7 +84,11 @@ def bible_run(bible_data, tmp_path_factory) -> Path:
 
     run = tmp_path_factory.mktemp("bible-run")
     before = torch.get_num_threads()
-    train(bible_data, run, "tiny", overrides=["vocab_size=8000", "max_steps=300", "valid_bleu_sentences=0",
-                                              "eval_every=1000", "threads=1"])
+    train(
+        bible_data,
+        run,
+        "tiny",
+        overrides=["vocab_size=8000", "max_steps=300", "valid_bleu_sentences=0", "eval_every=1000", "threads=1"],
+    )
     torch.set_num_threads(before)
     return run

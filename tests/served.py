@@ -29,8 +29,13 @@ def serving(explorer: Explorer, **options: Any) -> Iterator[ExplorerServer]:
         httpd.server_close()
 
 
-def call(server: ExplorerServer, method: str, path: str, body: bytes | dict | list | None = None,
-         headers: dict[str, str | None] | None = None) -> tuple[int, Any, http.client.HTTPResponse]:
+def call(
+    server: ExplorerServer,
+    method: str,
+    path: str,
+    body: bytes | dict | list | None = None,
+    headers: dict[str, str | None] | None = None,
+) -> tuple[int, Any, http.client.HTTPResponse]:
     """One request; POSTs are application/json unless ``headers`` say otherwise (None drops a
     header). Returns the status, the parsed JSON (or the text) and the response."""
     host, port = server.server_address[:2]
@@ -63,8 +68,7 @@ def raw(server: ExplorerServer, data: bytes, close_write: bool = False) -> tuple
 def post(path: str, body: bytes, **headers: str) -> bytes:
     """A raw POST with a Host, the JSON type and the body's length, unless ``headers`` replace them."""
     fields = {"Host": "127.0.0.1", "Content-Type": "application/json", "Content-Length": str(len(body)), **headers}
-    return (f"POST {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items()) + "\r\n").encode() \
-        + body
+    return (f"POST {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items()) + "\r\n").encode() + body
 
 
 class Stand:

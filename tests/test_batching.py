@@ -8,8 +8,7 @@ import random
 import pytest
 import torch
 
-from aiayn.batching import (BatchStream, collate, format_report, make_batches, padding_report, shard,
-                            source_row)
+from aiayn.batching import BatchStream, collate, format_report, make_batches, padding_report, shard, source_row
 from aiayn.cli import main
 from aiayn.config import BOS_ID, EOS_ID, PAD_ID, AiaynError
 from aiayn.tokenizer import Tokenizer
@@ -111,8 +110,12 @@ def _take(stream: BatchStream, k: int):
 
 
 def _same(a, b) -> bool:
-    return a[:2] == b[:2] and torch.equal(a[2].src, b[2].src) and torch.equal(a[2].tgt_out, b[2].tgt_out) \
+    return (
+        a[:2] == b[:2]
+        and torch.equal(a[2].src, b[2].src)
+        and torch.equal(a[2].tgt_out, b[2].tgt_out)
         and torch.equal(a[2].ids, b[2].ids)
+    )
 
 
 def test_stream_resumes_exactly_at_the_next_batch():
@@ -160,8 +163,10 @@ def test_stream_shards_ranks_equally():
 def bible_train_ids(bible_data) -> tuple[list[list[int]], list[list[int]]]:
     tok = Tokenizer.load(bible_data)
     meta = json.loads((bible_data / "meta.json").read_text())
-    return tuple(tok.encode_batch((bible_data / f"train.{meta[k]}").read_text(encoding="utf-8").splitlines())
-                 for k in ("src_lang", "tgt_lang"))
+    return tuple(
+        tok.encode_batch((bible_data / f"train.{meta[k]}").read_text(encoding="utf-8").splitlines())
+        for k in ("src_lang", "tgt_lang")
+    )
 
 
 @pytest.mark.parametrize("batch_tokens", [4096, 3000])

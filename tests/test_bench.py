@@ -22,22 +22,28 @@ from aiayn.config import load_config  # noqa: E402
 from aiayn.model import Transformer, count_parameters  # noqa: E402
 from bench.train import NNTransformerReference, aiayn_trainer, fixed_batch, training_flops  # noqa: E402
 
-KEYS = {"bench", "impl", "preset", "batch", "threads", "device", "torch", "cpu", "median", "min", "max", "reps",
-        "unit"}
+KEYS = {"bench", "impl", "preset", "batch", "threads", "device", "torch", "cpu", "median", "min", "max", "reps", "unit"}
 MISSING = "is not installed (the test and bench extras install it)"
-needs_transformers = pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
-                                        reason=f"transformers {MISSING}")
-needs_ct2 = pytest.mark.skipif(importlib.util.find_spec("ctranslate2") is None or
-                               importlib.util.find_spec("transformers") is None,
-                               reason=f"ctranslate2 or transformers {MISSING}")
+needs_transformers = pytest.mark.skipif(
+    importlib.util.find_spec("transformers") is None, reason=f"transformers {MISSING}"
+)
+needs_ct2 = pytest.mark.skipif(
+    importlib.util.find_spec("ctranslate2") is None or importlib.util.find_spec("transformers") is None,
+    reason=f"ctranslate2 or transformers {MISSING}",
+)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run_quick(module: str) -> list[dict]:
-    done = subprocess.run([sys.executable, "-m", module, "--quick", "--threads", "1"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=180)
+    done = subprocess.run(
+        [sys.executable, "-m", module, "--quick", "--threads", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     lines = [json.loads(line) for line in done.stdout.splitlines()]
     assert lines and all(KEYS <= set(r) or r["bench"].endswith("-profile") for r in lines)
@@ -59,11 +65,15 @@ def test_train_quick_emits_json_lines():
 def test_decode_quick_emits_json_lines_with_equal_forced_lengths():
     lines = run_quick("bench.decode")
     decode = [r for r in lines if r["bench"] == "decode"]
-    assert {r["impl"] for r in decode} == {"aiayn", "aiayn int8", "transformers Marian", "ctranslate2 fp32",
-                                           "ctranslate2 int8"}
+    assert {r["impl"] for r in decode} == {
+        "aiayn",
+        "aiayn int8",
+        "transformers Marian",
+        "ctranslate2 fp32",
+        "ctranslate2 int8",
+    }
     assert all(r["aiayn_int8_speedup"] > 0 for r in decode if r["impl"].startswith("ctranslate2"))
-    assert {(r["search"], r["batch"]) for r in decode} == {("greedy", 1), ("greedy", 32), ("beam 4", 1),
-                                                           ("beam 4", 32)}
+    assert {(r["search"], r["batch"]) for r in decode} == {("greedy", 1), ("greedy", 32), ("beam 4", 1), ("beam 4", 32)}
     # random weights: every system is forced to the same number of output tokens
     assert all(r["mean_output_len"] == r["forced_len"] == 8 for r in decode)
     growth = [r for r in lines if r["bench"] == "decode-growth"]
@@ -75,12 +85,17 @@ def test_bench_trainer_is_built_like_the_real_trainer_debian_packages(bible_data
     from aiayn.train import Runtime, Trainer
 
     cfg = load_config("tiny", overrides=["precision=fp32", "vocab_size=8000"])
-    real = Trainer(load_config("tiny", overrides=["precision=fp32"]), bible_data, tmp_path,
-                   Runtime(torch.device("cpu")))
+    real = Trainer(
+        load_config("tiny", overrides=["precision=fp32"]), bible_data, tmp_path, Runtime(torch.device("cpu"))
+    )
     ours = aiayn_trainer(cfg, torch.device("cpu"))
     assert type(ours.optimizer) is type(real.optimizer) and ours.optimizer.defaults == real.optimizer.defaults
-    assert (ours.schedule, ours.autocast, ours.step, ours.progress) == (real.schedule, real.autocast, real.step,
-                                                                  real.progress)
+    assert (ours.schedule, ours.autocast, ours.step, ours.progress) == (
+        real.schedule,
+        real.autocast,
+        real.step,
+        real.progress,
+    )
     assert ours.model.cfg == real.model.cfg
     assert all(torch.equal(a, b) for a, b in zip(ours.model.parameters(), real.model.parameters()))
     assert ours.forward is ours.model and real.forward is real.model
@@ -110,13 +125,33 @@ def test_training_flops_agree_with_torch_flop_counter():
 def test_quality_harness_runs_both_systems_end_to_end(tmp_path):
     """bench.quality on a toy folder, three updates each: both systems train, decode the test split
     with beam 4 and report the same fields; the peer's batches stay within its token budget."""
-    from bench import marian_peer
     from toydata import make_toy_data
 
+    from bench import marian_peer
+
     data = make_toy_data(tmp_path / "toy", pairs=600)
-    done = subprocess.run([sys.executable, "-m", "bench.quality", "--data", str(data), "--minutes", "0",
-                           "--max-steps", "3", "--threads", "1", "--no-tune", "--work", str(tmp_path / "q")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.quality",
+            "--data",
+            str(data),
+            "--minutes",
+            "0",
+            "--max-steps",
+            "3",
+            "--threads",
+            "1",
+            "--no-tune",
+            "--work",
+            str(tmp_path / "q"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in done.stdout.splitlines()]  # nothing but JSON lines on stdout
     assert [r["system"] for r in rows] == ["aiayn-small", "hf-marian"]
@@ -134,9 +169,27 @@ def test_quality_harness_runs_both_systems_end_to_end(tmp_path):
 def test_load_bench_serves_a_short_load_without_errors():
     """bench.load against `aiayn serve` with a random tiny model: every request answered, well-formed
     ones 200, malformed ones their 4xx, no 5xx; one JSON line and the table."""
-    done = subprocess.run([sys.executable, "-m", "bench.load", "--clients", "3", "--requests", "4", "--malformed",
-                           "0.5", "--seconds", "120", "--threads", "1"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.load",
+            "--clients",
+            "3",
+            "--requests",
+            "4",
+            "--malformed",
+            "0.5",
+            "--seconds",
+            "120",
+            "--threads",
+            "1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     (record,) = [json.loads(line) for line in done.stdout.splitlines()]
     assert record["requests"] == 12 and record["malformed"] >= 1 and record["well_formed"] >= 1

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from aiayn import bible
-from aiayn.bible import misaligned_chapters, split_by_chapter, spanish_verse, strip_markup, to_kjv
+from aiayn.bible import misaligned_chapters, spanish_verse, split_by_chapter, strip_markup, to_kjv
 from aiayn.cli import main
 from aiayn.config import AiaynError
 from aiayn.corpus import SPLITS, load_meta, read_split
@@ -21,14 +21,27 @@ from aiayn.sword import KJV, NRSV, find_module, read_verses
 
 # Slot numbers from SWORD's index layout (JSword's SystemKJV chapter starts: Gen 2 opens at 35,
 # Exodus at 1586) and from Debian's files (ot.bzv of a KJV module has 24,115 entries, nt.bzv 8,246).
-KJV_SLOTS = {("ot", 4): ("Gen", 1, 1), ("ot", 5): ("Gen", 1, 2), ("ot", 36): ("Gen", 2, 1),
-             ("ot", 1588): ("Exod", 1, 1), ("ot", 24114): ("Mal", 4, 6),
-             ("nt", 4): ("Matt", 1, 1), ("nt", 8245): ("Rev", 22, 21)}
+KJV_SLOTS = {
+    ("ot", 4): ("Gen", 1, 1),
+    ("ot", 5): ("Gen", 1, 2),
+    ("ot", 36): ("Gen", 2, 1),
+    ("ot", 1588): ("Exod", 1, 1),
+    ("ot", 24114): ("Mal", 4, 6),
+    ("nt", 4): ("Matt", 1, 1),
+    ("nt", 8245): ("Rev", 22, 21),
+}
 KJV_SIZES = {"ot": 24115, "nt": 8246}
 
 
-def write_ztext(root: Path, name: str, slots: dict[tuple[str, int], str], sizes: dict[str, int],
-                driver: str = "zText", versification: str = "KJV", block_size: int = 3) -> None:
+def write_ztext(
+    root: Path,
+    name: str,
+    slots: dict[tuple[str, int], str],
+    sizes: dict[str, int],
+    driver: str = "zText",
+    versification: str = "KJV",
+    block_size: int = 3,
+) -> None:
     """A zText module from scratch: every ``block_size`` texts share one zlib block."""
     data = root / "modules" / "texts" / "ztext" / name.lower()
     data.mkdir(parents=True)
@@ -36,14 +49,15 @@ def write_ztext(root: Path, name: str, slots: dict[tuple[str, int], str], sizes:
     (root / "mods.d" / f"{name.lower()}.conf").write_text(
         f"[{name}]\nDataPath=./modules/texts/ztext/{name.lower()}/\nModDrv={driver}\nSourceType=OSIS\n"
         f"About=A module written by a test;\\\nVersification=Vulg is this line's text, not a key\n"
-        f"Encoding=UTF-8\nCompressType=ZIP\nBlockType=BOOK\nVersification={versification}\n")
+        f"Encoding=UTF-8\nCompressType=ZIP\nBlockType=BOOK\nVersification={versification}\n"
+    )
     entry = "<IIH" if driver == "zText" else "<III"
     for testament, size in sizes.items():
         texts = sorted((slot, text.encode()) for (t, slot), text in slots.items() if t == testament)
         index = [struct.pack(entry, 0, 0, 0)] * size
         bzs, bzz = b"", b""
         for first in range(0, len(texts), block_size):
-            block, raw = texts[first:first + block_size], b""
+            block, raw = texts[first : first + block_size], b""
             for slot, text in block:
                 index[slot] = struct.pack(entry, len(bzs) // 12, len(raw), len(text))
                 raw += text
@@ -57,8 +71,9 @@ def write_ztext(root: Path, name: str, slots: dict[tuple[str, int], str], sizes:
 
 @pytest.mark.parametrize("driver", ["zText", "zText4"])
 def test_reader_returns_the_verses_written(tmp_path, driver):
-    slots = {key: f"<w lemma=\"strong:H1\">{book} {chapter}:{verse} ñ</w>"
-             for key, (book, chapter, verse) in KJV_SLOTS.items()}
+    slots = {
+        key: f'<w lemma="strong:H1">{book} {chapter}:{verse} ñ</w>' for key, (book, chapter, verse) in KJV_SLOTS.items()
+    }
     slots["ot", 35] = '<chapter n="2" osisID="Gen.2" sID="Gen.2"/>'  # a chapter intro, not a verse
     write_ztext(tmp_path, "Test", slots, KJV_SIZES, driver)
     verses = read_verses(find_module("test", [tmp_path / "nowhere", tmp_path]))
@@ -69,8 +84,13 @@ def test_reader_follows_nrsv_versification_and_maps_it_to_kjv(tmp_path):
     # NRSV has 3 John 1:15 and Rev 12:18, so Rev 22:21 is the last of 8,248 NT slots. Counting back:
     # Rev 13:1..22:21 is 193 verses + 9 chapter intros (Rev 13:1 = 8046, its intro 8045, 12:18 = 8044);
     # Revelation is 1 + 22 + 405 slots and Jude 1 + 1 + 25, so 3 John 1:15 = 8247 - 428 - 27 = 7792.
-    slots = {("nt", 8247): "Grace.", ("nt", 8044): "Then I stood on the sand.", ("nt", 8046): "I saw a beast.",
-             ("nt", 7792): "Greet the friends.", ("nt", 7791): "Peace be to you."}
+    slots = {
+        ("nt", 8247): "Grace.",
+        ("nt", 8044): "Then I stood on the sand.",
+        ("nt", 8046): "I saw a beast.",
+        ("nt", 7792): "Greet the friends.",
+        ("nt", 7791): "Peace be to you.",
+    }
     write_ztext(tmp_path, "Web", slots, {"nt": 8248}, versification="NRSVA")
     module = find_module("Web", [tmp_path])
     verses = read_verses(module)
@@ -100,17 +120,20 @@ def test_versification_tables():
     assert max(KJV.slots("ot")) + 1 == 24115 and max(NRSV.slots("nt")) + 1 == 8248
 
 
-@pytest.mark.parametrize("raw, plain", [
-    ('<w lemma="strong:H7225">EN el principio</w> <w lemma="strong:H1254">crió</w>. ', "EN el principio crió."),
-    ('<w>God</w><note placement="foot"><reference>1:1 </reference>Elohim.</note><w>created</w>', "God created"),
-    ('<w>cubits</w>,<note placement="foot">A cubit is 46 cm.</note><w>and</w> it', "cubits, and it"),
-    ('<w>alas</w><transChange type="added">traerá</transChange><w>salud</w>', "alas traerá salud"),
-    ('rest awhile.”</q><w>For</w> there', "rest awhile.” For there"),
-    ("<w>God</w>’s <w>Spirit</w><lb/>moved", "God’s Spirit moved"),
-    ('<title type="main">Section</title>¶ Tom &amp; Jerry <seg>H1234</seg> G5547 said', "Tom & Jerry said"),
-    ("<speaker>Beloved</speaker><l sID='a'/>Kiss me<l eID='a'/><l sID='b'/>now", "Kiss me now"),
-    ("cafe\u0301 <RF>a GBF note<Rf>ok<WH1234>", "café ok"),
-])
+@pytest.mark.parametrize(
+    "raw, plain",
+    [
+        ('<w lemma="strong:H7225">EN el principio</w> <w lemma="strong:H1254">crió</w>. ', "EN el principio crió."),
+        ('<w>God</w><note placement="foot"><reference>1:1 </reference>Elohim.</note><w>created</w>', "God created"),
+        ('<w>cubits</w>,<note placement="foot">A cubit is 46 cm.</note><w>and</w> it', "cubits, and it"),
+        ('<w>alas</w><transChange type="added">traerá</transChange><w>salud</w>', "alas traerá salud"),
+        ("rest awhile.”</q><w>For</w> there", "rest awhile.” For there"),
+        ("<w>God</w>’s <w>Spirit</w><lb/>moved", "God’s Spirit moved"),
+        ('<title type="main">Section</title>¶ Tom &amp; Jerry <seg>H1234</seg> G5547 said', "Tom & Jerry said"),
+        ("<speaker>Beloved</speaker><l sID='a'/>Kiss me<l eID='a'/><l sID='b'/>now", "Kiss me now"),
+        ("cafe\u0301 <RF>a GBF note<Rf>ok<WH1234>", "café ok"),
+    ],
+)
 def test_strip_markup(raw, plain):
     assert strip_markup(raw) == plain
 
@@ -119,12 +142,16 @@ def test_psalm_titles_and_spanish_drop_caps():
     web = '<title canonical="true" type="psalm">A Psalm by David.</title> <l/>Yahweh is my shepherd'
     assert strip_markup(web) == "A Psalm by David. Yahweh is my shepherd"
     assert strip_markup(web, keep_psalm_title=False) == "Yahweh is my shepherd"
-    assert spanish_verse("Salmo de David. JEHOVÁ es mi pastor", ("Ps", 23, 1)) == \
-        ("Salmo de David. Jehová es mi pastor", True)
+    assert spanish_verse("Salmo de David. JEHOVÁ es mi pastor", ("Ps", 23, 1)) == (
+        "Salmo de David. Jehová es mi pastor",
+        True,
+    )
     assert spanish_verse("¡OH Jehová, oye", ("Ps", 6, 1)) == ("¡Oh Jehová, oye", False)
     assert spanish_verse("GIMEL. Haz bien", ("Ps", 119, 17)) == ("Haz bien", False)
-    assert spanish_verse("Gracia sea contigo. Amén. Escrita de Roma con Epafrodito.", ("Phil", 4, 23))[0] == \
-        "Gracia sea contigo. Amén."
+    assert (
+        spanish_verse("Gracia sea contigo. Amén. Escrita de Roma con Epafrodito.", ("Phil", 4, 23))[0]
+        == "Gracia sea contigo. Amén."
+    )
     assert spanish_verse("Y dijo JEHOVÁ: No", ("Gen", 7, 2))[0] == "Y dijo JEHOVÁ: No"  # only chapter starts
 
 
@@ -145,8 +172,11 @@ def test_split_by_chapter_holds_out_whole_chapters():
     chapters = {s: {r.rsplit(".", 1)[0] for r, _, _ in splits[s]} for s in SPLITS}
     assert sum(map(len, splits.values())) == len(pairs)
     assert all(100 <= len(splits[s]) <= 105 for s in ("valid", "test"))
-    assert not (chapters["train"] & chapters["valid"] or chapters["train"] & chapters["test"]
-                or chapters["valid"] & chapters["test"])
+    assert not (
+        chapters["train"] & chapters["valid"]
+        or chapters["train"] & chapters["test"]
+        or chapters["valid"] & chapters["test"]
+    )
     assert max(Counter(c.split(".")[0] for c in chapters["test"]).values()) == 1  # spread over books
     assert split_by_chapter(pairs, seed=1, target=100) == splits
     assert split_by_chapter(pairs, seed=2, target=100)["test"] != splits["test"]
@@ -195,8 +225,11 @@ def test_missing_package_lists_are_not_updated_unasked(tmp_path, monkeypatch):
 def test_apt_update_runs_when_asked(tmp_path, monkeypatch):
     apt = FakeApt(monkeypatch)
     assert bible.fetch_modules(tmp_path, apt_update=True) == tmp_path / "usr/share/sword"
-    assert apt.commands == [["apt-get", "download", *bible.PACKAGES], ["apt-get", "update"],
-                            ["apt-get", "download", *bible.PACKAGES]]
+    assert apt.commands == [
+        ["apt-get", "download", *bible.PACKAGES],
+        ["apt-get", "update"],
+        ["apt-get", "download", *bible.PACKAGES],
+    ]
 
 
 def test_apt_update_needs_root(tmp_path, monkeypatch):
@@ -216,6 +249,7 @@ def test_prepare_bible_passes_apt_update_on(tmp_path, monkeypatch):
 
 # The real corpus (tests/conftest.py builds it once per machine from the Debian packages; the tests
 # that need it end in _debian_packages and skip, saying why, when the packages cannot be had).
+
 
 def verses(folder: Path) -> dict[str, tuple[str, str, str]]:
     out = {}
@@ -239,21 +273,25 @@ def test_bible_size_and_metadata_debian_packages(bible_data):
 
 
 def test_bible_has_no_markup_debian_packages(bible_data):
-    text = "".join((bible_data / f"{split}.{lang}").read_text(encoding="utf-8")
-                   for split in SPLITS for lang in ("es", "en"))
+    text = "".join(
+        (bible_data / f"{split}.{lang}").read_text(encoding="utf-8") for split in SPLITS for lang in ("es", "en")
+    )
     assert not re.search(r"[<>¶]|&#?\w+;|\b[HG]\d{1,5}\b|  |^ | $", text, re.M)
 
 
-@pytest.mark.parametrize("ref, spanish, english", [
-    ("Gen.1.1", ["principio", "cielos"], ["beginning", "heavens"]),
-    ("John.3.16", ["amó", "unigénito"], ["loved", "world"]),
-    ("Ps.23.1", ["Salmo de David", "pastor"], ["Psalm by David", "shepherd"]),
-    ("Exod.20.13", ["No matarás"], ["murder"]),
-    ("Matt.5.3", ["pobres"], ["poor"]),
-    ("Mal.4.6", ["corazón de los padres"], ["fathers"]),  # the last OT slot
-    ("Rev.13.1", ["arena del mar", "bestia"], ["sand of the sea", "beast"]),  # after NRSV's Rev 12:18
-    ("Rev.22.20", ["Ven, Señor Jesús"], ["come, Lord Jesus"]),  # after 3 John 1:15 and Rev 12:18
-])
+@pytest.mark.parametrize(
+    "ref, spanish, english",
+    [
+        ("Gen.1.1", ["principio", "cielos"], ["beginning", "heavens"]),
+        ("John.3.16", ["amó", "unigénito"], ["loved", "world"]),
+        ("Ps.23.1", ["Salmo de David", "pastor"], ["Psalm by David", "shepherd"]),
+        ("Exod.20.13", ["No matarás"], ["murder"]),
+        ("Matt.5.3", ["pobres"], ["poor"]),
+        ("Mal.4.6", ["corazón de los padres"], ["fathers"]),  # the last OT slot
+        ("Rev.13.1", ["arena del mar", "bestia"], ["sand of the sea", "beast"]),  # after NRSV's Rev 12:18
+        ("Rev.22.20", ["Ven, Señor Jesús"], ["come, Lord Jesus"]),  # after 3 John 1:15 and Rev 12:18
+    ],
+)
 def test_famous_verses_pair_up_debian_packages(bible_data, ref, spanish, english):
     _, es, en = verses(bible_data)[ref]
     assert all(w in es for w in spanish) and all(w in en for w in english), (es, en)
@@ -267,8 +305,8 @@ def test_spanish_verse_divisions_are_dropped_debian_packages(bible_data):
 
 
 def test_bible_splits_hold_out_whole_chapters_debian_packages(bible_data):
-    chapters = {s: {r.rsplit(".", 1)[0] for r, (split, _, _) in verses(bible_data).items() if split == s}
-                for s in SPLITS}
+    chapters = {
+        s: {r.rsplit(".", 1)[0] for r, (split, _, _) in verses(bible_data).items() if split == s} for s in SPLITS
+    }
     assert not (chapters["train"] & (chapters["valid"] | chapters["test"]) or chapters["valid"] & chapters["test"])
     assert len({c.split(".")[0] for c in chapters["test"]}) >= 20
-

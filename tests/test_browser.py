@@ -21,12 +21,17 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from toydata import random_run
 
 SENTENCE = os.environ.get("AIAYN_EXPLORER_SENTENCE", "en el principio creo dios los cielos")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 DOCS_SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "img" / "explorer.png"
 
 
@@ -36,13 +41,19 @@ def chromium() -> str:
         pytest.skip("AIAYN_SKIP_BROWSER=1")
     path = shutil.which("chromium")
     if path is None:
-        pytest.fail("chromium not found: install Debian's with `apt-get install -y chromium` (`make test` does), "
-                    "or set AIAYN_SKIP_BROWSER=1 to skip the browser test", pytrace=False)
+        pytest.fail(
+            "chromium not found: install Debian's with `apt-get install -y chromium` (`make test` does), "
+            "or set AIAYN_SKIP_BROWSER=1 to skip the browser test",
+            pytrace=False,
+        )
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
-        pytest.fail("playwright is not installed: `.venv/bin/pip install -e '.[test]'` (never `playwright install`; "
-                    "it uses the system chromium), or set AIAYN_SKIP_BROWSER=1", pytrace=False)
+        pytest.fail(
+            "playwright is not installed: `.venv/bin/pip install -e '.[test]'` (never `playwright install`; "
+            "it uses the system chromium), or set AIAYN_SKIP_BROWSER=1",
+            pytrace=False,
+        )
     return path
 
 
@@ -57,9 +68,13 @@ def model_path(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def url(chromium, model_path):
     """``aiayn serve --port 0``: the kernel picks a free port and the command prints its URL."""
-    proc = subprocess.Popen([sys.executable, "-m", "aiayn", "serve", "--model", model_path, "--port", "0", "--quiet",
-                             "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aiayn", "serve", "--model", model_path, "--port", "0", "--quiet", "--device", "cpu"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     try:
         ready, _, _ = select.select([proc.stdout], [], [], 120)
         line = proc.stdout.readline() if ready else ""
@@ -84,17 +99,21 @@ def browser(chromium):
 
 
 def post(url: str, path: str, body: dict) -> dict:
-    request = urllib.request.Request(url.rstrip("/") + path, json.dumps(body).encode(),
-                                     {"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url.rstrip("/") + path, json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=60) as response:
         return json.load(response)
 
 
 def lines(page) -> list[dict]:
     """Every line of the head view: query, key, head and the opacity it is drawn with."""
-    return page.eval_on_selector_all("#lines line", """els => els.map(e => ({
+    return page.eval_on_selector_all(
+        "#lines line",
+        """els => els.map(e => ({
         q: Number(e.dataset.q), k: Number(e.dataset.k), h: Number(e.dataset.h),
-        opacity: Number(e.getAttribute('stroke-opacity'))}))""")
+        opacity: Number(e.getAttribute('stroke-opacity'))}))""",
+    )
 
 
 @pytest.fixture
@@ -132,8 +151,9 @@ def test_translation_appears_and_pinning_a_token_shows_its_attention(page, url):
     assert [x["opacity"] for x in pinned] != [x["opacity"] for x in before]
     assert all(x["opacity"] == 0 for x in pinned if x["q"] != 1)
     assert all(abs(x["opacity"] - w[last][x["h"]][1][x["k"]]) < 1e-4 for x in pinned if x["q"] == 1)
-    shades = page.eval_on_selector_all("#lines rect.keybg",
-                                       "els => els.map(e => Number(e.getAttribute('fill-opacity')))")
+    shades = page.eval_on_selector_all(
+        "#lines rect.keybg", "els => els.map(e => Number(e.getAttribute('fill-opacity')))"
+    )
     mean = [sum(w[last][h][1][k] for h in range(heads)) / heads for k in range(n)]  # over the shown heads
     assert shades == pytest.approx([0.6 * m for m in mean], abs=1e-3)
     assert page.get_attribute("#lines text.tok[data-side=q][data-i='1']", "class") == "tok selected"

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from toydata import save_run, train_toy_tokenizer
 
 from aiayn import checkpoint as ckpt
 from aiayn.config import AiaynError, preset
 from aiayn.model import Transformer
-from toydata import save_run, train_toy_tokenizer
 
 
 class Payload:
@@ -40,10 +40,13 @@ def torch_zip(path: Path, marker: Path) -> None:
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch.load reading the bare pickle
-@pytest.mark.parametrize("write, unsafe_load", [
-    (raw_pickle, lambda path: pickle.loads(path.read_bytes())),
-    (torch_zip, lambda path: torch.load(path, weights_only=False)),
-])
+@pytest.mark.parametrize(
+    "write, unsafe_load",
+    [
+        (raw_pickle, lambda path: pickle.loads(path.read_bytes())),
+        (torch_zip, lambda path: torch.load(path, weights_only=False)),
+    ],
+)
 def test_a_pickle_that_would_run_code_is_refused_and_its_code_never_runs(tmp_path, write, unsafe_load):
     # The control: loaded without protection, the payload really writes its marker.
     control = tmp_path / "control-ran"
@@ -91,11 +94,14 @@ def test_a_checkpoint_without_config_is_a_one_line_error(run):
     assert "holds no config" in one_line_error(path)
 
 
-@pytest.mark.parametrize("config, message", [
-    ("{not json", "config is unusable"),
-    (json.dumps({"model": {"d_modle": 32}}), "unknown config key 'model.d_modle'"),
-    (None, "config is unusable"),
-])
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ("{not json", "config is unusable"),
+        (json.dumps({"model": {"d_modle": 32}}), "unknown config key 'model.d_modle'"),
+        (None, "config is unusable"),
+    ],
+)
 def test_an_unusable_config_is_a_one_line_error(run, config, message):
     path = ckpt.step_path(run, 1)
     rewrite(path, lambda state: state.update(config=config))
@@ -107,15 +113,19 @@ def edit_config(**model: int) -> Callable[[dict], None]:
         cfg = json.loads(state["config"])
         cfg["model"].update(model)
         state["config"] = json.dumps(cfg)
+
     return edit
 
 
-@pytest.mark.parametrize("edit, message", [
-    (edit_config(d_ff=128), r"encoder\.layers\.0\.\S+ is \(64(, 32)?\), the config makes it \(128"),
-    (edit_config(n_layers=3), r"tensors missing, the first encoder\.layers\.2\."),
-    (edit_config(n_layers=1), r"tensors the model does not have, the first encoder\.layers\.1\."),
-    (lambda state: state.update(model=[1, 2]), "model is a list, not a dict of tensors"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (edit_config(d_ff=128), r"encoder\.layers\.0\.\S+ is \(64(, 32)?\), the config makes it \(128"),
+        (edit_config(n_layers=3), r"tensors missing, the first encoder\.layers\.2\."),
+        (edit_config(n_layers=1), r"tensors the model does not have, the first encoder\.layers\.1\."),
+        (lambda state: state.update(model=[1, 2]), "model is a list, not a dict of tensors"),
+    ],
+)
 def test_weights_that_do_not_fit_the_config_are_a_one_line_error(run, edit, message):
     path = ckpt.step_path(run, 1)
     rewrite(path, edit)

@@ -73,26 +73,29 @@ def test_none_and_bool_values() -> None:
     assert load_config("base", overrides=["d_k=32", "d_k="]).model.d_k is None
 
 
-@pytest.mark.parametrize("overrides, key", [
-    (["foo=1"], "foo"),
-    (["model.foo=1"], "model.foo"),
-    (["max_len=5"], "max_len"),  # model.max_len or data.max_len
-    (["d_model=abc"], "model.d_model"),
-    (["n_layers=2.5"], "model.n_layers"),
-    (["dropout=yes"], "model.dropout"),
-    (["compile=3"], "train.compile"),
-    (["d_model=500"], "model.d_model"),  # not divisible by 8 heads, d_k unset
-    (["dropout=-0.1"], "model.dropout"),
-    (["dropout=1.0"], "model.dropout"),
-    (["label_smoothing=-0.1"], "train.label_smoothing"),
-    (["n_layers=0"], "model.n_layers"),
-    (["d_k=-4"], "model.d_k"),
-    (["norm=middle"], "model.norm"),
-    (["positional=rotary"], "model.positional"),
-    (["tie_embeddings=some"], "model.tie_embeddings"),
-    (["length_penalty=wu"], "decode.length_penalty"),
-    (["d_model"], "d_model"),  # no '='
-])
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["foo=1"], "foo"),
+        (["model.foo=1"], "model.foo"),
+        (["max_len=5"], "max_len"),  # model.max_len or data.max_len
+        (["d_model=abc"], "model.d_model"),
+        (["n_layers=2.5"], "model.n_layers"),
+        (["dropout=yes"], "model.dropout"),
+        (["compile=3"], "train.compile"),
+        (["d_model=500"], "model.d_model"),  # not divisible by 8 heads, d_k unset
+        (["dropout=-0.1"], "model.dropout"),
+        (["dropout=1.0"], "model.dropout"),
+        (["label_smoothing=-0.1"], "train.label_smoothing"),
+        (["n_layers=0"], "model.n_layers"),
+        (["d_k=-4"], "model.d_k"),
+        (["norm=middle"], "model.norm"),
+        (["positional=rotary"], "model.positional"),
+        (["tie_embeddings=some"], "model.tie_embeddings"),
+        (["length_penalty=wu"], "decode.length_penalty"),
+        (["d_model"], "d_model"),  # no '='
+    ],
+)
 def test_errors_name_the_key(overrides: list[str], key: str) -> None:
     with pytest.raises(AiaynError) as info:
         load_config("base", overrides=overrides)
@@ -133,8 +136,18 @@ def test_file_errors_name_the_file_and_key(tmp_path: Path) -> None:
 
 
 def test_round_trips(tmp_path: Path) -> None:
-    cfg = load_config("big", overrides=["d_k=32", "norm=pre", "tie_embeddings=decoder", "max_minutes=12.5",
-                                        "data.max_len=100", "beam_size=6", "compile=true"])
+    cfg = load_config(
+        "big",
+        overrides=[
+            "d_k=32",
+            "norm=pre",
+            "tie_embeddings=decoder",
+            "max_minutes=12.5",
+            "data.max_len=100",
+            "beam_size=6",
+            "compile=true",
+        ],
+    )
     assert isinstance(cfg, Config)
     assert from_dict(cfg.to_dict()) == cfg
     assert from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg  # as saved in a checkpoint
@@ -150,7 +163,11 @@ def test_recipes_paper_and_budget(tmp_path: Path) -> None:
     for name in ("base", "big", "small", "tiny"):
         cfg = load_config(name)
         assert (cfg.recipe, cfg.train.schedule, cfg.train.tail_fraction, cfg.model.init) == (
-            "paper", "inverse_sqrt", 0.0, "xavier")
+            "paper",
+            "inverse_sqrt",
+            0.0,
+            "xavier",
+        )
     budget = load_config("small", overrides=["recipe=budget"])
     assert (budget.recipe, budget.train.schedule, budget.train.tail_fraction) == ("budget", "linear", 0.1)
     paper = load_config("small", overrides=["recipe=budget", "recipe=paper"])
@@ -169,12 +186,15 @@ def test_recipes_paper_and_budget(tmp_path: Path) -> None:
         load_config("small", overrides=["recipe=fast"])
 
 
-@pytest.mark.parametrize("overrides, key", [
-    (["schedule=step"], "train.schedule"),
-    (["tail_fraction=1.0"], "train.tail_fraction"),
-    (["init=kaiming"], "model.init"),
-    (["init_std=0"], "model.init_std"),
-])
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["schedule=step"], "train.schedule"),
+        (["tail_fraction=1.0"], "train.tail_fraction"),
+        (["init=kaiming"], "model.init"),
+        (["init_std=0"], "model.init_std"),
+    ],
+)
 def test_new_keys_are_checked(overrides: list[str], key: str) -> None:
     with pytest.raises(AiaynError, match=key.replace(".", r"\.")):
         load_config("small", overrides=overrides)

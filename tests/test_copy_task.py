@@ -73,8 +73,10 @@ def test_transformer_learns_to_copy() -> None:
                 break
         train_seconds = time.perf_counter() - start
         accuracy = sequence_accuracy(model, seed=3, n=500)
-        print(f"copy task: {accuracy:.1%} of 500 held-out sequences after {step} steps, "
-              f"{train_seconds:.1f} s training, {time.perf_counter() - start:.1f} s in all")
+        print(
+            f"copy task: {accuracy:.1%} of 500 held-out sequences after {step} steps, "
+            f"{train_seconds:.1f} s training, {time.perf_counter() - start:.1f} s in all"
+        )
         assert accuracy >= 0.99
     finally:
         torch.set_num_threads(threads)

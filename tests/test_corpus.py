@@ -12,15 +12,20 @@ from aiayn.cli import main
 from aiayn.config import AiaynError
 from aiayn.corpus import SPLITS, holdout_size, load_meta, read_lines, read_split
 
-NOUNS = [("der Hund", "the dog"), ("die Katze", "the cat"), ("das Haus", "the house"), ("ein Baum", "a tree"),
-         ("mein Freund", "my friend"), ("dein Buch", "your book")]
+NOUNS = [
+    ("der Hund", "the dog"),
+    ("die Katze", "the cat"),
+    ("das Haus", "the house"),
+    ("ein Baum", "a tree"),
+    ("mein Freund", "my friend"),
+    ("dein Buch", "your book"),
+]
 VERBS = [("schläft", "sleeps"), ("läuft", "runs"), ("ist rot", "is red"), ("ist groß", "is big")]
 
 
 def sentences(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
     rng = random.Random(seed)
-    pairs = [(f"{a} {v}", f"{b} {w}") for (a, b), (v, w) in
-             ((rng.choice(NOUNS), rng.choice(VERBS)) for _ in range(n))]
+    pairs = [(f"{a} {v}", f"{b} {w}") for (a, b), (v, w) in ((rng.choice(NOUNS), rng.choice(VERBS)) for _ in range(n))]
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
@@ -46,8 +51,8 @@ def assert_one_line_error(err: str, *fragments: str) -> None:
 
 def test_prepares_a_small_corpus_end_to_end(tmp_path, capsys):
     de, en = sentences(60)
-    de[5], en[5] = "   ", "the empty source"                    # empty after cleanup: dropped
-    de[9], en[9] = "ein sehr langer Satz " * 3, "a long one"      # 63 characters > --max-chars 40
+    de[5], en[5] = "   ", "the empty source"  # empty after cleanup: dropped
+    de[9], en[9] = "ein sehr langer Satz " * 3, "a long one"  # 63 characters > --max-chars 40
     de[12], en[12] = "Cafe\u0301  und\tTee ", "coffee  and tea"  # decomposed é, runs of whitespace
     src, tgt, out = write(tmp_path / "train.de", de), write(tmp_path / "train.en", en), tmp_path / "data"
     code, _ = prepare(capsys, "--src", str(src), "--tgt", str(tgt), "--out", str(out), "--max-chars", "40")
@@ -72,8 +77,9 @@ def test_given_valid_and_test_files_and_tsv_with_references(tmp_path, capsys):
     tsv = write(tmp_path / "corpus.de-en.tsv", rows)
     valid_de, valid_en = write(tmp_path / "v.de", de[:4]), write(tmp_path / "v.en", en[:4])
     out = tmp_path / "data"
-    code, _ = prepare(capsys, "--tsv", str(tsv), "--valid-src", str(valid_de), "--valid-tgt", str(valid_en),
-                      "--out", str(out))
+    code, _ = prepare(
+        capsys, "--tsv", str(tsv), "--valid-src", str(valid_de), "--valid-tgt", str(valid_en), "--out", str(out)
+    )
     assert code == 0
     meta = json.loads((out / "meta.json").read_text())
     # A given valid split: every pair of the corpus trains, and no test split is carved out of it.
@@ -92,8 +98,24 @@ def test_hold_out_is_reported_and_given_test_alone_still_needs_a_valid(tmp_path,
     main(["prepare", "files", "--vocab-size", "40", "--src", str(src), "--tgt", str(tgt), "--out", str(tmp_path / "a")])
     out = capsys.readouterr().out
     assert "held out 3 for valid and 3 for test of the 60 usable pairs" in out and "--valid-src" in out
-    main(["prepare", "files", "--vocab-size", "40", "--src", str(src), "--tgt", str(tgt), "--test-src",
-          str(test_de), "--test-tgt", str(test_en), "--out", str(tmp_path / "b")])
+    main(
+        [
+            "prepare",
+            "files",
+            "--vocab-size",
+            "40",
+            "--src",
+            str(src),
+            "--tgt",
+            str(tgt),
+            "--test-src",
+            str(test_de),
+            "--test-tgt",
+            str(test_en),
+            "--out",
+            str(tmp_path / "b"),
+        ]
+    )
     assert "held out 3 for valid and" not in capsys.readouterr().out
     meta = load_meta(tmp_path / "b")
     assert meta["counts"] == {"train": 57, "valid": 3, "test": 5} and meta["held_out_of_corpus"] == {"valid": 3}
@@ -170,25 +192,30 @@ def test_only_empty_pairs_is_an_error_not_an_empty_folder(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("rows, line, found", [
-    (["a\tb", "c\td", "only one column"], 3, "found 1"),
-    (["a\tb", "c\td\te\tf"], 2, "found 4"),
-    (["r\ta\tb", "c\td"], 2, "expected 3 like the first row"),
-])
+@pytest.mark.parametrize(
+    "rows, line, found",
+    [
+        (["a\tb", "c\td", "only one column"], 3, "found 1"),
+        (["a\tb", "c\td\te\tf"], 2, "found 4"),
+        (["r\ta\tb", "c\td"], 2, "expected 3 like the first row"),
+    ],
+)
 def test_tsv_rows_need_two_or_three_columns(tmp_path, capsys, rows, line, found):
     tsv = write(tmp_path / "c.tsv", rows)
-    code, err = prepare(capsys, "--tsv", str(tsv), "--src-lang", "de", "--tgt-lang", "en",
-                        "--out", str(tmp_path / "o"))
+    code, err = prepare(capsys, "--tsv", str(tsv), "--src-lang", "de", "--tgt-lang", "en", "--out", str(tmp_path / "o"))
     assert code == 2
     assert_one_line_error(err, f"{tsv}:{line}:", found)
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--src", "{d}/a.txt", "--tgt", "{d}/b.txt"], "--src-lang and --tgt-lang"),
-    (["--src", "{d}/a.de"], "either --src FILE --tgt FILE or --tsv FILE"),
-    (["--src", "{d}/a.de", "--tgt", "{d}/a.en", "--valid-src", "{d}/a.de"], "--valid-src and --valid-tgt go"),
-    (["--src", "{d}/missing.de", "--tgt", "{d}/a.en"], "missing.de: file not found"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--src", "{d}/a.txt", "--tgt", "{d}/b.txt"], "--src-lang and --tgt-lang"),
+        (["--src", "{d}/a.de"], "either --src FILE --tgt FILE or --tsv FILE"),
+        (["--src", "{d}/a.de", "--tgt", "{d}/a.en", "--valid-src", "{d}/a.de"], "--valid-src and --valid-tgt go"),
+        (["--src", "{d}/missing.de", "--tgt", "{d}/a.en"], "missing.de: file not found"),
+    ],
+)
 def test_usage_errors(tmp_path, capsys, args, fragment):
     for name in ("a.txt", "b.txt", "a.de", "a.en"):
         write(tmp_path / name, ["x", "y", "z"])

@@ -8,16 +8,19 @@ from pathlib import Path
 
 import pytest
 import sacrebleu
+from toydata import random_run
 
 from aiayn.cli import main
 from aiayn.config import AiaynError
 from aiayn.evaluate import corpus_scores
 from aiayn.translate import Translator
-from toydata import random_run
 
 HYPS = ["The cat sat on the mat.", "In the beginning God created the heavens and the earth.", "Let there be light"]
-REFS = ["The cat is sitting on the mat.", "In the beginning, God created the heavens and the earth.",
-        "Let there be light."]
+REFS = [
+    "The cat is sitting on the mat.",
+    "In the beginning, God created the heavens and the earth.",
+    "Let there be light.",
+]
 SOURCES = ["en el principio", "dios creo la luz", "la noche y el dia", "el mar"]
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -43,9 +46,26 @@ def test_evaluate_command_with_files(run_dir, tmp_path, capsys):
     (tmp_path / "test.es").write_text("\n".join(SOURCES) + "\n", encoding="utf-8")
     refs = ["in the beginning", "god made light", "night and day", "the sea"]
     (tmp_path / "test.en").write_text("\n".join(refs) + "\n", encoding="utf-8")
-    assert main(["evaluate", "--model", str(run_dir), "--src", str(tmp_path / "test.es"), "--ref",
-                 str(tmp_path / "test.en"), "--out", str(tmp_path / "eval"), "--hyp-out", str(tmp_path / "h.txt"),
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(run_dir),
+                "--src",
+                str(tmp_path / "test.es"),
+                "--ref",
+                str(tmp_path / "test.en"),
+                "--out",
+                str(tmp_path / "eval"),
+                "--hyp-out",
+                str(tmp_path / "h.txt"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     hyps = (tmp_path / "eval" / "hyp.en").read_text(encoding="utf-8").split("\n")[:-1]
     assert hyps == (tmp_path / "h.txt").read_text(encoding="utf-8").split("\n")[:-1]
@@ -61,12 +81,31 @@ def test_evaluate_command_with_files(run_dir, tmp_path, capsys):
 def test_evaluate_command_on_a_data_folder(run_dir, tmp_path):
     data = tmp_path / "data"
     data.mkdir()
-    (data / "meta.json").write_text(json.dumps({"src_lang": "es", "tgt_lang": "en", "counts": {"test": 2},
-                                                "vocab_size": 64}), encoding="utf-8")
+    (data / "meta.json").write_text(
+        json.dumps({"src_lang": "es", "tgt_lang": "en", "counts": {"test": 2}, "vocab_size": 64}), encoding="utf-8"
+    )
     (data / "test.es").write_text("el mar\nla luz\n", encoding="utf-8")
     (data / "test.en").write_text("the sea\nthe light\n", encoding="utf-8")
-    assert main(["evaluate", "--model", str(run_dir), "--data", str(data), "--split", "test", "--beam", "2",
-                 "--out", str(tmp_path / "eval"), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(run_dir),
+                "--data",
+                str(data),
+                "--split",
+                "test",
+                "--beam",
+                "2",
+                "--out",
+                str(tmp_path / "eval"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     scores = json.loads((tmp_path / "eval" / "scores.json").read_text(encoding="utf-8"))
     hyps = (tmp_path / "eval" / "hyp.en").read_text(encoding="utf-8").split("\n")[:-1]
     assert len(hyps) == 2 and scores["split"] == "test" and scores["beam_size"] == 2
@@ -76,8 +115,10 @@ def test_evaluate_command_on_a_data_folder(run_dir, tmp_path):
 def test_evaluate_errors_are_one_line(run_dir, tmp_path, capsys):
     (tmp_path / "a.es").write_text("uno\ndos\n", encoding="utf-8")
     (tmp_path / "b.en").write_text("one\n", encoding="utf-8")
-    assert main(["evaluate", "--model", str(run_dir), "--src", str(tmp_path / "a.es"),
-                 "--ref", str(tmp_path / "b.en")]) == 2
+    assert (
+        main(["evaluate", "--model", str(run_dir), "--src", str(tmp_path / "a.es"), "--ref", str(tmp_path / "b.en")])
+        == 2
+    )
     assert main(["evaluate", "--model", str(run_dir), "--src", str(tmp_path / "a.es")]) == 2
     assert main(["evaluate", "--model", str(run_dir), "--data", str(tmp_path)]) == 2
     err = capsys.readouterr().err.splitlines()

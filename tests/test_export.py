@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from toydata import save_run, train_toy_tokenizer
 
 from aiayn.cli import main
 from aiayn.config import BOS_ID, EOS_ID, PAD_ID, load_config, preset
@@ -19,12 +20,14 @@ from aiayn.corpus import read_split
 from aiayn.export import ct2_from_aiayn, marian_from_aiayn, token_strings
 from aiayn.model import Transformer
 from aiayn.translate import Translator
-from toydata import save_run, train_toy_tokenizer
 
-needs_transformers = pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
-                                        reason="transformers is not installed (the test extra installs it)")
-needs_ct2 = pytest.mark.skipif(importlib.util.find_spec("ctranslate2") is None,
-                               reason="ctranslate2 is not installed (the test extra installs it)")
+needs_transformers = pytest.mark.skipif(
+    importlib.util.find_spec("transformers") is None,
+    reason="transformers is not installed (the test extra installs it)",
+)
+needs_ct2 = pytest.mark.skipif(
+    importlib.util.find_spec("ctranslate2") is None, reason="ctranslate2 is not installed (the test extra installs it)"
+)
 pytestmark = pytest.mark.usefixtures("one_thread")
 TOL = 1e-4
 VERSES = 20
@@ -90,7 +93,9 @@ def greedy(bible_run, bible_data):
 
 def limits(translator: Translator, sources: list[str]) -> list[int]:
     """aiayn's step limit per sentence: source subwords + EOS + the offset, EOS counted."""
-    return [len(ids) + 1 + translator.config.decode.max_len_offset for ids in translator.tokenizer.encode_batch(sources)]
+    return [
+        len(ids) + 1 + translator.config.decode.max_len_offset for ids in translator.tokenizer.encode_batch(sources)
+    ]
 
 
 def with_eos(h) -> list[int]:
@@ -98,6 +103,7 @@ def with_eos(h) -> list[int]:
 
 
 # ---------------------------------------------------------------------------- the exported folders
+
 
 @needs_transformers
 def test_huggingface_folder_loads_and_translates_like_aiayn(greedy, bible_run, bible_data, tmp_path, capsys):
@@ -109,8 +115,24 @@ def test_huggingface_folder_loads_and_translates_like_aiayn(greedy, bible_run, b
     _, references = bible_verses(bible_data)
     (tmp_path / "src.es").write_text("\n".join(sources) + "\n", encoding="utf-8")
     (tmp_path / "ref.en").write_text("\n".join(references) + "\n", encoding="utf-8")
-    assert main(["evaluate", "--model", str(run), "--src", str(tmp_path / "src.es"), "--ref", str(tmp_path / "ref.en"),
-                 "--beam", "1", "--out", str(run / "eval")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(run),
+                "--src",
+                str(tmp_path / "src.es"),
+                "--ref",
+                str(tmp_path / "ref.en"),
+                "--beam",
+                "1",
+                "--out",
+                str(run / "eval"),
+            ]
+        )
+        == 0
+    )
     out = tmp_path / "exports" / "hf"
     assert main(["export", "--model", str(run), "--to", "huggingface", "--out", str(out)]) == 0
     assert f"wrote {out}" in capsys.readouterr().out
@@ -150,8 +172,13 @@ def test_ctranslate2_folder_loads_and_translates_like_aiayn(greedy, bible_run, t
     sp = spm.SentencePieceProcessor(model_file=str(out / "spm.model"))
     pieces = sp.encode(sources, out_type=str)
     for source_pieces, hyp, limit in zip(pieces, hyps, limits(translator, sources)):
-        found = ct2.translate_batch([source_pieces], beam_size=1, min_decoding_length=0, max_decoding_length=limit,
-                                    suppress_sequences=[["<pad>"], ["<s>"]])[0].hypotheses[0]
+        found = ct2.translate_batch(
+            [source_pieces],
+            beam_size=1,
+            min_decoding_length=0,
+            max_decoding_length=limit,
+            suppress_sequences=[["<pad>"], ["<s>"]],
+        )[0].hypotheses[0]
         assert [sp.piece_to_id(p) for p in found] == hyp.tokens
         scored = ct2.score_batch([source_pieces], [found])[0]  # EOS appended and scored
         ids = [sp.piece_to_id(p) for p in source_pieces] + [EOS_ID]
@@ -165,8 +192,22 @@ def test_ctranslate2_quantization_is_stored_in_the_folder(bible_run, tmp_path):
     import ctranslate2
 
     assert main(["export", "--model", str(bible_run), "--to", "ctranslate2", "--out", str(tmp_path / "fp32")]) == 0
-    assert main(["export", "--model", str(bible_run), "--to", "ctranslate2", "--out", str(tmp_path / "int8"),
-                 "--quantization", "int8"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--model",
+                str(bible_run),
+                "--to",
+                "ctranslate2",
+                "--out",
+                str(tmp_path / "int8"),
+                "--quantization",
+                "int8",
+            ]
+        )
+        == 0
+    )
     sizes = {name: (tmp_path / name / "model.bin").stat().st_size for name in ("fp32", "int8")}
     assert sizes["int8"] < 0.5 * sizes["fp32"]
     found = ctranslate2.Translator(str(tmp_path / "int8"), compute_type="int8").translate_batch([["▁Dios"]])
@@ -175,6 +216,7 @@ def test_ctranslate2_quantization_is_stored_in_the_folder(bible_run, tmp_path):
 
 
 # ---------------------------------------------------------------------------- twins of every shape
+
 
 @needs_transformers
 @pytest.mark.parametrize("tie", ["all", "decoder", "none"])
@@ -201,17 +243,28 @@ def test_marian_twin_generates_aiayns_greedy_output():
     translator = Translator(model, IdTokenizer(), cfg, "cpu")
     for row in rows:
         ours = translator.translate([IdTokenizer().decode(row[:-1])], beam_size=1)[0][0]
-        found = marian.generate(input_ids=torch.tensor([row]), num_beams=1, do_sample=False,
-                                max_length=len(row) + cfg.decode.max_len_offset + 1)
+        found = marian.generate(
+            input_ids=torch.tensor([row]),
+            num_beams=1,
+            do_sample=False,
+            max_length=len(row) + cfg.decode.max_len_offset + 1,
+        )
         assert found[0, 1:].tolist() == with_eos(ours)
-    assert any(len(translator.translate([IdTokenizer().decode(r[:-1])], beam_size=1)[0][0].tokens) < 20
-               for r in rows)  # the scaled EOS ends some outputs early
+    assert any(
+        len(translator.translate([IdTokenizer().decode(r[:-1])], beam_size=1)[0][0].tokens) < 20 for r in rows
+    )  # the scaled EOS ends some outputs early
 
 
 @needs_ct2
-@pytest.mark.parametrize("overrides", [{}, {"norm": "pre", "positional": "learned", "tie_embeddings": "none"},
-                                       {"tie_embeddings": "decoder", "n_decoder_layers": 1}],
-                         ids=["paper", "pre-norm-learned-untied", "decoder-tied"])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"norm": "pre", "positional": "learned", "tie_embeddings": "none"},
+        {"tie_embeddings": "decoder", "n_decoder_layers": 1},
+    ],
+    ids=["paper", "pre-norm-learned-untied", "decoder-tied"],
+)
 def test_ctranslate2_twin_scores_and_translates_like_aiayn(tmp_path, overrides):
     import ctranslate2
 
@@ -232,12 +285,18 @@ def test_ctranslate2_twin_scores_and_translates_like_aiayn(tmp_path, overrides):
     translator = Translator(model, IdTokenizer(), cfg, "cpu")
     for source in sources:
         ours = translator.translate([" ".join(source)], beam_size=1)[0][0]
-        found = ct2.translate_batch([source], beam_size=1, min_decoding_length=0,
-                                    max_decoding_length=len(source) + 1 + 50, suppress_sequences=[["<pad>"], ["<s>"]])
+        found = ct2.translate_batch(
+            [source],
+            beam_size=1,
+            min_decoding_length=0,
+            max_decoding_length=len(source) + 1 + 50,
+            suppress_sequences=[["<pad>"], ["<s>"]],
+        )
         assert [tokens.index(t) for t in found[0].hypotheses[0]] == ours.tokens
 
 
 # ---------------------------------------------------------------------------- refusals
+
 
 def toy_run(folder: Path, **model) -> Path:
     folder.mkdir(parents=True)
@@ -248,15 +307,18 @@ def toy_run(folder: Path, **model) -> Path:
     return save_run(folder, Transformer(cfg.model), cfg)
 
 
-@pytest.mark.parametrize("to, model, extra, message", [
-    ("onnx", {}, [], "unknown --to 'onnx' (choose from ctranslate2, huggingface)"),
-    ("huggingface", {"norm": "pre"}, [], "model.norm=pre: Marian is post-norm"),
-    ("huggingface", {"positional": "learned"}, [], "model.positional=learned: Marian recomputes its sinusoids"),
-    ("ctranslate2", {"d_k": 16}, [], "model.d_k=16, d_v=8: ctranslate2 needs d_k = d_v = d_model / n_heads = 8"),
-    ("huggingface", {"d_v": 4}, [], "model.d_k=8, d_v=4: huggingface needs d_k = d_v"),
-    ("huggingface", {}, ["--quantization", "int8"], "--quantization applies to --to ctranslate2 only"),
-    ("ctranslate2", {}, ["--quantization", "int3"], "unknown --quantization 'int3'"),
-])
+@pytest.mark.parametrize(
+    "to, model, extra, message",
+    [
+        ("onnx", {}, [], "unknown --to 'onnx' (choose from ctranslate2, huggingface)"),
+        ("huggingface", {"norm": "pre"}, [], "model.norm=pre: Marian is post-norm"),
+        ("huggingface", {"positional": "learned"}, [], "model.positional=learned: Marian recomputes its sinusoids"),
+        ("ctranslate2", {"d_k": 16}, [], "model.d_k=16, d_v=8: ctranslate2 needs d_k = d_v = d_model / n_heads = 8"),
+        ("huggingface", {"d_v": 4}, [], "model.d_k=8, d_v=4: huggingface needs d_k = d_v"),
+        ("huggingface", {}, ["--quantization", "int8"], "--quantization applies to --to ctranslate2 only"),
+        ("ctranslate2", {}, ["--quantization", "int3"], "unknown --quantization 'int3'"),
+    ],
+)
 def test_bad_export_settings_are_one_line_errors_and_write_nothing(tmp_path, capsys, to, model, extra, message):
     run = toy_run(tmp_path / "run", **model)
     out = tmp_path / "exports" / "model"
@@ -275,7 +337,9 @@ def test_existing_folder_and_missing_package_are_refused(tmp_path, capsys, monke
     assert list(out.iterdir()) == []
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "transformers" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "transformers" else real(name, *a)
+    )
     assert main(["export", "--model", str(run), "--to", "huggingface", "--out", str(tmp_path / "hf")]) == 2
     err = capsys.readouterr().err
     assert "needs the transformers package: pip install transformers" in err and err.count("\n") == 1

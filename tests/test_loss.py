@@ -16,9 +16,7 @@ from aiayn.model import Transformer
 
 def test_hand_computed_example() -> None:
     """V = 5, ε = 0.1: mass 0.9 on gold, 0.1 / 3 on each of the other non-PAD tokens."""
-    logits = torch.tensor([[[0.0, 1.0, 2.0, 0.5, -1.0],
-                            [1.0, 0.0, 0.0, 0.0, 0.0],
-                            [3.0, -2.0, 0.0, 1.0, 4.0]]])
+    logits = torch.tensor([[[0.0, 1.0, 2.0, 0.5, -1.0], [1.0, 0.0, 0.0, 0.0, 0.0], [3.0, -2.0, 0.0, 1.0, 4.0]]])
     target = torch.tensor([[2, 4, PAD_ID]])
     # Position 0: log Σ exp = log(1 + e + e² + e^0.5 + e^-1) = 2.574437939627796, so
     #   log p = (-2.5744, -1.5744, -0.5744, -2.0744, -3.5744) and
@@ -30,7 +28,7 @@ def test_hand_computed_example() -> None:
     assert n_tokens == 2
     assert loss.item() == pytest.approx(0.7577712729611294 + 1.904832441554448, abs=1e-6)
     assert nll.item() == pytest.approx(0.5744379396277961 + 1.904832441554448, abs=1e-6)
-    lse = math.log(1 + math.e + math.e ** 2 + math.e ** 0.5 + math.e ** -1)
+    lse = math.log(1 + math.e + math.e**2 + math.e**0.5 + math.e**-1)
     by_formula = -(0.9 * (2.0 - lse) + 0.1 / 3 * ((1.0 - lse) + (0.5 - lse) + (-1.0 - lse))) + math.log(math.e + 4)
     assert loss.item() == pytest.approx(by_formula, abs=1e-6)
 
@@ -96,23 +94,24 @@ def test_loss_gradient_reaches_only_real_positions() -> None:
 def test_gradient_accumulation_equals_one_batch() -> None:
     """Sum of sums over micro-batches / total tokens = one big batch (pitfall 6)."""
     torch.manual_seed(0)
-    model = Transformer(ModelConfig(vocab_size=30, d_model=16, d_ff=32, n_heads=2, n_layers=1, dropout=0.0,
-                                    max_len=32))
+    model = Transformer(ModelConfig(vocab_size=30, d_model=16, d_ff=32, n_heads=2, n_layers=1, dropout=0.0, max_len=32))
     g = torch.Generator().manual_seed(1)
     src_len, tgt_len = torch.tensor([7, 2, 5, 3]), torch.tensor([2, 8, 6, 1])  # unequal tokens per half
     src = torch.randint(4, 30, (4, 7), generator=g)
     src_mask = torch.arange(7)[None, :] < src_len[:, None]
     src = src.masked_fill(~src_mask, PAD_ID)
     tgt_in = torch.randint(4, 30, (4, 8), generator=g)
-    tgt_out = torch.randint(4, 30, (4, 8), generator=g).masked_fill(torch.arange(8)[None, :] >= tgt_len[:, None],
-                                                                   PAD_ID)
+    tgt_out = torch.randint(4, 30, (4, 8), generator=g).masked_fill(
+        torch.arange(8)[None, :] >= tgt_len[:, None], PAD_ID
+    )
 
     def grads_after(pieces: list[slice], normalise) -> list[torch.Tensor]:
         model.zero_grad()
         total = int((tgt_out != PAD_ID).sum())
         for piece in pieces:
-            loss, _, n = label_smoothed_cross_entropy(model(src[piece], tgt_in[piece], src_mask[piece]),
-                                                      tgt_out[piece], 0.1)
+            loss, _, n = label_smoothed_cross_entropy(
+                model(src[piece], tgt_in[piece], src_mask[piece]), tgt_out[piece], 0.1
+            )
             normalise(loss, n, total, len(pieces)).backward()
         return [p.grad.clone() for p in model.parameters()]
 

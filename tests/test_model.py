@@ -65,7 +65,7 @@ def randomize_(module: nn.Module, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * D ** -0.5)
+            p.copy_(torch.randn(p.shape, generator=g) * D**-0.5)
 
 
 def copy_mha_(ours: MultiHeadAttention, ref: nn.MultiheadAttention) -> None:
@@ -73,8 +73,8 @@ def copy_mha_(ours: MultiHeadAttention, ref: nn.MultiheadAttention) -> None:
     w, b = ref.in_proj_weight, ref.in_proj_bias
     with torch.no_grad():
         for i, lin in enumerate((ours.w_q, ours.w_k, ours.w_v)):
-            lin.weight.copy_(w[i * d: (i + 1) * d])
-            lin.bias.copy_(b[i * d: (i + 1) * d])
+            lin.weight.copy_(w[i * d : (i + 1) * d])
+            lin.bias.copy_(b[i * d : (i + 1) * d])
         ours.w_o.weight.copy_(ref.out_proj.weight)
         ours.w_o.bias.copy_(ref.out_proj.bias)
 
@@ -107,8 +107,9 @@ def test_multihead_attention_matches_torch(need_weights: bool, masked: bool) -> 
     _, v = ours.project_kv(v_in)
     out, weights = ours(q_in, (k, v), padding_mask(keys) if masked else None, need_weights=need_weights)
     # nn's polarity is the opposite: True = ignore this key (pitfall 2).
-    ref_out, ref_w = ref(q_in, k_in, v_in, key_padding_mask=~keys if masked else None,
-                         need_weights=True, average_attn_weights=False)
+    ref_out, ref_w = ref(
+        q_in, k_in, v_in, key_padding_mask=~keys if masked else None, need_weights=True, average_attn_weights=False
+    )
 
     assert max_diff(out, ref_out) < TOL
     if need_weights:
@@ -171,7 +172,7 @@ def randomize_layer_(module: nn.Module, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in module.named_parameters():
-            noise = torch.randn(p.shape, generator=g) * D ** -0.5
+            noise = torch.randn(p.shape, generator=g) * D**-0.5
             p.copy_(1.0 + noise if "norm" in name and name.endswith("weight") else noise)
 
 
@@ -231,8 +232,9 @@ def test_decoder_layer_matches_torch(norm: str, need_weights: bool) -> None:
     src_mask = lengths_to_mask([7, 5, 1], 7)
     x = torch.randn(3, 5, D, generator=g, requires_grad=True)
     memory = torch.randn(3, 7, D, generator=g, requires_grad=True)
-    out, (k, v), self_w, cross_w = ours(x, ours.cross_attn.project_kv(memory), padding_mask(src_mask),
-                                        need_weights=need_weights)
+    out, (k, v), self_w, cross_w = ours(
+        x, ours.cross_attn.project_kv(memory), padding_mask(src_mask), need_weights=need_weights
+    )
     tgt_mask = nn.Transformer.generate_square_subsequent_mask(5)
     ref_out = ref(x, memory, tgt_mask=tgt_mask, memory_key_padding_mask=~src_mask)
     assert max_diff(out, ref_out) < TOL
@@ -240,8 +242,9 @@ def test_decoder_layer_matches_torch(norm: str, need_weights: bool) -> None:
     if need_weights:
         assert self_w.shape == (3, H, 5, 5) and cross_w.shape == (3, H, 5, 7)
     grad = torch.randn(out.shape, generator=g)
-    for mine, theirs in zip(torch.autograd.grad(out, (x, memory), grad),
-                            torch.autograd.grad(ref_out, (x, memory), grad)):
+    for mine, theirs in zip(
+        torch.autograd.grad(out, (x, memory), grad), torch.autograd.grad(ref_out, (x, memory), grad)
+    ):
         assert max_diff(mine, theirs) < TOL
 
 
@@ -255,8 +258,7 @@ def test_gradcheck_scaled_dot_product_attention(need_weights: bool) -> None:
     q, k, v = (torch.randn(2, 2, n, 4, generator=g, dtype=torch.float64, requires_grad=True) for n in (3, 5, 5))
     mask = padding_mask(lengths_to_mask([5, 2], 5))
     attention = ScaledDotProductAttention()
-    assert torch.autograd.gradcheck(lambda q, k, v: attention(q, k, v, mask, need_weights=need_weights)[0],
-                                    (q, k, v))
+    assert torch.autograd.gradcheck(lambda q, k, v: attention(q, k, v, mask, need_weights=need_weights)[0], (q, k, v))
 
 
 @pytest.mark.parametrize("need_weights", [False, True], ids=["fused", "explicit"])
@@ -269,7 +271,8 @@ def test_gradcheck_multihead_attention_with_padding(need_weights: bool) -> None:
     source = torch.randn(2, 4, 8, generator=g, dtype=torch.float64, requires_grad=True)
     mask = padding_mask(lengths_to_mask([4, 2], 4))
     assert torch.autograd.gradcheck(
-        lambda x, s: ours(x, ours.project_kv(s), mask, need_weights=need_weights)[0], (x, source))
+        lambda x, s: ours(x, ours.project_kv(s), mask, need_weights=need_weights)[0], (x, source)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,31 +280,30 @@ def test_gradcheck_multihead_attention_with_padding(need_weights: bool) -> None:
 
 
 def test_padding_mask_table() -> None:
-    mask = torch.tensor([[True, True, False, False],
-                         [True, True, True, True],
-                         [True, False, False, False],
-                         [False, False, False, False]])
-    expected = torch.tensor([[True, True, False, False],
-                             [True, True, True, True],
-                             [True, False, False, False],
-                             [True, True, True, True]])  # all padding: attend everywhere, no NaN
+    mask = torch.tensor(
+        [
+            [True, True, False, False],
+            [True, True, True, True],
+            [True, False, False, False],
+            [False, False, False, False],
+        ]
+    )
+    expected = torch.tensor(
+        [[True, True, False, False], [True, True, True, True], [True, False, False, False], [True, True, True, True]]
+    )  # all padding: attend everywhere, no NaN
     out = padding_mask(mask)
     assert out.shape == (4, 1, 1, 4) and out.dtype == torch.bool
     assert torch.equal(out[:, 0, 0, :], expected)
 
 
 def test_causal_mask_tables() -> None:
-    assert torch.equal(causal_mask(3, 3), torch.tensor([[1, 0, 0],
-                                                        [1, 1, 0],
-                                                        [1, 1, 1]], dtype=torch.bool))
+    assert torch.equal(causal_mask(3, 3), torch.tensor([[1, 0, 0], [1, 1, 0], [1, 1, 1]], dtype=torch.bool))
     # Two new queries after a cache of three keys: aligned bottom-right (pitfall 4).
-    assert torch.equal(causal_mask(2, 5), torch.tensor([[1, 1, 1, 1, 0],
-                                                        [1, 1, 1, 1, 1]], dtype=torch.bool))
+    assert torch.equal(causal_mask(2, 5), torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]], dtype=torch.bool))
     assert torch.equal(causal_mask(1, 4), torch.ones(1, 4, dtype=torch.bool))
 
 
-@pytest.mark.parametrize("dtype, wide_tol", [(torch.float32, 1e-5), (torch.float64, 1e-6)],
-                         ids=["float32", "float64"])
+@pytest.mark.parametrize("dtype, wide_tol", [(torch.float32, 1e-5), (torch.float64, 1e-6)], ids=["float32", "float64"])
 def test_padding_never_changes_real_outputs(dtype: torch.dtype, wide_tol: float) -> None:
     """Other ids under padding change no real output (1e-6; in practice bit-identical). Extra padding
     columns change the shapes the kernels reduce over, so float32 differs by a few ulps there."""
@@ -366,8 +368,9 @@ def test_explicit_attention_path_gives_the_same_logits() -> None:
 # Incremental decoding with the cache
 
 
-def full_logits(model: Transformer, prefix: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor,
-                need_weights: bool = False):
+def full_logits(
+    model: Transformer, prefix: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor, need_weights: bool = False
+):
     logits, _, weights = model.decode(prefix, memory, src_mask, need_weights=need_weights)
     return logits, weights
 
@@ -384,15 +387,15 @@ def test_incremental_decoding_equals_full_decoding(norm: str) -> None:
     # One token at a time.
     cache = model.init_cache(memory, src_mask)
     for t in range(tgt.size(1)):
-        step, cache, _ = model.decode(tgt[:, t: t + 1], cache=cache)
+        step, cache, _ = model.decode(tgt[:, t : t + 1], cache=cache)
         assert cache.length == t + 1
         assert max_diff(step[:, 0], full[:, t]) < TOL
 
     # Chunks of several new tokens against a longer cache (bottom-right causal mask).
     cache, start = model.init_cache(memory, src_mask), 0
     for size in (3, 1, 4, 2):
-        chunk, cache, _ = model.decode(tgt[:, start: start + size], cache=cache)
-        assert max_diff(chunk, full[:, start: start + size]) < TOL
+        chunk, cache, _ = model.decode(tgt[:, start : start + size], cache=cache)
+        assert max_diff(chunk, full[:, start : start + size]) < TOL
         start += size
 
 
@@ -458,13 +461,17 @@ class CatCache:
     def __init__(self, model: Transformer, memory: torch.Tensor, src_mask: torch.Tensor, kv=None):
         self.model, self.memory, self.src_mask = model, memory, src_mask
         n, h, cfg = memory.size(0), model.cfg.n_heads, model.cfg
-        self.kv = kv or [(memory.new_zeros(n, h, 0, cfg.head_dim_k), memory.new_zeros(n, h, 0, cfg.head_dim_v))
-                         for _ in model.decoder.layers]
+        self.kv = kv or [
+            (memory.new_zeros(n, h, 0, cfg.head_dim_k), memory.new_zeros(n, h, 0, cfg.head_dim_v))
+            for _ in model.decoder.layers
+        ]
 
-    def reorder(self, index: torch.Tensor) -> "CatCache":
-        return CatCache(self.model, self.memory[index], self.src_mask[index], [(k[index], v[index]) for k, v in self.kv])
+    def reorder(self, index: torch.Tensor) -> CatCache:
+        return CatCache(
+            self.model, self.memory[index], self.src_mask[index], [(k[index], v[index]) for k, v in self.kv]
+        )
 
-    def step(self, prefix: torch.Tensor) -> tuple[torch.Tensor, "CatCache"]:
+    def step(self, prefix: torch.Tensor) -> tuple[torch.Tensor, CatCache]:
         model, kv = self.model, []
         x = model.decoder.embedding(prefix[:, -1:], self.kv[0][0].size(2))  # (N, 1, D)
         for layer, (past_k, past_v) in zip(model.decoder.layers, self.kv):
@@ -473,7 +480,9 @@ class CatCache:
             kv.append((torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)))
             x = layer.res_self.after(x, layer.self_attn(h, kv[-1])[0])
             cross = layer.cross_attn.project_kv(self.memory)
-            x = layer.res_cross.after(x, layer.cross_attn(layer.res_cross.before(x), cross, padding_mask(self.src_mask))[0])
+            x = layer.res_cross.after(
+                x, layer.cross_attn(layer.res_cross.before(x), cross, padding_mask(self.src_mask))[0]
+            )
             x = layer.res_ffn.after(x, layer.ffn(layer.res_ffn.before(x)))
         logits = model.out_proj(model.decoder.final_norm(x))[:, -1]  # (N, V)
         return logits.log_softmax(-1), CatCache(model, self.memory, self.src_mask, kv)
@@ -486,7 +495,7 @@ class Lockstep:
     cache: DecoderCache
     ref: CatCache
 
-    def reorder(self, index: torch.Tensor) -> "Lockstep":
+    def reorder(self, index: torch.Tensor) -> Lockstep:
         return Lockstep(self.cache.reorder(index), self.ref.reorder(index))
 
 
@@ -546,13 +555,15 @@ def test_attention_weights_equal_the_explicit_computation() -> None:
     x_tgt = model.decoder.embedding(tgt)
     future_ok = causal_mask(5, 5)
     assert max_diff(dec_w["self"][0], explicit(layer.self_attn, x_tgt, x_tgt, future_ok)) < TOL
-    after_self = layer.res_self.norm(x_tgt + layer.self_attn(x_tgt, layer.self_attn.project_kv(x_tgt),
-                                                             is_causal=True)[0])
+    after_self = layer.res_self.norm(
+        x_tgt + layer.self_attn(x_tgt, layer.self_attn.project_kv(x_tgt), is_causal=True)[0]
+    )
     cross = explicit(layer.cross_attn, after_self, memory, src_mask[:, None, None, :])
     assert max_diff(dec_w["cross"][0], cross) < TOL
 
-    for weights, allowed in [(w, src_mask[:, None, None, :]) for w in enc_w + dec_w["cross"]] + \
-                            [(w, future_ok) for w in dec_w["self"]]:
+    for weights, allowed in [(w, src_mask[:, None, None, :]) for w in enc_w + dec_w["cross"]] + [
+        (w, future_ok) for w in dec_w["self"]
+    ]:
         assert torch.allclose(weights.sum(-1), torch.ones(()), atol=1e-6)
         assert torch.all(weights.masked_select(~allowed.expand_as(weights)) == 0)
 
@@ -629,8 +640,11 @@ def test_embedding_tying() -> None:
     assert src_w is not tgt_w and decoder.out_proj.weight is tgt_w
 
     none = make_model(tie_embeddings="none")
-    src_w, tgt_w, out_w = none.encoder.embedding.tokens.weight, none.decoder.embedding.tokens.weight, \
-        none.out_proj.weight
+    src_w, tgt_w, out_w = (
+        none.encoder.embedding.tokens.weight,
+        none.decoder.embedding.tokens.weight,
+        none.out_proj.weight,
+    )
     assert src_w is not tgt_w and out_w is not tgt_w and out_w is not src_w
 
     shared = 50 * D
@@ -645,7 +659,7 @@ def test_logits_at_init_are_small_for_base_dims() -> None:
     cfg = load_config("base", overrides=["n_layers=2", "dropout=0.0"]).model
     model = Transformer(cfg).eval()
     weight = model.out_proj.weight
-    assert weight.std().item() == pytest.approx(512 ** -0.5, rel=0.02)
+    assert weight.std().item() == pytest.approx(512**-0.5, rel=0.02)
     src, src_mask = random_batch([12, 8], 12, vocab=cfg.vocab_size)
     tgt, _ = random_batch([10, 10], 10, vocab=cfg.vocab_size, seed=2)
     with torch.no_grad():
@@ -688,8 +702,9 @@ def meta_count(preset: str, overrides: list[str]) -> int:
         return count_parameters(Transformer(cfg.model))
 
 
-@pytest.mark.parametrize("row, overrides, paper", TABLE_3 + [("big", "big", 213)],
-                         ids=[r[0] for r in TABLE_3] + ["big"])
+@pytest.mark.parametrize(
+    "row, overrides, paper", TABLE_3 + [("big", "big", 213)], ids=[r[0] for r in TABLE_3] + ["big"]
+)
 def test_table_3_parameter_counts(row: str, overrides, paper: int) -> None:
     preset, overrides = ("big", []) if overrides == "big" else ("base", overrides)
     count = meta_count(preset, overrides)

@@ -68,11 +68,41 @@ def test_quantize_flag_of_the_commands(bible_run, bible_data, tmp_path, capsys):
     lines = "\n".join(read_split(bible_data, "test")[0][:3]) + "\n"
     (tmp_path / "in.es").write_text(lines, encoding="utf-8")
     (tmp_path / "ref.en").write_text("\n".join(read_split(bible_data, "test")[1][:3]) + "\n", encoding="utf-8")
-    assert main(["translate", "--model", str(bible_run), "--quantize", "int8", "--input", str(tmp_path / "in.es"),
-                 "--output", str(tmp_path / "out.en")]) == 0
+    assert (
+        main(
+            [
+                "translate",
+                "--model",
+                str(bible_run),
+                "--quantize",
+                "int8",
+                "--input",
+                str(tmp_path / "in.es"),
+                "--output",
+                str(tmp_path / "out.en"),
+            ]
+        )
+        == 0
+    )
     assert len((tmp_path / "out.en").read_text(encoding="utf-8").splitlines()) == 3
-    assert main(["evaluate", "--model", str(bible_run), "--quantize", "int8", "--src", str(tmp_path / "in.es"),
-                 "--ref", str(tmp_path / "ref.en"), "--out", str(tmp_path / "eval")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(bible_run),
+                "--quantize",
+                "int8",
+                "--src",
+                str(tmp_path / "in.es"),
+                "--ref",
+                str(tmp_path / "ref.en"),
+                "--out",
+                str(tmp_path / "eval"),
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "eval" / "scores.json").read_text())["quantize"] == "int8"
     explorer = Explorer.load(bible_run, quantize="int8")
     assert explorer.translator.quantize == "int8"

@@ -41,7 +41,7 @@ def test_peak_at_warmup_and_monotone() -> None:
 
 def test_scale_and_small_warmup() -> None:
     s = InverseSqrtSchedule(d_model=64, warmup_steps=100, scale=0.5)
-    assert s(100) == pytest.approx(0.5 * 64 ** -0.5 * 100 ** -0.5, rel=1e-12) == pytest.approx(0.00625)
+    assert s(100) == pytest.approx(0.5 * 64**-0.5 * 100**-0.5, rel=1e-12) == pytest.approx(0.00625)
     assert s(50) == pytest.approx(0.5 * 0.125 * 50 / 1000)
     assert s(400) == pytest.approx(0.5 * 0.125 / 20)
     # Step 0 (before the first update) is clamped to step 1, never a division by zero.
@@ -60,15 +60,18 @@ def test_budgeted_peak_is_eq3_peak() -> None:
     assert BUDGET.peak == pytest.approx(InverseSqrtSchedule(256, 400, 0.4).peak, rel=1e-12)
 
 
-@pytest.mark.parametrize("step, progress, expected", [
-    (1, 0.0, 1.25e-3 / 400),  # warming up, step by step as Eq. 3 does
-    (200, 0.1, 1.25e-3 * 0.5 * 0.9),  # half-way up, 10 % of the budget used
-    (400, 0.2, 1.25e-3 * 0.8),  # warm: the linear decay alone
-    (1000, 0.5, 1.25e-3 * 0.5),
-    (1500, 0.9, 1.25e-4),
-    (2000, 1.0, 0.0),  # zero at the end of the budget
-    (2100, 1.3, 0.0),  # never negative past it
-])
+@pytest.mark.parametrize(
+    "step, progress, expected",
+    [
+        (1, 0.0, 1.25e-3 / 400),  # warming up, step by step as Eq. 3 does
+        (200, 0.1, 1.25e-3 * 0.5 * 0.9),  # half-way up, 10 % of the budget used
+        (400, 0.2, 1.25e-3 * 0.8),  # warm: the linear decay alone
+        (1000, 0.5, 1.25e-3 * 0.5),
+        (1500, 0.9, 1.25e-4),
+        (2000, 1.0, 0.0),  # zero at the end of the budget
+        (2100, 1.3, 0.0),  # never negative past it
+    ],
+)
 def test_linear_decay_by_hand(step: int, progress: float, expected: float) -> None:
     assert BUDGET(step, progress) == pytest.approx(expected, rel=1e-12, abs=1e-18)
 

@@ -120,8 +120,9 @@ LATE_WINNER = {
 
 def test_longer_hypothesis_wins_after_the_first_eos():
     step = scripted(LATE_WINNER)
-    hyps = beam_search(step, Rows(torch.zeros(1, dtype=torch.long)), 1, BOS, EOS, torch.tensor([50]),
-                       beam_size=2, nbest=2)[0]
+    hyps = beam_search(
+        step, Rows(torch.zeros(1, dtype=torch.long)), 1, BOS, EOS, torch.tensor([50]), beam_size=2, nbest=2
+    )[0]
     long_, short = math.log(0.65 * 0.48 * 0.99**4), math.log(0.35 * 0.97)
     assert [h.tokens for h in hyps] == [[a, d, d, d, d], [b]]
     assert [h.score for h in hyps] == pytest.approx([long_ / gnmt(6), short / gnmt(2)], abs=1e-6)
@@ -165,8 +166,9 @@ def test_never_eos_respects_max_len_and_returns_nbest():
         for prefix in itertools.product((a, b), repeat=t):
             table[prefix] = {a: p[t], b: 1 - p[t]}
     step = scripted(table)
-    hyps = beam_search(step, Rows(torch.zeros(1, dtype=torch.long)), 1, BOS, EOS, torch.tensor([5]),
-                       beam_size=2, nbest=2)[0]
+    hyps = beam_search(
+        step, Rows(torch.zeros(1, dtype=torch.long)), 1, BOS, EOS, torch.tensor([5]), beam_size=2, nbest=2
+    )[0]
     assert [h.tokens for h in hyps] == [[a] * 5, [a, a, a, a, b]]
     assert not any(h.finished for h in hyps)
     best = math.log(0.9 * 0.8 * 0.7 * 0.6 * 0.55)
@@ -263,8 +265,16 @@ def test_sampling_frequencies_follow_the_filtered_distribution():
 
     def freq(**kw) -> list[float]:
         gen = torch.Generator().manual_seed(0)
-        out = sample(scripted(table), Rows(torch.zeros(n, dtype=torch.long)), n, BOS, EOS,
-                     torch.full((n,), 5), generator=gen, **kw)
+        out = sample(
+            scripted(table),
+            Rows(torch.zeros(n, dtype=torch.long)),
+            n,
+            BOS,
+            EOS,
+            torch.full((n,), 5),
+            generator=gen,
+            **kw,
+        )
         first = [h.tokens[0] if h.tokens else EOS for h in out]
         return [first.count(t) / n for t in (a, b, EOS)]
 
@@ -297,7 +307,7 @@ def test_bad_arguments_are_user_errors():
 # beam search wide enough that it prunes nothing: at step t there are 3^t live prefixes and 4·3^t
 # continuations, so with max_len 3 a beam of 36 keeps every one and beam search is exhaustive.
 WORDS_3 = (2, 3, 4)  # random_tables(seed, vocab=5): BOS 0 (never), EOS 1, three words
-WIDE = 4 * 3 ** 2
+WIDE = 4 * 3**2
 
 
 def log_prob(step_fn, sentence: int, tokens: tuple[int, ...]) -> float:
@@ -313,7 +323,7 @@ def log_prob(step_fn, sentence: int, tokens: tuple[int, ...]) -> float:
 
 def by_hand(length: int, alpha: float, penalty: str) -> float:
     """The length penalty written out: GNMT ((5 + |Y|) / 6)^α, fairseq |Y|^α, or none."""
-    return {"gnmt": ((5 + length) / 6) ** alpha, "fairseq": length ** alpha, "none": 1.0}[penalty]
+    return {"gnmt": ((5 + length) / 6) ** alpha, "fairseq": length**alpha, "none": 1.0}[penalty]
 
 
 def every_hypothesis(step_fn, sentence: int, max_len: int, alpha: float, penalty: str) -> list[Hypothesis]:
@@ -335,8 +345,9 @@ def assert_same(got: list[Hypothesis], expected: list[Hypothesis]) -> None:
     assert [h.log_prob for h in got] == pytest.approx([h.log_prob for h in expected], abs=1e-5)
 
 
-@pytest.mark.parametrize("penalty, alpha", [("gnmt", 0.6), ("gnmt", 2.0), ("fairseq", 0.6), ("fairseq", 1.5),
-                                            ("none", 0.0)])
+@pytest.mark.parametrize(
+    "penalty, alpha", [("gnmt", 0.6), ("gnmt", 2.0), ("fairseq", 0.6), ("fairseq", 1.5), ("none", 0.0)]
+)
 @pytest.mark.parametrize("nbest", [1, 4, 13, 20])  # 13 finished hypotheses exist; 20 needs cut-off ones too
 def test_wide_beam_equals_brute_force(penalty, alpha, nbest):
     max_len = torch.tensor([3, 2, 1, 3])  # a batch: each sentence its own table and limit
@@ -344,8 +355,18 @@ def test_wide_beam_equals_brute_force(penalty, alpha, nbest):
     # rule that bounded live beams by the current length's penalty, not max_len's, would miss it.
     for seed in (0, 5):
         step = random_tables(seed, vocab=5)
-        got = beam_search(step, Rows(torch.arange(4)), 4, BOS, EOS, max_len, beam_size=WIDE, alpha=alpha,
-                          length_penalty=penalty, nbest=nbest)
+        got = beam_search(
+            step,
+            Rows(torch.arange(4)),
+            4,
+            BOS,
+            EOS,
+            max_len,
+            beam_size=WIDE,
+            alpha=alpha,
+            length_penalty=penalty,
+            nbest=nbest,
+        )
         for sentence, limit in enumerate(max_len.tolist()):
             expected = every_hypothesis(step, sentence, limit, alpha, penalty)
             assert_same(got[sentence], expected[:nbest])
@@ -353,8 +374,14 @@ def test_wide_beam_equals_brute_force(penalty, alpha, nbest):
 
 # A garden path: "a" is likelier than "b" at step 0, but every continuation of "a" is poor while
 # "b EOS" is almost certain. A beam of one follows "a"; a beam of two keeps "b" and finds the best.
-GARDEN = {(): {a: 0.55, b: 0.45}, (a,): {EOS: 0.4, c: 0.3, d: 0.3}, (b,): {EOS: 0.99, c: 0.01},
-          (a, c): {EOS: 0.5, c: 0.5}, (a, d): {EOS: 0.5, d: 0.5}, (b, c): {EOS: 1.0}}
+GARDEN = {
+    (): {a: 0.55, b: 0.45},
+    (a,): {EOS: 0.4, c: 0.3, d: 0.3},
+    (b,): {EOS: 0.99, c: 0.01},
+    (a, c): {EOS: 0.5, c: 0.5},
+    (a, d): {EOS: 0.5, d: 0.5},
+    (b, c): {EOS: 1.0},
+}
 
 
 def test_a_narrow_beam_prunes_the_best_hypothesis_and_a_wider_one_keeps_it():
@@ -374,8 +401,7 @@ def test_a_pruning_beam_returns_true_scores_and_never_beats_brute_force(beam):
         step = random_tables(seed, vocab=5)
         every = every_hypothesis(step, 0, 3, 0.6, "gnmt")
         by_tokens = {(tuple(h.tokens), h.finished): h for h in every}
-        got = beam_search(step, Rows(torch.arange(1)), 1, BOS, EOS, torch.tensor([3]), beam_size=beam,
-                          nbest=beam)[0]
+        got = beam_search(step, Rows(torch.arange(1)), 1, BOS, EOS, torch.tensor([3]), beam_size=beam, nbest=beam)[0]
         assert_same(got, [by_tokens[tuple(h.tokens), h.finished] for h in got])
         assert got == sorted(got, key=lambda h: (not h.finished, -h.score))
         assert (not got[0].finished, -got[0].score) >= (not every[0].finished, -every[0].score - 1e-5)

@@ -5,6 +5,7 @@ methods, types, origins and timeouts: test_serve_http.py.)"""
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import threading
@@ -14,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from served import Stand, call, post, serving
+from toydata import random_run
 
 from aiayn import serve
 from aiayn.cli import main
 from aiayn.visualize import sentence_attention
-from served import Stand, call, post, serving
-from toydata import random_run
 
 SENTENCE = "en el principio creo dios los cielos"
 LONG = "y " * 499  # 499 subwords of the toy tokenizer: the model's 256 positions, after truncation
@@ -57,9 +58,16 @@ def test_health_names_the_model_not_its_path(server, run_dir):
     assert body["config"]["n_heads"] == 4 and body["config"]["encoder_layers"] == 2
     # tiny: 2 + 2 layers, 4 heads, 256 positions, max_len_offset 0, so T = S + 1 at the longest
     largest = max(s for s in range(1, 257) if 4 * (2 * s * s + 2 * ((s + 1) ** 2 + (s + 1) * s)) <= 1_000_000)
-    assert body["limits"] == {"body_bytes": 65536, "sentences": 64, "chars": 1000, "beam": 16, "beam_tokens": 16384,
-                              "attention_weights": 1_000_000, "attention_source_subwords": largest,
-                              "decode_seconds": 30.0}
+    assert body["limits"] == {
+        "body_bytes": 65536,
+        "sentences": 64,
+        "chars": 1000,
+        "beam": 16,
+        "beam_tokens": 16384,
+        "attention_weights": 1_000_000,
+        "attention_source_subwords": largest,
+        "decode_seconds": 30.0,
+    }
 
 
 def test_translate_gives_what_the_translator_gives(server, explorer):
@@ -68,19 +76,21 @@ def test_translate_gives_what_the_translator_gives(server, explorer):
     assert status == 200
     expected = explorer.translator.translate(lines, beam_size=3, nbest=2, alpha=1.0)
     assert [[t["text"] for t in nb] for nb in body["translations"]] == [[t.text for t in nb] for nb in expected]
-    assert [[t["score"] for t in nb] for nb in body["translations"]] == \
-        [[round(t.score, 4) for t in nb] for nb in expected]
+    assert [[t["score"] for t in nb] for nb in body["translations"]] == [
+        [round(t.score, 4) for t in nb] for nb in expected
+    ]
     status, body, _ = call(server, "POST", "/translate", {"sentences": [SENTENCE]})  # defaults: beam 4, nbest 1
     assert status == 200 and len(body["translations"][0]) == 1
     assert body["translations"][0][0]["text"] == explorer.translator.translate([SENTENCE])[0][0].text
 
 
 def test_more_sentences_than_a_chunk_come_back_in_order(server, explorer):
-    lines = [" ".join(SENTENCE.split()[i % 7:]) or "dios" for i in range(2 * serve.CHUNK_SENTENCES + 3)]
+    lines = [" ".join(SENTENCE.split()[i % 7 :]) or "dios" for i in range(2 * serve.CHUNK_SENTENCES + 3)]
     status, body, _ = call(server, "POST", "/translate", {"sentences": lines, "beam": 2})
     assert status == 200
-    assert [nb[0]["text"] for nb in body["translations"]] == \
-        [nb[0].text for nb in explorer.translator.translate(lines, beam_size=2)]
+    assert [nb[0]["text"] for nb in body["translations"]] == [
+        nb[0].text for nb in explorer.translator.translate(lines, beam_size=2)
+    ]
 
 
 def test_attention_gives_pieces_and_rounded_weights_of_every_layer_and_head(server, explorer):
@@ -102,33 +112,39 @@ def test_attention_gives_pieces_and_rounded_weights_of_every_layer_and_head(serv
     assert sent <= explorer.attention_size(len(body["source"]))
 
 
-@pytest.mark.parametrize("body, status, message", [
-    ([1, 2], 422, "must be a JSON object"),
-    ({"sentences": "one sentence"}, 422, "'sentences' must be a list"),
-    ({"sentences": [3]}, 422, r"sentences\[0\] must be a string"),
-    ({"sentences": ["x"] * 65}, 422, "65 sentences; the limit is 64"),
-    ({"sentences": ["ok", "y" * 1001]}, 422, r"sentences\[1\] has 1001 characters; the limit is 1000"),
-    ({"sentences": ["x"], "beam": 0}, 422, "'beam' must be an integer from 1 to 16"),
-    ({"sentences": ["x"], "beam": "4"}, 422, "'beam' must be an integer"),
-    ({"sentences": ["x"], "beam": 2.0}, 422, "'beam' must be an integer"),
-    ({"sentences": ["x"], "beam": True}, 422, "'beam' must be an integer"),
-    ({"sentences": ["x"], "beam": 10**19}, 422, "'beam' must be an integer from 1 to 16"),
-    ({"sentences": ["x"], "beam": 2, "nbest": 3}, 422, "'nbest' must be an integer from 1 to 2"),
-    ({"sentences": ["x"], "alpha": -1}, 422, "'alpha' must be a number"),
-    ({"sentences": ["x"], "alpha": [0.6]}, 422, "'alpha' must be a number from 0 to 10, got list"),
-    ({"sentences": ["x"], "beams": 4}, 422, "unknown field 'beams'"),
-])
+@pytest.mark.parametrize(
+    "body, status, message",
+    [
+        ([1, 2], 422, "must be a JSON object"),
+        ({"sentences": "one sentence"}, 422, "'sentences' must be a list"),
+        ({"sentences": [3]}, 422, r"sentences\[0\] must be a string"),
+        ({"sentences": ["x"] * 65}, 422, "65 sentences; the limit is 64"),
+        ({"sentences": ["ok", "y" * 1001]}, 422, r"sentences\[1\] has 1001 characters; the limit is 1000"),
+        ({"sentences": ["x"], "beam": 0}, 422, "'beam' must be an integer from 1 to 16"),
+        ({"sentences": ["x"], "beam": "4"}, 422, "'beam' must be an integer"),
+        ({"sentences": ["x"], "beam": 2.0}, 422, "'beam' must be an integer"),
+        ({"sentences": ["x"], "beam": True}, 422, "'beam' must be an integer"),
+        ({"sentences": ["x"], "beam": 10**19}, 422, "'beam' must be an integer from 1 to 16"),
+        ({"sentences": ["x"], "beam": 2, "nbest": 3}, 422, "'nbest' must be an integer from 1 to 2"),
+        ({"sentences": ["x"], "alpha": -1}, 422, "'alpha' must be a number"),
+        ({"sentences": ["x"], "alpha": [0.6]}, 422, "'alpha' must be a number from 0 to 10, got list"),
+        ({"sentences": ["x"], "beams": 4}, 422, "unknown field 'beams'"),
+    ],
+)
 def test_bad_translate_requests_are_4xx_with_a_json_error(server, body, status, message):
     got, answer, _ = call(server, "POST", "/translate", body)
     assert got == status and re.search(message, answer["error"]), answer
 
 
-@pytest.mark.parametrize("body, message", [
-    ({"sentence": "   "}, "'sentence' is empty"),
-    ({"sentence": None}, "'sentence' must be a string"),
-    ({"sentence": "x" * 1001}, "1001 characters"),
-    ({"sentences": ["x"]}, "unknown field 'sentences'"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"sentence": "   "}, "'sentence' is empty"),
+        ({"sentence": None}, "'sentence' must be a string"),
+        ({"sentence": "x" * 1001}, "1001 characters"),
+        ({"sentences": ["x"]}, "unknown field 'sentences'"),
+    ],
+)
 def test_bad_attention_requests_are_422(server, body, message):
     status, answer, _ = call(server, "POST", "/attention", body)
     assert status == 422 and message in answer["error"]
@@ -153,6 +169,7 @@ def test_concurrent_requests_use_the_model_one_at_a_time(explorer):
     expected = explorer.translator.translate([SENTENCE])[0][0].text
     results: list = []
     with serving(guarded, workers=6) as server:
+
         def worker() -> None:
             status, body, _ = call(server, "POST", "/translate", {"sentences": [SENTENCE]})
             results.append((status, body["translations"][0][0]["text"]))
@@ -180,7 +197,7 @@ def test_a_client_that_disconnects_stops_its_request(explorer):
     gate = threading.Event()
     held, stand = stand_in(explorer, gate=gate)
     with serving(held, workers=1) as server:
-        body = ('{"sentences": [%s]}' % ", ".join([f'"{SENTENCE}"'] * (3 * serve.CHUNK_SENTENCES))).encode()
+        body = json.dumps({"sentences": [SENTENCE] * (3 * serve.CHUNK_SENTENCES)}).encode()
         s = socket.create_connection(server.server_address[:2], timeout=30)
         s.sendall(post("/translate", body))
         assert stand.entered.wait(30)  # the first chunk is decoding
@@ -234,11 +251,14 @@ def test_serve_warns_that_there_is_no_authentication_beyond_loopback(run_dir, ca
     assert ("no authentication" in err) == warned, err
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--allow-origin", "gpu-box"], "--allow-origin 'gpu-box': expected scheme://host[:port]"),
-    (["--allow-origin", "http://gpu-box/page"], "expected scheme://host[:port]"),
-    (["--queue", "0"], "--workers and --queue must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--allow-origin", "gpu-box"], "--allow-origin 'gpu-box': expected scheme://host[:port]"),
+        (["--allow-origin", "http://gpu-box/page"], "expected scheme://host[:port]"),
+        (["--queue", "0"], "--workers and --queue must be at least 1"),
+    ],
+)
 def test_serve_flags_are_checked_in_one_line(run_dir, capsys, flags, message):
     assert main(["serve", "--model", str(run_dir), "--port", "0", *flags]) == 2
     err = capsys.readouterr().err

@@ -12,11 +12,11 @@ import time
 
 import pytest
 import torch
+from served import call, post, raw, serving
+from toydata import random_run
 
 from aiayn import serve
 from aiayn.serve_limits import Origins, RequestError
-from served import call, post, raw, serving
-from toydata import random_run
 
 SENTENCE = "en el principio creo dios los cielos"
 
@@ -40,23 +40,29 @@ def json_error(body: bytes) -> str:
 DEEP = 30_000  # within the 64 KiB body, and far past Python's recursion limit
 
 
-@pytest.mark.parametrize("body, status, message", [
-    (b"{not json", 400, "not valid UTF-8 JSON"),
-    (b"\xff\xfe", 400, "not valid UTF-8 JSON"),
-    (b'\xef\xbb\xbf{"sentences": []}', 400, "not valid UTF-8 JSON"),  # a BOM is not JSON
-    (b'{"sentences": ["x"], "beam": 1' + b"0" * 399 + b"}", 422, "a number with 400 digits; numbers here have at "
-                                                                 "most 20"),
-    (b'{"sentences": ["x"], "beam": 1' + b"0" * 4999 + b"}", 422, "a number with 5000 digits"),
-    (b'{"sentences": [' + b"9" * 5000 + b"]}", 422, "5000 digits"),
-    (b'{"sentences": ["x"], "beam": 1e400}', 422, "'beam' must be an integer from 1 to 16, got inf"),
-    (b'{"sentences": ["x"], "alpha": -1e999}', 422, "'alpha' must be a number from 0 to 10, got -inf"),
-    (b'{"sentences": ["x"], "alpha": NaN}', 400, "NaN is not JSON"),
-    (b'{"sentences": ["x"], "alpha": Infinity}', 400, "Infinity is not JSON"),
-    (b'{"sentences": ' + b"[" * DEEP + b"]" * DEEP + b"}", 400, "nests arrays or objects too deeply"),
-    (b'{"sentences": ["\\ud800 lone"]}', 400, r"lone UTF-16 surrogate \(\\ud800\)"),
-    (b'{"\\udfff": 1}', 400, r"lone UTF-16 surrogate \(\\udfff\)"),
-    (b'{"sentences": ["x"], "\\ud800": 1}', 400, "surrogate"),
-])
+@pytest.mark.parametrize(
+    "body, status, message",
+    [
+        (b"{not json", 400, "not valid UTF-8 JSON"),
+        (b"\xff\xfe", 400, "not valid UTF-8 JSON"),
+        (b'\xef\xbb\xbf{"sentences": []}', 400, "not valid UTF-8 JSON"),  # a BOM is not JSON
+        (
+            b'{"sentences": ["x"], "beam": 1' + b"0" * 399 + b"}",
+            422,
+            "a number with 400 digits; numbers here have at most 20",
+        ),
+        (b'{"sentences": ["x"], "beam": 1' + b"0" * 4999 + b"}", 422, "a number with 5000 digits"),
+        (b'{"sentences": [' + b"9" * 5000 + b"]}", 422, "5000 digits"),
+        (b'{"sentences": ["x"], "beam": 1e400}', 422, "'beam' must be an integer from 1 to 16, got inf"),
+        (b'{"sentences": ["x"], "alpha": -1e999}', 422, "'alpha' must be a number from 0 to 10, got -inf"),
+        (b'{"sentences": ["x"], "alpha": NaN}', 400, "NaN is not JSON"),
+        (b'{"sentences": ["x"], "alpha": Infinity}', 400, "Infinity is not JSON"),
+        (b'{"sentences": ' + b"[" * DEEP + b"]" * DEEP + b"}", 400, "nests arrays or objects too deeply"),
+        (b'{"sentences": ["\\ud800 lone"]}', 400, r"lone UTF-16 surrogate \(\\ud800\)"),
+        (b'{"\\udfff": 1}', 400, r"lone UTF-16 surrogate \(\\udfff\)"),
+        (b'{"sentences": ["x"], "\\ud800": 1}', 400, "surrogate"),
+    ],
+)
 def test_malformed_bodies_get_a_json_4xx(server, body, status, message):
     got, answer, response = call(server, "POST", "/translate", body)
     assert response.getheader("Content-Type") == "application/json"
@@ -70,13 +76,16 @@ def test_a_valid_surrogate_pair_is_text_and_the_answer_is_utf8(server):
     assert status == 422 and "unknown field 'bëam'" in answer["error"]  # echoed as UTF-8, not escaped
 
 
-@pytest.mark.parametrize("length, status, message", [
-    (b"\xb2", 400, r"Content-Length '\u00b2' is not a number"),  # '²': isdigit() is True, int() fails
-    ("١٢".encode(), 400, "is not a number of bytes"),  # Arabic-Indic 12, sent as UTF-8 bytes
-    (b"12abc", 400, "is not a number of bytes"),
-    (b"-1", 400, "is not a number of bytes"),
-    (b"99999999999999999999", 400, "is not a number of bytes"),
-])
+@pytest.mark.parametrize(
+    "length, status, message",
+    [
+        (b"\xb2", 400, r"Content-Length '\u00b2' is not a number"),  # '²': isdigit() is True, int() fails
+        ("١٢".encode(), 400, "is not a number of bytes"),  # Arabic-Indic 12, sent as UTF-8 bytes
+        (b"12abc", 400, "is not a number of bytes"),
+        (b"-1", 400, "is not a number of bytes"),
+        (b"99999999999999999999", 400, "is not a number of bytes"),
+    ],
+)
 def test_content_length_must_be_ascii_digits(server, length, status, message):
     head = b"POST /translate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: "
     got, headers, body = raw(server, head + length + b"\r\n\r\n{}", close_write=True)
@@ -122,7 +131,7 @@ def test_a_client_still_sending_a_refused_body_can_finish_and_read_the_413(serve
         s.sendall(head)
         time.sleep(0.3)  # refused by now
         for start in range(0, len(body), 20_000):
-            s.sendall(body[start:start + 20_000])
+            s.sendall(body[start : start + 20_000])
             time.sleep(0.01)
         reply = b"".join(iter(lambda: s.recv(65536), b""))
     assert reply.startswith(b"HTTP/1.0 413") and b"request body of 200000 bytes" in reply
@@ -140,39 +149,54 @@ def test_other_methods_get_a_json_405(server, method):
     assert call(server, method, "/")[0] == 405
 
 
-@pytest.mark.parametrize("request_line, status, message", [
-    (b"FETCH / HTTP/1.1", 501, "Unsupported method"),
-    (b"GET / HTTP/9.9", 505, "Invalid HTTP version"),
-    (b"GARBAGE", 400, "Bad request"),
-    (b"GET /" + b"a" * 70_000 + b" HTTP/1.1", 414, ""),
-])
+@pytest.mark.parametrize(
+    "request_line, status, message",
+    [
+        (b"FETCH / HTTP/1.1", 501, "Unsupported method"),
+        (b"GET / HTTP/9.9", 505, "Invalid HTTP version"),
+        (b"GARBAGE", 400, "Bad request"),
+        (b"GET /" + b"a" * 70_000 + b" HTTP/1.1", 414, ""),
+    ],
+)
 def test_http_server_refusals_are_json_too(server, request_line, status, message):
     got, headers, body = raw(server, request_line + b"\r\nHost: 127.0.0.1\r\n\r\n", close_write=True)
     assert got == status and headers["content-type"] == "application/json" and message in json_error(body)
 
 
-@pytest.mark.parametrize("content_type, status", [
-    (None, 415), ("text/plain", 415), ("application/x-www-form-urlencoded", 415), ("multipart/form-data", 415),
-    ("application/json; charset=latin-1", 415), ("application/json; charset=UTF-8", 200), ("Application/JSON", 200),
-])
+@pytest.mark.parametrize(
+    "content_type, status",
+    [
+        (None, 415),
+        ("text/plain", 415),
+        ("application/x-www-form-urlencoded", 415),
+        ("multipart/form-data", 415),
+        ("application/json; charset=latin-1", 415),
+        ("application/json; charset=UTF-8", 200),
+        ("Application/JSON", 200),
+    ],
+)
 def test_posts_must_be_json(server, content_type, status):
-    got, answer, _ = call(server, "POST", "/translate", {"sentences": [SENTENCE], "beam": 1},
-                          headers={"Content-Type": content_type})
+    got, answer, _ = call(
+        server, "POST", "/translate", {"sentences": [SENTENCE], "beam": 1}, headers={"Content-Type": content_type}
+    )
     assert got == status, answer
     if status == 415:
         assert "Content-Type must be application/json" in answer["error"]
 
 
-@pytest.mark.parametrize("headers, status", [
-    ({"Host": "evil.example:8000"}, 403),  # DNS rebinding: another site's name for this machine
-    ({"Host": "localhost:1234"}, 200),  # an ssh tunnel changes the port, not the name
-    ({"Host": "[::1]:80"}, 200),
-    ({"Host": "127.0.0.1", "Origin": "http://127.0.0.1"}, 200),  # the page itself
-    ({"Origin": "http://evil.example"}, 403),
-    ({"Origin": "null"}, 403),  # sandboxed frames and file:// pages
-    ({"Host": "127.0.0.1:8000", "Origin": "http://127.0.0.1:9999"}, 403),  # another local service's page
-    ({"Host": "gpu-box:8000"}, 403),
-])
+@pytest.mark.parametrize(
+    "headers, status",
+    [
+        ({"Host": "evil.example:8000"}, 403),  # DNS rebinding: another site's name for this machine
+        ({"Host": "localhost:1234"}, 200),  # an ssh tunnel changes the port, not the name
+        ({"Host": "[::1]:80"}, 200),
+        ({"Host": "127.0.0.1", "Origin": "http://127.0.0.1"}, 200),  # the page itself
+        ({"Origin": "http://evil.example"}, 403),
+        ({"Origin": "null"}, 403),  # sandboxed frames and file:// pages
+        ({"Host": "127.0.0.1:8000", "Origin": "http://127.0.0.1:9999"}, 403),  # another local service's page
+        ({"Host": "gpu-box:8000"}, 403),
+    ],
+)
 def test_host_and_origin_must_be_this_server(server, headers, status):
     got, answer, _ = call(server, "POST", "/translate", {"sentences": [SENTENCE], "beam": 1}, headers=headers)
     assert got == status, answer
@@ -200,8 +224,13 @@ def test_origins_by_bound_address():
     everywhere, lan = Origins("0.0.0.0"), Origins("192.168.1.5")
     everywhere.check(headers(Host="192.168.1.9:8000", Origin="http://192.168.1.9:8000"))
     lan.check(headers(Host="192.168.1.5:8000"))
-    for origins, host in ((everywhere, "evil.example:8000"), (lan, "127.0.0.1:8000"), (lan, "10.0.0.1"),
-                          (everywhere, "[::1"), (everywhere, "a:b:c")):
+    for origins, host in (
+        (everywhere, "evil.example:8000"),
+        (lan, "127.0.0.1:8000"),
+        (lan, "10.0.0.1"),
+        (everywhere, "[::1"),
+        (everywhere, "a:b:c"),
+    ):
         with pytest.raises(RequestError) as refused:
             origins.check(headers(Host=host))
         assert refused.value.status == 403
@@ -221,7 +250,7 @@ def closed_within(server, data: bytes, seconds: float, drip: float = 0.0) -> flo
     with socket.create_connection(server.server_address[:2], timeout=seconds) as s:
         try:
             for i in range(len(data)) if drip else [None]:
-                s.sendall(data if i is None else data[i:i + 1])
+                s.sendall(data if i is None else data[i : i + 1])
                 time.sleep(drip)
             assert s.recv(65536) == b""
         except (ConnectionResetError, BrokenPipeError):

@@ -12,10 +12,14 @@ import torch
 from aiayn.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID, AiaynError
 from aiayn.tokenizer import Tokenizer
 
-ES = ("el Señor dijo a Moisés que él y su niño irían al monte ; y la mujer cantó una canción "
-      "en el corazón de la tierra , cuando el año pasó y el pájaro voló sobre el árbol").split()
-EN = ("the Lord said to Moses that he and his child would go to the mountain ; and the woman sang "
-      "a song in the heart of the land , when the year passed and the bird flew over the tree").split()
+ES = (
+    "el Señor dijo a Moisés que él y su niño irían al monte ; y la mujer cantó una canción "
+    "en el corazón de la tierra , cuando el año pasó y el pájaro voló sobre el árbol"
+).split()
+EN = (
+    "the Lord said to Moses that he and his child would go to the mountain ; and the woman sang "
+    "a song in the heart of the land , when the year passed and the bird flew over the tree"
+).split()
 
 
 def _sentence(rng: random.Random, words: list[str]) -> str:

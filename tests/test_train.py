@@ -7,7 +7,6 @@ import csv
 import math
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,11 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from toydata import make_toy_data
 
 from aiayn import checkpoint as ckpt
 from aiayn.cli import main
 from aiayn.config import AiaynError
-from toydata import make_toy_data
 
 TINY = ["--preset", "tiny", "threads=1", "valid_bleu_sentences=0", "precision=fp32"]
 
@@ -51,8 +50,24 @@ def aiayn_cmd(*args: str) -> list[str]:
 
 def test_loss_decreases_and_run_folder_is_complete(toy, tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", "--data", str(toy), "--out", str(run), *TINY, "max_steps=300", "eval_every=100",
-                 "log_every=10", "checkpoint_every_steps=100", "valid_bleu_sentences=20"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(toy),
+                "--out",
+                str(run),
+                *TINY,
+                "max_steps=300",
+                "eval_every=100",
+                "log_every=10",
+                "checkpoint_every_steps=100",
+                "valid_bleu_sentences=20",
+            ]
+        )
+        == 0
+    )
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     valid = [float(r["valid_loss"]) for r in rows if r["valid_loss"]]
     train = [float(r["train_loss"]) for r in rows if r["train_loss"]]
@@ -61,8 +76,7 @@ def test_loss_decreases_and_run_folder_is_complete(toy, tmp_path, capsys):
     assert rows[-1]["valid_beam_bleu"] and not rows[-1]["valid_bleu"]  # beam, whole valid split, at the end
     for name in ("config.yaml", "spm.model", "spm.vocab", "run.json", "checkpoints/best.pt"):
         assert (run / name).is_file(), name
-    assert [p.name for p in ckpt.list_checkpoints(run)] == ["step_00000100.pt", "step_00000200.pt",
-                                                             "step_00000300.pt"]
+    assert [p.name for p in ckpt.list_checkpoints(run)] == ["step_00000100.pt", "step_00000200.pt", "step_00000300.pt"]
     assert list((run / "tb").iterdir()), "TensorBoard events written"
     saved = ckpt.load_checkpoint(run / "checkpoints" / "step_00000300.pt")
     assert saved["step"] == 300 and '"d_model": 32' in saved["config"]
@@ -74,8 +88,16 @@ def test_loss_decreases_and_run_folder_is_complete(toy, tmp_path, capsys):
 def test_sigkill_and_resume_is_bit_exact(toy, tmp_path):
     """Kill the run at random moments (several times), resume each time; the final weights
     must equal those of an uninterrupted run of the same length (pitfall 19)."""
-    common = ["--data", str(toy), *TINY, "dropout=0.1", "max_steps=160", "checkpoint_every_steps=4",
-              "eval_every=1000", "checkpoint_every_minutes=0"]
+    common = [
+        "--data",
+        str(toy),
+        *TINY,
+        "dropout=0.1",
+        "max_steps=160",
+        "checkpoint_every_steps=4",
+        "eval_every=1000",
+        "checkpoint_every_minutes=0",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     full = tmp_path / "full"
     subprocess.run(aiayn_cmd("train", "--out", str(full), *common), check=True, env=env, capture_output=True)
@@ -99,8 +121,10 @@ def test_sigkill_and_resume_is_bit_exact(toy, tmp_path):
         args = aiayn_cmd("train", "--resume", str(run))
     subprocess.run(args, check=True, env=env, capture_output=True)
     assert kills == 3, "the run finished before it could be killed: make it longer"
-    assert max_diff(weights(full / "checkpoints" / "step_00000160.pt"),
-                    weights(run / "checkpoints" / "step_00000160.pt")) == 0.0
+    assert (
+        max_diff(weights(full / "checkpoints" / "step_00000160.pt"), weights(run / "checkpoints" / "step_00000160.pt"))
+        == 0.0
+    )
 
 
 def test_two_gloo_ranks_equal_one_process(toy, tmp_path):
@@ -108,21 +132,55 @@ def test_two_gloo_ranks_equal_one_process(toy, tmp_path):
     (pitfall 7: the loss is normalised by the global token count)."""
     common = ["--data", str(toy), *TINY, "max_steps=15", "eval_every=1000", "checkpoint_every_steps=15"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
-                "-m", "aiayn"]
-    subprocess.run([*torchrun, "train", "--out", str(tmp_path / "ddp"), *common], check=True, env=env,
-                   capture_output=True, timeout=300)
-    subprocess.run(aiayn_cmd("train", "--out", str(tmp_path / "one"), *common, "update_tokens=1024"), check=True,
-                   env=env, capture_output=True, timeout=300)
-    diff = max_diff(weights(tmp_path / "ddp" / "checkpoints" / "step_00000015.pt"),
-                    weights(tmp_path / "one" / "checkpoints" / "step_00000015.pt"))
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29533",
+        "-m",
+        "aiayn",
+    ]
+    subprocess.run(
+        [*torchrun, "train", "--out", str(tmp_path / "ddp"), *common],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
+    subprocess.run(
+        aiayn_cmd("train", "--out", str(tmp_path / "one"), *common, "update_tokens=1024"),
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
+    diff = max_diff(
+        weights(tmp_path / "ddp" / "checkpoints" / "step_00000015.pt"),
+        weights(tmp_path / "one" / "checkpoints" / "step_00000015.pt"),
+    )
     assert diff < 1e-5
 
 
 def test_corrupt_checkpoint_is_named_and_resume_falls_back(toy, tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", "--data", str(toy), "--out", str(run), *TINY, "max_steps=20", "eval_every=1000",
-                 "checkpoint_every_steps=10", "keep_last=5"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(toy),
+                "--out",
+                str(run),
+                *TINY,
+                "max_steps=20",
+                "eval_every=1000",
+                "checkpoint_every_steps=10",
+                "keep_last=5",
+            ]
+        )
+        == 0
+    )
     newest = run / "checkpoints" / "step_00000020.pt"
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
     with pytest.raises(AiaynError, match="step_00000020.pt: checkpoint is truncated or corrupt"):
@@ -149,8 +207,22 @@ def test_nan_losses_skip_updates_then_stop_with_checkpoint_intact(toy, tmp_path,
     import aiayn.train as train_mod
 
     run = tmp_path / "run"
-    assert main(["train", "--data", str(toy), "--out", str(run), *TINY, "max_steps=10", "eval_every=1000",
-                 "checkpoint_every_steps=10"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(toy),
+                "--out",
+                str(run),
+                *TINY,
+                "max_steps=10",
+                "eval_every=1000",
+                "checkpoint_every_steps=10",
+            ]
+        )
+        == 0
+    )
     before = weights(run / "checkpoints" / "step_00000010.pt")
     real = train_mod.label_smoothed_cross_entropy
     calls = {"n": 0}
@@ -185,12 +257,30 @@ def test_budget_recipe_decays_to_zero_and_writes_the_tail_checkpoints(toy, tmp_p
     """recipe=budget: the rate follows warmup then a linear fall to zero at max_steps, and the
     last five checkpoints sit in the last 10 % of the budget (what `aiayn average` averages)."""
     run = tmp_path / "run"
-    assert main(["train", "--data", str(toy), "--out", str(run), *TINY, "recipe=budget", "max_steps=200",
-                 "warmup_steps=20", "lr_scale=1.0", "log_every=10", "eval_every=1000",
-                 "checkpoint_every_steps=50", "checkpoint_every_minutes=0"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(toy),
+                "--out",
+                str(run),
+                *TINY,
+                "recipe=budget",
+                "max_steps=200",
+                "warmup_steps=20",
+                "lr_scale=1.0",
+                "log_every=10",
+                "eval_every=1000",
+                "checkpoint_every_steps=50",
+                "checkpoint_every_minutes=0",
+            ]
+        )
+        == 0
+    )
     assert [int(p.stem.split("_")[1]) for p in ckpt.list_checkpoints(run)] == [180, 185, 190, 195, 200]
     rows = [r for r in csv.DictReader((run / "metrics.csv").open()) if r["lr"]]
-    peak = 32 ** -0.5 * 20 ** -0.5  # Eq. 3's peak for d_model 32, warmup 20
+    peak = 32**-0.5 * 20**-0.5  # Eq. 3's peak for d_model 32, warmup 20
     for r in rows:  # logged after update `step`, which used progress (step - 1) / max_steps
         step = int(r["step"])
         expected = peak * min(1.0, step / 20) * (1 - (step - 1) / 200)

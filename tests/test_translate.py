@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from toydata import TOY_WORDS, save_run, train_toy_tokenizer
 
 from aiayn import search
 from aiayn.batching import source_row
@@ -21,10 +22,16 @@ from aiayn.config import BOS_ID, EOS_ID, PAD_ID, AiaynError, Config, preset
 from aiayn.model import Transformer
 from aiayn.tokenizer import Tokenizer
 from aiayn.translate import Translator, arriving_chunks, format_translations, length_batches, make_step_fn
-from toydata import TOY_WORDS, save_run, train_toy_tokenizer
 
-LINES = ["en el principio", "dios creo la luz y el agua", "la noche", "el mar y la tierra y los cielos y el dia",
-         "luz", "agua agua mar", "el principio de los cielos"]
+LINES = [
+    "en el principio",
+    "dios creo la luz y el agua",
+    "la noche",
+    "el mar y la tierra y los cielos y el dia",
+    "luz",
+    "agua agua mar",
+    "el principio de los cielos",
+]
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -77,8 +84,10 @@ def test_cached_and_uncached_decoding_agree():
         prefix = torch.cat([prefix, torch.randint(4, 64, (3, 1), generator=g)], dim=1)
 
     max_len = lengths + 8
-    for run in (lambda f, s: search.beam_search(f, s, 3, BOS_ID, EOS_ID, max_len, beam_size=4, nbest=4),
-                lambda f, s: [[h] for h in search.greedy_search(f, s, 3, BOS_ID, EOS_ID, max_len)]):
+    for run in (
+        lambda f, s: search.beam_search(f, s, 3, BOS_ID, EOS_ID, max_len, beam_size=4, nbest=4),
+        lambda f, s: [[h] for h in search.greedy_search(f, s, 3, BOS_ID, EOS_ID, max_len)],
+    ):
         with_cache = run(*make_step_fn(model, memory, mask, use_cache=True))
         without = run(*make_step_fn(model, memory, mask, use_cache=False))
         for x, y in zip(with_cache, without):
@@ -188,14 +197,46 @@ def run_dir(tmp_path_factory, tokenizer) -> Path:
 def test_translate_command_with_files(run_dir, translator, tmp_path):
     src = tmp_path / "in.txt"
     src.write_text("\n".join(LINES[:4] + ["", LINES[4]]) + "\n", encoding="utf-8")
-    assert main(["translate", "--model", str(run_dir), "--input", str(src), "--output", str(tmp_path / "o.txt"),
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "translate",
+                "--model",
+                str(run_dir),
+                "--input",
+                str(src),
+                "--output",
+                str(tmp_path / "o.txt"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     got = (tmp_path / "o.txt").read_text(encoding="utf-8").split("\n")[:-1]
     expected = [t[0].text for t in translator.translate(LINES[:4] + ["", LINES[4]])]
     assert got == expected
 
-    assert main(["translate", "--model", str(run_dir), "--input", str(src), "--output", str(tmp_path / "n.txt"),
-                 "--nbest", "3", "--beam", "4", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "translate",
+                "--model",
+                str(run_dir),
+                "--input",
+                str(src),
+                "--output",
+                str(tmp_path / "n.txt"),
+                "--nbest",
+                "3",
+                "--beam",
+                "4",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     rows = [line.split("\t") for line in (tmp_path / "n.txt").read_text(encoding="utf-8").splitlines()]
     assert [int(r[0]) for r in rows] == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 5, 5, 5]
     assert [r[2] for r in rows if r[0] == "0"] == [t.text for t in translator.translate([LINES[0]], nbest=3)[0]]
@@ -204,8 +245,12 @@ def test_translate_command_with_files(run_dir, translator, tmp_path):
 def test_translate_command_errors_are_one_line(run_dir, tmp_path, capsys):
     assert main(["translate", "--model", str(tmp_path / "nothing"), "--input", "x"]) == 2
     assert main(["translate", "--model", str(run_dir), "--input", str(tmp_path / "missing.txt")]) == 2
-    assert main(["translate", "--model", str(run_dir), "--beam", "2", "--nbest", "3", "--input",
-                 str(run_dir / "spm.vocab")]) == 2
+    assert (
+        main(
+            ["translate", "--model", str(run_dir), "--beam", "2", "--nbest", "3", "--input", str(run_dir / "spm.vocab")]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 3 and all(line.startswith("aiayn: error: ") for line in err)
 
@@ -244,8 +289,13 @@ def test_arriving_chunks():
 
 def test_stream_answers_each_line_before_input_ends(run_dir, translator):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "aiayn", "translate", "--model", str(run_dir), "--stream",
-                             "--device", "cpu"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aiayn", "translate", "--model", str(run_dir), "--stream", "--device", "cpu"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         for line in LINES[:3]:
             proc.stdin.write(line + "\n")

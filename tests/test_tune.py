@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from toydata import make_toy_data
 
 from aiayn import checkpoint as ckpt
 from aiayn import corpus
 from aiayn.cli import main
 from aiayn.evaluate import corpus_scores
 from aiayn.translate import Translator
-from aiayn.tune import Setting, choose_average, grid, tune_decoding
-from toydata import make_toy_data
+from aiayn.tune import Setting, choose_average, grid
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TINY = ["--preset", "tiny", "threads=1", "valid_bleu_sentences=0", "precision=fp32"]
@@ -27,8 +27,22 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("tune")
     data = make_toy_data(root, pairs=2000)
     run = root / "run"
-    assert main(["train", "--data", str(data), "--out", str(run), *TINY, "max_steps=250", "eval_every=1000",
-                 "checkpoint_every_steps=50"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(data),
+                "--out",
+                str(run),
+                *TINY,
+                "max_steps=250",
+                "eval_every=1000",
+                "checkpoint_every_steps=50",
+            ]
+        )
+        == 0
+    )
     return data, run
 
 
@@ -45,13 +59,18 @@ def copy_run(run: Path, to: Path, weights: list[dict]) -> Path:
 
 def noisy(weights: dict, scale: float, seed: int) -> dict:
     g = torch.Generator().manual_seed(seed)
-    return {k: v + scale * torch.randn(v.shape, generator=g) if v.is_floating_point() else v
-            for k, v in weights.items()}
+    return {
+        k: v + scale * torch.randn(v.shape, generator=g) if v.is_floating_point() else v for k, v in weights.items()
+    }
 
 
 def test_grid_lists_each_setting_once():
     assert grid((1, 4), ("gnmt", "none"), (0.6, 1.0)) == [
-        Setting(1, "none", 0.0), Setting(4, "gnmt", 0.6), Setting(4, "gnmt", 1.0), Setting(4, "none", 0.0)]
+        Setting(1, "none", 0.0),
+        Setting(4, "gnmt", 0.6),
+        Setting(4, "gnmt", 1.0),
+        Setting(4, "none", 0.0),
+    ]
 
 
 def test_average_that_loses_on_valid_is_not_kept(trained, tmp_path, capsys):
@@ -66,7 +85,9 @@ def test_average_that_loses_on_valid_is_not_kept(trained, tmp_path, capsys):
     saved = ckpt.load_checkpoint(folder / "averaged.pt")
     assert all(torch.equal(saved["model"][k], last[k]) for k in last)
     selection = json.loads(saved["selection"])
-    assert selection["selected"] == "last" and selection["valid"]["last"]["bleu"] > selection["valid"]["average"]["bleu"]
+    assert (
+        selection["selected"] == "last" and selection["valid"]["last"]["bleu"] > selection["valid"]["average"]["bleu"]
+    )
     # --no-compare keeps the average whatever it scores: the plain §6.1 mean.
     assert main(["average", str(folder), "--last", "5", "--no-compare"]) == 0
     mean = ckpt.load_checkpoint(folder / "averaged.pt")["model"]
@@ -94,8 +115,24 @@ def test_tune_decoding_picks_the_best_on_valid_and_translate_uses_it(trained, mo
         return read_split(folder, split)
 
     monkeypatch.setattr(corpus, "read_split", valid_only)
-    assert main(["tune-decoding", "--model", str(run), "--beams", "1,3", "--penalties", "gnmt,fairseq",
-                 "--alphas", "0,2.5", "--sentences", "60"]) == 0
+    assert (
+        main(
+            [
+                "tune-decoding",
+                "--model",
+                str(run),
+                "--beams",
+                "1,3",
+                "--penalties",
+                "gnmt,fairseq",
+                "--alphas",
+                "0,2.5",
+                "--sentences",
+                "60",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "<- best" in printed and "len ratio" in printed
     found = json.loads((run / "decoding.json").read_text())
@@ -115,9 +152,11 @@ def test_tune_decoding_picks_the_best_on_valid_and_translate_uses_it(trained, mo
 
 def test_tune_decoding_errors_are_one_line(trained, tmp_path, capsys):
     data, run = trained
-    for args, fragment in ((["--beams", "0"], "beam size must be positive"),
-                           (["--beams", "a,b"], "--beams: expected comma-separated numbers"),
-                           (["--penalties", "wu"], "unknown length penalty 'wu'")):
+    for args, fragment in (
+        (["--beams", "0"], "beam size must be positive"),
+        (["--beams", "a,b"], "--beams: expected comma-separated numbers"),
+        (["--penalties", "wu"], "unknown length penalty 'wu'"),
+    ):
         assert main(["tune-decoding", "--model", str(run), "--dry-run", *args]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and fragment in err, err
@@ -127,5 +166,10 @@ def test_tune_decoding_errors_are_one_line(trained, tmp_path, capsys):
     for name in ("spm.model", "spm.vocab"):
         (bad / name).write_bytes((run / name).read_bytes())
     (bad / "model.pt").write_bytes(ckpt.list_checkpoints(run)[-1].read_bytes())
-    assert main(["translate", "--model", str(bad / "model.pt")], ) == 2
+    assert (
+        main(
+            ["translate", "--model", str(bad / "model.pt")],
+        )
+        == 2
+    )
     assert "decoding.json: not a decoding file" in capsys.readouterr().err

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from toydata import save_run, train_toy_tokenizer
 
 from aiayn import visualize as v
 from aiayn.batching import source_row
@@ -19,7 +20,6 @@ from aiayn.config import BOS_ID, preset
 from aiayn.model import Transformer
 from aiayn.tokenizer import Tokenizer
 from aiayn.translate import Translator
-from toydata import save_run, train_toy_tokenizer
 
 SENTENCE = "en el principio creo dios los cielos y la tierra"
 MAX_PNG_BYTES = 300_000
@@ -83,7 +83,7 @@ def test_rows_sum_to_one_padding_and_future_get_zero_and_batching_changes_nothin
     for kind, w in batch.items():
         rows = w[0, :, :, : real_rows[kind]]  # (L, H, rows, keys) of the short sentence's real queries
         torch.testing.assert_close(rows.sum(-1), torch.ones(rows.shape[:-1]))
-        assert bool((rows[..., real_keys[kind]:] == 0).all()), f"{kind}: padding keys got weight"
+        assert bool((rows[..., real_keys[kind] :] == 0).all()), f"{kind}: padding keys got weight"
         torch.testing.assert_close(rows[..., : real_keys[kind]], alone[kind][0], atol=1e-5, rtol=1e-5)
     decoder = batch["decoder"][1]  # (L, H, T, T) of the long target: no query sees a later position
     future = torch.ones(decoder.shape[-2:], dtype=torch.bool).triu(1)
@@ -133,8 +133,12 @@ def assert_png_matches(fig, path: Path) -> None:
 
 def test_attention_grids_have_a_panel_per_layer_and_head_with_labels(maps, tmp_path):
     figures = v.attention_figures(maps)
-    assert list(figures) == ["attention_encoder", "attention_decoder", "attention_cross",
-                             "attention_lines_encoder_layer2"]
+    assert list(figures) == [
+        "attention_encoder",
+        "attention_decoder",
+        "attention_cross",
+        "attention_lines_encoder_layer2",
+    ]
     for kind in v.KINDS:
         fig = figures[f"attention_{kind}"]
         stack = getattr(maps, kind)
@@ -193,7 +197,7 @@ def test_schedule_follows_eq3_and_marks_the_warmup(tmp_path):
     ax = fig.axes[0]
     curve, warmup = ax.lines
     steps, rates = curve.get_xdata(), curve.get_ydata()
-    hand = [512 ** -0.5 * min(s ** -0.5, s * 4000 ** -1.5) for s in steps]
+    hand = [512**-0.5 * min(s**-0.5, s * 4000**-1.5) for s in steps]
     np.testing.assert_allclose(rates, hand, rtol=1e-12)
     assert steps[np.argmax(rates)] == 4000 and steps[0] == 1 and steps[-1] == 20_000
     assert list(warmup.get_xdata()) == [4000, 4000]
@@ -209,16 +213,30 @@ def write_metrics(run: Path, rows: list[dict]) -> None:
 
 
 def test_run_curves_plot_every_logged_value(tmp_path):
-    rows = [{"step": s, "epoch": 0, "train_loss": 5 - s / 100, "train_nll": 4.5 - s / 100, "lr": s * 1e-5,
-             "tokens_per_s": 1000 + s} for s in range(10, 110, 10)]
-    rows += [{"step": 50, "valid_loss": 4.2, "valid_ppl": 60, "valid_bleu": 1.5},
-             {"step": 100, "valid_loss": 3.9, "valid_ppl": 40, "valid_bleu": 3.25}]
+    rows = [
+        {
+            "step": s,
+            "epoch": 0,
+            "train_loss": 5 - s / 100,
+            "train_nll": 4.5 - s / 100,
+            "lr": s * 1e-5,
+            "tokens_per_s": 1000 + s,
+        }
+        for s in range(10, 110, 10)
+    ]
+    rows += [
+        {"step": 50, "valid_loss": 4.2, "valid_ppl": 60, "valid_bleu": 1.5},
+        {"step": 100, "valid_loss": 3.9, "valid_ppl": 40, "valid_bleu": 3.25},
+    ]
     write_metrics(tmp_path / "run", rows)
     fig = v.run_figure(tmp_path / "run")
     assert len(fig.axes) == 4
     loss, bleu, lr, speed = fig.axes
-    assert [line.get_label() for line in loss.lines] == ["train (label-smoothed)", "train NLL",
-                                                         "valid (label-smoothed)"]
+    assert [line.get_label() for line in loss.lines] == [
+        "train (label-smoothed)",
+        "train NLL",
+        "valid (label-smoothed)",
+    ]
     np.testing.assert_allclose(loss.lines[0].get_ydata(), [5 - s / 100 for s in range(10, 110, 10)])
     assert list(bleu.lines[0].get_xdata()) == [50, 100] and list(bleu.lines[0].get_ydata()) == [1.5, 3.25]
     np.testing.assert_allclose(lr.lines[0].get_ydata(), [s * 1e-5 for s in range(10, 110, 10)])
@@ -239,8 +257,25 @@ def test_run_curves_name_the_bad_file_and_line(tmp_path):
 
 def test_attention_command_writes_and_prints_every_figure(run_dir, tmp_path, capsys):
     out = tmp_path / "att"
-    assert main(["attention", "--model", str(run_dir), SENTENCE, "--out", str(out), "--kind", "decoder",
-                 "--layer", "1", "--beam", "2"]) == 0
+    assert (
+        main(
+            [
+                "attention",
+                "--model",
+                str(run_dir),
+                SENTENCE,
+                "--out",
+                str(out),
+                "--kind",
+                "decoder",
+                "--layer",
+                "1",
+                "--beam",
+                "2",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].startswith("translation: ")
     stems = ["attention_encoder", "attention_decoder", "attention_cross", "attention_lines_decoder_layer1"]
@@ -251,13 +286,21 @@ def test_attention_command_writes_and_prints_every_figure(run_dir, tmp_path, cap
 
 def test_plot_commands_write_files_and_report_errors_in_one_line(run_dir, tmp_path, capsys):
     assert main(["plot", "positions", "--d-model", "32", "--max-len", "20", "--out", str(tmp_path / "pe.png")]) == 0
-    assert main(["plot", "schedule", "--preset", "tiny", "warmup_steps=50", "--steps", "300",
-                 "--out", str(tmp_path / "s")]) == 0
+    assert (
+        main(
+            ["plot", "schedule", "--preset", "tiny", "warmup_steps=50", "--steps", "300", "--out", str(tmp_path / "s")]
+        )
+        == 0
+    )
     write_metrics(run_dir, [{"step": 10, "train_loss": 2.0, "lr": 1e-4, "tokens_per_s": 900}])
     assert main(["plot", "run", str(run_dir)]) == 0
     assert capsys.readouterr().out.splitlines() == [
-        str(tmp_path / "pe.png"), str(tmp_path / "s" / "schedule.png"), str(tmp_path / "s" / "schedule.svg"),
-        str(run_dir / "curves.png"), str(run_dir / "curves.svg")]
+        str(tmp_path / "pe.png"),
+        str(tmp_path / "s" / "schedule.png"),
+        str(tmp_path / "s" / "schedule.svg"),
+        str(run_dir / "curves.png"),
+        str(run_dir / "curves.svg"),
+    ]
     assert not (tmp_path / "pe.svg").exists()
     assert main(["attention", "--model", str(run_dir), SENTENCE, "--layer", "3"]) == 2
     assert main(["plot", "run", str(tmp_path)]) == 2

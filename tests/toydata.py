@@ -17,9 +17,11 @@ from aiayn.corpus import prepare_files
 from aiayn.model import Transformer
 from aiayn.tokenizer import Tokenizer
 
-WORDS = ("el la de que y en un una por con para su al lo como más pero sus le ya o este sí porque esta "
-         "entre cuando muy sin sobre también me hasta hay donde quien desde todo nos durante todos uno les "
-         "ni contra otros ese eso ante ellos esto mí antes algunos qué unos yo otro otras otra él tanto").split()
+WORDS = (
+    "el la de que y en un una por con para su al lo como más pero sus le ya o este sí porque esta "
+    "entre cuando muy sin sobre también me hasta hay donde quien desde todo nos durante todos uno les "
+    "ni contra otros ese eso ante ellos esto mí antes algunos qué unos yo otro otras otra él tanto"
+).split()
 TOY_WORDS = "en el principio creo dios los cielos y la tierra luz agua noche dia mar".split()
 
 
@@ -45,8 +47,9 @@ def train_toy_tokenizer(folder: Path, vocab_size: int = 64) -> Tokenizer:
 
 def save_run(folder: Path, model: Transformer, cfg: Config, step: int = 1) -> Path:
     """Write ``model`` and ``cfg`` as the checkpoint of ``step`` in the run folder ``folder``."""
-    save_checkpoint(step_path(folder, step),
-                    {"model": model.state_dict(), "config": json.dumps(cfg.to_dict()), "step": step})
+    save_checkpoint(
+        step_path(folder, step), {"model": model.state_dict(), "config": json.dumps(cfg.to_dict()), "step": step}
+    )
     return folder
 
 

@@ -73,8 +73,10 @@ class Batch:
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         counts = self._token_counts()
-        moved = (t.to(device, non_blocking=non_blocking)
-                 for t in (self.src, self.tgt_in, self.tgt_out, self.src_mask, self.tgt_mask, self.ids))
+        moved = (
+            t.to(device, non_blocking=non_blocking)
+            for t in (self.src, self.tgt_in, self.tgt_out, self.src_mask, self.tgt_mask, self.ids)
+        )
         return Batch(*moved, _counts=counts)
 
 
@@ -96,8 +98,14 @@ def collate(indices: Sequence[int], src_ids: Sequence[Sequence[int]], tgt_ids: S
     return Batch(src, tgt_in, tgt_out, src_mask, tgt_mask, torch.tensor(list(indices), dtype=torch.long))
 
 
-def make_batches(src_lens: Sequence[int], tgt_lens: Sequence[int], batch_tokens: int,
-                 seed: int = 0, epoch: int = 0, shuffle: bool = True) -> list[list[int]]:
+def make_batches(
+    src_lens: Sequence[int],
+    tgt_lens: Sequence[int],
+    batch_tokens: int,
+    seed: int = 0,
+    epoch: int = 0,
+    shuffle: bool = True,
+) -> list[list[int]]:
     """Group pair indices into batches of at most ``batch_tokens`` padded positions per side.
 
     ``src_lens``/``tgt_lens`` count subwords without specials; each side's row is one longer
@@ -150,8 +158,17 @@ class BatchStream:
     continues exactly where the saved one stopped instead of repeating data (pitfall 19).
     """
 
-    def __init__(self, src_ids: Sequence[Sequence[int]], tgt_ids: Sequence[Sequence[int]], batch_tokens: int,
-                 max_len: int, seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True):
+    def __init__(
+        self,
+        src_ids: Sequence[Sequence[int]],
+        tgt_ids: Sequence[Sequence[int]],
+        batch_tokens: int,
+        max_len: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+    ):
         if len(src_ids) != len(tgt_ids):
             raise ValueError(f"{len(src_ids)} source but {len(tgt_ids)} target sentences")
         self.src_ids, self.tgt_ids = src_ids, tgt_ids
@@ -160,8 +177,9 @@ class BatchStream:
         self.kept = [i for i, (x, y) in enumerate(zip(src_ids, tgt_ids)) if len(x) <= max_len and len(y) <= max_len]
         self.n_dropped = len(src_ids) - len(self.kept)
         if not self.kept:
-            raise AiaynError(f"all {len(src_ids)} training pairs are longer than data.max_len={max_len} subwords; "
-                             f"raise data.max_len")
+            raise AiaynError(
+                f"all {len(src_ids)} training pairs are longer than data.max_len={max_len} subwords; raise data.max_len"
+            )
         self.epoch, self.position = 0, 0
         self._cached: tuple[int, list[list[int]]] | None = None
 
@@ -173,8 +191,10 @@ class BatchStream:
             local = make_batches(src_lens, tgt_lens, self.batch_tokens, self.seed, epoch, self.shuffle)
             mine = shard([[self.kept[j] for j in b] for b in local], self.rank, self.world_size)
             if not mine:
-                raise AiaynError(f"{len(local)} batches cannot be shared by {self.world_size} processes; "
-                                 f"lower data.batch_tokens or use fewer processes")
+                raise AiaynError(
+                    f"{len(local)} batches cannot be shared by {self.world_size} processes; "
+                    f"lower data.batch_tokens or use fewer processes"
+                )
             self._cached = (epoch, mine)
         return self._cached[1]
 
@@ -198,8 +218,9 @@ class BatchStream:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
 
-def padding_report(data_dir: Path, batch_tokens: int = 4096, split: str = "train",
-                   max_len: int = DataConfig.max_len, seed: int = 1) -> dict[str, float | int | str]:
+def padding_report(
+    data_dir: Path, batch_tokens: int = 4096, split: str = "train", max_len: int = DataConfig.max_len, seed: int = 1
+) -> dict[str, float | int | str]:
     """Tokenize a prepared split, batch it as training would (epoch 0), and measure the padding.
 
     ``padding_efficiency`` = real positions / padded positions, source and target together.

@@ -82,15 +82,19 @@ def fetch_modules(folder: Path, apt_update: bool = False) -> Path:
     the error says which command to run."""
     for tool in ("apt-get", "dpkg-deb"):
         if shutil.which(tool) is None:
-            raise AiaynError(f"no SWORD modules found and {tool} is missing; install {' and '.join(PACKAGES)} "
-                             "or pass --sword-dir DIR (a folder with mods.d/ and modules/)")
+            raise AiaynError(
+                f"no SWORD modules found and {tool} is missing; install {' and '.join(PACKAGES)} "
+                "or pass --sword-dir DIR (a folder with mods.d/ and modules/)"
+            )
     folder.mkdir(parents=True, exist_ok=True)
     print(f"downloading {' and '.join(PACKAGES)} into {folder}", file=sys.stderr)
     result = _apt_download(folder)
     if _no_lists(result) and apt_update:
         if os.geteuid() != 0:
-            raise AiaynError("--apt-update: apt-get update needs root; run `sudo apt-get update`, then this "
-                             "command again without --apt-update")
+            raise AiaynError(
+                "--apt-update: apt-get update needs root; run `sudo apt-get update`, then this "
+                "command again without --apt-update"
+            )
         print("apt package lists are missing: running apt-get update (--apt-update)", file=sys.stderr)
         updated = subprocess.run(["apt-get", "update"], capture_output=True, text=True)
         if updated.returncode != 0:
@@ -98,11 +102,15 @@ def fetch_modules(folder: Path, apt_update: bool = False) -> Path:
         result = _apt_download(folder)
     if result.returncode != 0:
         if _no_lists(result):
-            raise AiaynError(f"apt-get download cannot find {PACKAGES[0]}: the apt package lists are missing; "
-                             "run `sudo apt-get update` first (or pass --apt-update to let aiayn run it), "
-                             "or pass --sword-dir DIR")
-        raise AiaynError(f"apt-get download {' '.join(PACKAGES)} failed: "
-                         f"{(result.stderr.strip().splitlines() or ['no message'])[-1]}")
+            raise AiaynError(
+                f"apt-get download cannot find {PACKAGES[0]}: the apt package lists are missing; "
+                "run `sudo apt-get update` first (or pass --apt-update to let aiayn run it), "
+                "or pass --sword-dir DIR"
+            )
+        raise AiaynError(
+            f"apt-get download {' '.join(PACKAGES)} failed: "
+            f"{(result.stderr.strip().splitlines() or ['no message'])[-1]}"
+        )
     for deb in sorted(folder.glob("sword-text-*.deb")):
         unpacked = subprocess.run(["dpkg-deb", "-x", str(deb), str(folder)], capture_output=True, text=True)
         if unpacked.returncode != 0:
@@ -118,8 +126,10 @@ def locate_modules(sword_dir: Path | None, apt_update: bool = False) -> tuple[Mo
         root = fetch_modules(cache_dir(), apt_update)
         found = [find_module(name, [root]) for name in (SPANISH, ENGLISH)]
         if None in found:
-            raise AiaynError(f"{root}: the Debian packages hold no module {SPANISH} / {ENGLISH}; pass "
-                             "--sword-dir DIR with both modules")
+            raise AiaynError(
+                f"{root}: the Debian packages hold no module {SPANISH} / {ENGLISH}; pass "
+                "--sword-dir DIR with both modules"
+            )
     return found[0], found[1]  # type: ignore[return-value]
 
 
@@ -128,10 +138,15 @@ def locate_modules(sword_dir: Path | None, apt_update: bool = False) -> tuple[Mo
 # punctuation is removed at the end); inline tags (<w>, <transChange>, <q>, ...) vanish, except
 # that a space separates the word or punctuation before them from a word after them.
 _PSALM_TITLE = re.compile(r'<title\b[^>]*type="psalm"[^>]*>(.*?)</title\s*>', re.S)
-_WITH_CONTENT = re.compile(r"<(note|title|speaker|catchWord|rdg|scripRef)\b[^>]*(?<!/)>.*?</\1\s*>"
-                           r"|<RF>.*?<Rf>|<TS>.*?<Ts>", re.S)
-_BLOCK = re.compile(r"</?(?:div|p|l|lg|lb|br|chapter|verse|milestone|item|list|head|table|row|cell|CM|CL)\b"
-                    r"[^>]*>")
+_WITH_CONTENT = re.compile(
+    r"<(note|title|speaker|catchWord|rdg|scripRef)\b[^>]*(?<!/)>.*?</\1\s*>"
+    r"|<RF>.*?<Rf>|<TS>.*?<Ts>",
+    re.S,
+)
+_BLOCK = re.compile(
+    r"</?(?:div|p|l|lg|lb|br|chapter|verse|milestone|item|list|head|table|row|cell|CM|CL)\b"
+    r"[^>]*>"
+)
 _TAG = re.compile(r"<[^>]*>")
 _GLUED = re.compile(r"(?<=[\w.,;:!?”)\]])\x00+(?=\w)")
 _STRONGS = re.compile(r"\b[HG]\d{1,5}[a-z]?\b")
@@ -169,7 +184,7 @@ def spanish_verse(text: str, key: Verse) -> tuple[str, bool]:
     if cap is None:
         return text, False
     has_heading = _WORD.search(text, 0, cap.start()) is not None
-    return text[: cap.start()] + cap.group().capitalize() + text[cap.end():], has_heading
+    return text[: cap.start()] + cap.group().capitalize() + text[cap.end() :], has_heading
 
 
 def to_kjv(verses: dict[Verse, str], versification: Versification) -> dict[Verse, str]:
@@ -215,8 +230,9 @@ def misaligned_chapters(es: dict[Verse, str], en: dict[Verse, str], median: floa
     for (book, chapter), verses in by_chapter.items():
         for start in verses:
             here = window_cost(book, chapter, start, 0)
-            if here < math.inf and any(here - window_cost(book, chapter, start, shift) > SHIFT_GAIN
-                                       for shift in (-2, -1, 1, 2)):
+            if here < math.inf and any(
+                here - window_cost(book, chapter, start, shift) > SHIFT_GAIN for shift in (-2, -1, 1, 2)
+            ):
                 bad.add((book, chapter))
     return bad
 
@@ -252,8 +268,7 @@ def align(es_raw: dict[Verse, str], en_raw: dict[Verse, str]) -> tuple[list[Vers
     return pairs, drops
 
 
-def split_by_chapter(pairs: list[VersePair], seed: int = 1,
-                     target: int = HELD_OUT_PAIRS) -> dict[str, list[Pair]]:
+def split_by_chapter(pairs: list[VersePair], seed: int = 1, target: int = HELD_OUT_PAIRS) -> dict[str, list[Pair]]:
     """Whole chapters to valid and test (about ``target`` pairs each), the rest to train.
 
     Chapters are ranked by a seeded hash; each split takes the next chapter from the book it
@@ -285,8 +300,9 @@ def split_by_chapter(pairs: list[VersePair], seed: int = 1,
     return splits
 
 
-def prepare_bible(out: Path, sword_dir: Path | None = None, vocab_size: int = 8000, seed: int = 1,
-                  apt_update: bool = False) -> dict:
+def prepare_bible(
+    out: Path, sword_dir: Path | None = None, vocab_size: int = 8000, seed: int = 1, apt_update: bool = False
+) -> dict:
     """``aiayn prepare bible``: modules -> aligned, cleaned, split pairs -> data folder in ``out``.
     ``apt_update`` lets a download run ``apt-get update`` when apt's package lists are missing."""
     start = time.monotonic()
@@ -295,8 +311,16 @@ def prepare_bible(out: Path, sword_dir: Path | None = None, vocab_size: int = 80
     en_raw = to_kjv(read_verses(english), english.versification)
     pairs, drops = align(es_raw, en_raw)
     splits = split_by_chapter(pairs, seed)
-    meta = write_data(Path(out), splits, source="bible", src_lang="es", tgt_lang="en",
-                      pairs_read=len(pairs) + sum(drops.values()), dropped=dict(drops), vocab_size=vocab_size,
-                      extra={"modules": [spanish.name, english.name], "seed": seed})
+    meta = write_data(
+        Path(out),
+        splits,
+        source="bible",
+        src_lang="es",
+        tgt_lang="en",
+        pairs_read=len(pairs) + sum(drops.values()),
+        dropped=dict(drops),
+        vocab_size=vocab_size,
+        extra={"modules": [spanish.name, english.name], "seed": seed},
+    )
     print(f"  took {time.monotonic() - start:.1f} s")
     return meta

@@ -68,8 +68,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, bad pickle, refused global: all mean "not usable"
         reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
-        raise AiaynError(f"{path}: checkpoint is truncated or corrupt ({reason}); "
-                         "delete it to fall back to an earlier one") from None
+        raise AiaynError(
+            f"{path}: checkpoint is truncated or corrupt ({reason}); delete it to fall back to an earlier one"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT or "model" not in state:
         raise AiaynError(f"{path}: not an aiayn checkpoint (expected format {FORMAT})")
     return state
@@ -174,8 +175,10 @@ def tuned_decoding(model_path: Path) -> dict[str, Any] | None:
                 found = json.loads(path.read_text())
                 return {k: found[k] for k in ("beam_size", "length_penalty", "alpha")}
             except (ValueError, KeyError, TypeError):
-                raise AiaynError(f"{path}: not a decoding file written by `aiayn tune-decoding`; "
-                                 "delete it or run tune-decoding again") from None
+                raise AiaynError(
+                    f"{path}: not a decoding file written by `aiayn tune-decoding`; "
+                    "delete it or run tune-decoding again"
+                ) from None
     return None
 
 
@@ -208,20 +211,26 @@ def load_for_inference(path: str | Path, device: str | torch.device = "cpu", use
     model_path = resolve_model_path(Path(path))
     state = load_checkpoint(model_path)
     if "config" not in state:
-        raise AiaynError(f"{model_path}: the checkpoint holds no config, so its model cannot be built; "
-                         "use one written by `aiayn train` or `aiayn average`")
+        raise AiaynError(
+            f"{model_path}: the checkpoint holds no config, so its model cannot be built; "
+            "use one written by `aiayn train` or `aiayn average`"
+        )
     try:
         config = from_dict(json.loads(state["config"]))
     except (TypeError, ValueError, AiaynError) as e:  # not a JSON string, or not a config
-        raise AiaynError(f"{model_path}: the checkpoint's config is unusable ({str(e).splitlines()[0][:120]}); "
-                         "use one written by `aiayn train` or `aiayn average`") from None
+        raise AiaynError(
+            f"{model_path}: the checkpoint's config is unusable ({str(e).splitlines()[0][:120]}); "
+            "use one written by `aiayn train` or `aiayn average`"
+        ) from None
     for key, value in ((tuned_decoding(model_path) if use_tuned else None) or {}).items():
         setattr(config.decode, key, value)
     model = Transformer(config.model)
     misfit = _misfit(model.state_dict(), state["model"])
     if misfit:
-        raise AiaynError(f"{model_path}: the weights do not fit the checkpoint's own config ({misfit}); "
-                         "the file was damaged or edited, use another checkpoint")
+        raise AiaynError(
+            f"{model_path}: the weights do not fit the checkpoint's own config ({misfit}); "
+            "the file was damaged or edited, use another checkpoint"
+        )
     model.load_state_dict(state["model"])
     model.to(device).eval()
     return Loaded(model, config, Tokenizer.load(find_tokenizer(model_path)), model_path, int(state.get("step", 0)))

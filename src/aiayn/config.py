@@ -147,14 +147,22 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
         "model": dict(vocab_size=64, d_model=32, d_ff=64, n_heads=4, n_layers=2, dropout=0.0, max_len=256),
         "data": dict(batch_tokens=512, max_len=64),
-        "train": dict(warmup_steps=100, lr_scale=1.0, max_steps=1000, log_every=10, eval_every=100,
-                      checkpoint_every_steps=100, checkpoint_every_minutes=0.0),
+        "train": dict(
+            warmup_steps=100,
+            lr_scale=1.0,
+            max_steps=1000,
+            log_every=10,
+            eval_every=100,
+            checkpoint_every_steps=100,
+            checkpoint_every_minutes=0.0,
+        ),
     },
     "small": {
         "model": dict(vocab_size=8000, d_model=256, d_ff=1024, n_heads=4, n_layers=3, dropout=0.1),
         "data": dict(batch_tokens=3000),
-        "train": dict(warmup_steps=400, lr_scale=0.4, eval_every=500, checkpoint_every_steps=200,
-                      checkpoint_every_minutes=10.0),
+        "train": dict(
+            warmup_steps=400, lr_scale=0.4, eval_every=500, checkpoint_every_steps=200, checkpoint_every_minutes=10.0
+        ),
     },
     "base": {},
     "big": {
@@ -286,8 +294,9 @@ def parse_override(item: str) -> tuple[str, str, Any]:
     return section, name, value
 
 
-def load_config(preset_name: str | None = None, path: str | Path | None = None,
-                overrides: list[str] | tuple[str, ...] = ()) -> Config:
+def load_config(
+    preset_name: str | None = None, path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> Config:
     """Preset, then YAML file, then ``key=value`` overrides; validated at the end."""
     tree: dict[str, Any] = {}
     if path is not None:
@@ -317,10 +326,21 @@ def validate(cfg: Config) -> Config:
         value = getattr(getattr(cfg, section), name)
         if value not in allowed:
             raise AiaynError(f"config key '{section}.{name}' must be one of {', '.join(allowed)}, got '{value}'")
-    positive = [("model", "vocab_size"), ("model", "d_model"), ("model", "d_ff"), ("model", "n_heads"),
-                ("model", "n_layers"), ("model", "max_len"), ("data", "batch_tokens"), ("data", "max_len"),
-                ("train", "warmup_steps"), ("train", "max_steps"), ("train", "keep_last"),
-                ("decode", "beam_size"), ("decode", "nbest")]
+    positive = [
+        ("model", "vocab_size"),
+        ("model", "d_model"),
+        ("model", "d_ff"),
+        ("model", "n_heads"),
+        ("model", "n_layers"),
+        ("model", "max_len"),
+        ("data", "batch_tokens"),
+        ("data", "max_len"),
+        ("train", "warmup_steps"),
+        ("train", "max_steps"),
+        ("train", "keep_last"),
+        ("decode", "beam_size"),
+        ("decode", "nbest"),
+    ]
     for section, name in positive:
         if getattr(getattr(cfg, section), name) <= 0:
             raise AiaynError(f"config key '{section}.{name}' must be positive")
@@ -329,8 +349,10 @@ def validate(cfg: Config) -> Config:
         if value is not None and value <= 0:
             raise AiaynError(f"config key 'model.{name}' must be positive")
     if (m.d_k is None or m.d_v is None) and m.d_model % m.n_heads:
-        raise AiaynError(f"config key 'model.d_model' ({m.d_model}) must be divisible by model.n_heads "
-                         f"({m.n_heads}), or set model.d_k and model.d_v")
+        raise AiaynError(
+            f"config key 'model.d_model' ({m.d_model}) must be divisible by model.n_heads "
+            f"({m.n_heads}), or set model.d_k and model.d_v"
+        )
     if not 0.0 <= m.dropout < 1.0:
         raise AiaynError(f"config key 'model.dropout' must be in [0, 1), got {m.dropout}")
     if not 0.0 <= cfg.train.label_smoothing < 1.0:
@@ -345,8 +367,16 @@ def validate(cfg: Config) -> Config:
             raise AiaynError(f"config key 'train.{name}' must be in [0, 1)")
     if not 0.0 <= cfg.train.tail_fraction < 1.0:
         raise AiaynError(f"config key 'train.tail_fraction' must be in [0, 1), got {cfg.train.tail_fraction}")
-    for name in ("max_minutes", "clip_norm", "weight_decay", "checkpoint_every_minutes", "update_tokens",
-                 "max_epochs", "threads", "checkpoint_every_steps"):
+    for name in (
+        "max_minutes",
+        "clip_norm",
+        "weight_decay",
+        "checkpoint_every_minutes",
+        "update_tokens",
+        "max_epochs",
+        "threads",
+        "checkpoint_every_steps",
+    ):
         if getattr(cfg.train, name) < 0:
             raise AiaynError(f"config key 'train.{name}' cannot be negative")
     if cfg.decode.nbest > cfg.decode.beam_size:

@@ -50,8 +50,9 @@ def read_lines(path: Path) -> list[str]:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
-        raise AiaynError(f"{path}:{line}: invalid UTF-8 at byte {e.start}; convert the file to UTF-8 "
-                         "(e.g. iconv -f latin1 -t utf-8)") from None
+        raise AiaynError(
+            f"{path}:{line}: invalid UTF-8 at byte {e.start}; convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+        ) from None
     text = text.removeprefix("\ufeff")
     lines = text.split("\n")
     if lines[-1] == "":
@@ -64,8 +65,10 @@ def read_parallel(src: Path, tgt: Path) -> list[Pair]:
     a, b = read_lines(src), read_lines(tgt)
     if len(a) != len(b):
         short, long_, n = (src, tgt, len(a)) if len(a) < len(b) else (tgt, src, len(b))
-        raise AiaynError(f"{short}:{n + 1}: file ends after {n} lines but {long_} has {max(len(a), len(b))}; "
-                         "the two files must have one line per sentence pair")
+        raise AiaynError(
+            f"{short}:{n + 1}: file ends after {n} lines but {long_} has {max(len(a), len(b))}; "
+            "the two files must have one line per sentence pair"
+        )
     return [("", s, t) for s, t in zip(a, b)]
 
 
@@ -118,8 +121,18 @@ def write_split(out: Path, split: str, pairs: list[Pair], src_lang: str, tgt_lan
         (out / f"{split}.tsv").write_text("".join("\t".join(p) + "\n" for p in pairs), encoding="utf-8")
 
 
-def write_data(out: Path, splits: dict[str, list[Pair]], *, source: str, src_lang: str, tgt_lang: str,
-               pairs_read: int, dropped: dict[str, int], vocab_size: int, extra: dict | None = None) -> dict:
+def write_data(
+    out: Path,
+    splits: dict[str, list[Pair]],
+    *,
+    source: str,
+    src_lang: str,
+    tgt_lang: str,
+    pairs_read: int,
+    dropped: dict[str, int],
+    vocab_size: int,
+    extra: dict | None = None,
+) -> dict:
     """Write the splits, train the joint tokenizer on the training text, write ``meta.json``, report."""
     from aiayn.tokenizer import Tokenizer
 
@@ -129,8 +142,9 @@ def write_data(out: Path, splits: dict[str, list[Pair]], *, source: str, src_lan
     for split in SPLITS:
         (out / f"{split}.tsv").unlink(missing_ok=True)
         write_split(out, split, splits[split], src_lang, tgt_lang)
-    tok = Tokenizer.train(files=[out / f"train.{src_lang}", out / f"train.{tgt_lang}"], out_dir=out,
-                          vocab_size=vocab_size)
+    tok = Tokenizer.train(
+        files=[out / f"train.{src_lang}", out / f"train.{tgt_lang}"], out_dir=out, vocab_size=vocab_size
+    )
     meta = {
         "source": source,
         "src_lang": src_lang,
@@ -201,11 +215,20 @@ def _read_given(files: tuple[Path | None, Path | None], name: str) -> list[Pair]
     return None if files[0] is None or files[1] is None else read_parallel(files[0], files[1])
 
 
-def prepare_files(out: Path, *, src: Path | None = None, tgt: Path | None = None, tsv: Path | None = None,
-                  src_lang: str | None = None, tgt_lang: str | None = None,
-                  valid: tuple[Path | None, Path | None] = (None, None),
-                  test: tuple[Path | None, Path | None] = (None, None),
-                  max_chars: int = 1000, vocab_size: int = 8000, seed: int = 1) -> dict:
+def prepare_files(
+    out: Path,
+    *,
+    src: Path | None = None,
+    tgt: Path | None = None,
+    tsv: Path | None = None,
+    src_lang: str | None = None,
+    tgt_lang: str | None = None,
+    valid: tuple[Path | None, Path | None] = (None, None),
+    test: tuple[Path | None, Path | None] = (None, None),
+    max_chars: int = 1000,
+    vocab_size: int = 8000,
+    seed: int = 1,
+) -> dict:
     """``aiayn prepare files``: validate, clean, split (seeded hold-out unless given) and write ``out``."""
     if max_chars <= 0:
         raise AiaynError(f"--max-chars must be positive, got {max_chars}")
@@ -217,8 +240,10 @@ def prepare_files(out: Path, *, src: Path | None = None, tgt: Path | None = None
     drops: Counter = Counter()
     train = clean_pairs(pairs, max_chars, drops)
     if not train:
-        raise AiaynError(f"{first}: no usable pairs ({drops['empty']} empty, {drops['too_long']} longer than "
-                         f"--max-chars {max_chars})")
+        raise AiaynError(
+            f"{first}: no usable pairs ({drops['empty']} empty, {drops['too_long']} longer than "
+            f"--max-chars {max_chars})"
+        )
     splits = {name: clean_pairs(p, max_chars, drops) for name, p in given.items() if p is not None}
     for name, pairs_given in splits.items():
         if not pairs_given:
@@ -230,22 +255,33 @@ def prepare_files(out: Path, *, src: Path | None = None, tgt: Path | None = None
     for offset, name in enumerate(("valid", "test")):
         if name in wanted and name not in splits:
             if len(train) <= n_hold:
-                raise AiaynError(f"{first}: only {len(train)} usable pairs, too few to hold out a {name} split; "
-                                 f"give --{name}-src and --{name}-tgt")
+                raise AiaynError(
+                    f"{first}: only {len(train)} usable pairs, too few to hold out a {name} split; "
+                    f"give --{name}-src and --{name}-tgt"
+                )
             splits[name], train = holdout(train, n_hold, seed + offset)
             held[name] = n_hold
         splits.setdefault(name, [])
     if held:
         took = " and ".join(f"{n:,} for {name}" for name, n in held.items())
-        print(f"aiayn: held out {took} of the {corpus_size:,} usable pairs; give --valid-src/--valid-tgt "
-              f"(and --test-src/--test-tgt) to train on every pair")
+        print(
+            f"aiayn: held out {took} of the {corpus_size:,} usable pairs; give --valid-src/--valid-tgt "
+            f"(and --test-src/--test-tgt) to train on every pair"
+        )
     splits["train"] = train
     pairs_read = len(pairs) + sum(len(p) for p in given.values() if p is not None)
     inputs = [str(p) for p in (tsv, src, tgt, *valid, *test) if p is not None]
-    return write_data(Path(out), splits, source="files", src_lang=src_lang, tgt_lang=tgt_lang,
-                      pairs_read=pairs_read, dropped={k: drops[k] for k in ("empty", "too_long")},
-                      vocab_size=vocab_size, extra={"inputs": inputs, "seed": seed, "max_chars": max_chars,
-                                                    "held_out_of_corpus": held})
+    return write_data(
+        Path(out),
+        splits,
+        source="files",
+        src_lang=src_lang,
+        tgt_lang=tgt_lang,
+        pairs_read=pairs_read,
+        dropped={k: drops[k] for k in ("empty", "too_long")},
+        vocab_size=vocab_size,
+        extra={"inputs": inputs, "seed": seed, "max_chars": max_chars, "held_out_of_corpus": held},
+    )
 
 
 def load_meta(data_dir: Path) -> dict:
@@ -254,8 +290,10 @@ def load_meta(data_dir: Path) -> dict:
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise AiaynError(f"{data_dir}: not a prepared data folder (no {META_NAME}); "
-                         "create it with `aiayn prepare bible` or `aiayn prepare files`") from None
+        raise AiaynError(
+            f"{data_dir}: not a prepared data folder (no {META_NAME}); "
+            "create it with `aiayn prepare bible` or `aiayn prepare files`"
+        ) from None
     except json.JSONDecodeError:
         raise AiaynError(f"{path}: not valid JSON; run `aiayn prepare` again") from None
     missing = [k for k in ("src_lang", "tgt_lang", "counts", "vocab_size") if k not in meta]
@@ -271,6 +309,8 @@ def read_split(data_dir: Path, split: str) -> tuple[list[str], list[str]]:
     meta = load_meta(data_dir)
     src, tgt = (read_lines(Path(data_dir) / f"{split}.{meta[k]}") for k in ("src_lang", "tgt_lang"))
     if len(src) != len(tgt):
-        raise AiaynError(f"{data_dir}: {split}.{meta['src_lang']} and {split}.{meta['tgt_lang']} differ in "
-                         "length; run `aiayn prepare` again")
+        raise AiaynError(
+            f"{data_dir}: {split}.{meta['src_lang']} and {split}.{meta['tgt_lang']} differ in "
+            "length; run `aiayn prepare` again"
+        )
     return src, tgt

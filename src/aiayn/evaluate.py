@@ -39,8 +39,9 @@ def corpus_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict[
     }
 
 
-def evaluate(translator: Any, sources: Sequence[str], references: Sequence[str],
-             progress: bool = True, **options: Any) -> tuple[list[str], dict[str, Any]]:
+def evaluate(
+    translator: Any, sources: Sequence[str], references: Sequence[str], progress: bool = True, **options: Any
+) -> tuple[list[str], dict[str, Any]]:
     """Translate ``sources`` (options as ``Translator.translate``) and score them."""
     if len(sources) != len(references):
         raise AiaynError(f"{len(sources)} source lines but {len(references)} references; they must be aligned")
@@ -55,10 +56,12 @@ def evaluate(translator: Any, sources: Sequence[str], references: Sequence[str],
 
 
 def format_scores(scores: dict[str, Any]) -> str:
-    return (f"{scores['bleu_detail']}\n  signature: {scores['bleu_signature']}\n"
-            f"chrF2 = {scores['chrf']:.2f}\n  signature: {scores['chrf_signature']}\n"
-            f"{scores['sentences']} sentences in {scores['seconds']:.1f} s "
-            f"({scores['sentences_per_second']:.1f} sentences/s)")
+    return (
+        f"{scores['bleu_detail']}\n  signature: {scores['bleu_signature']}\n"
+        f"chrF2 = {scores['chrf']:.2f}\n  signature: {scores['chrf_signature']}\n"
+        f"{scores['sentences']} sentences in {scores['seconds']:.1f} s "
+        f"({scores['sentences_per_second']:.1f} sentences/s)"
+    )
 
 
 def _read_inputs(args: Any) -> tuple[list[str], list[str], str]:
@@ -70,15 +73,19 @@ def _read_inputs(args: Any) -> tuple[list[str], list[str], str]:
             raise AiaynError("give either --data (with --split) or --src and --ref, not both")
         sources, references = read_split(Path(args.data), args.split)
         if not sources:
-            raise AiaynError(f"{args.data}: the {args.split} split is empty (no {args.split} files were given to "
-                             f"`aiayn prepare files`); use another --split, or --src and --ref")
+            raise AiaynError(
+                f"{args.data}: the {args.split} split is empty (no {args.split} files were given to "
+                f"`aiayn prepare files`); use another --split, or --src and --ref"
+            )
         return sources, references, load_meta(Path(args.data))["tgt_lang"]
     if not (args.src and args.ref):
         raise AiaynError("give --src and --ref (aligned text files), or --data DIR --split test")
     sources, references = read_lines(Path(args.src)), read_lines(Path(args.ref))
     if len(sources) != len(references):
-        raise AiaynError(f"{args.src} has {len(sources)} lines but {args.ref} has {len(references)}; "
-                         "they must be aligned line by line")
+        raise AiaynError(
+            f"{args.src} has {len(sources)} lines but {args.ref} has {len(references)}; "
+            "they must be aligned line by line"
+        )
     return sources, references, Path(args.ref).suffix.lstrip(".") or "txt"
 
 
@@ -88,12 +95,18 @@ def run(args: Any) -> None:
 
     sources, references, tgt_lang = _read_inputs(args)
     translator = Translator.load(args.model, args.device, quantize=args.quantize)
-    hypotheses, scores = evaluate(translator, sources, references, beam_size=args.beam, alpha=args.alpha,
-                                  batch_tokens=args.batch_tokens)
+    hypotheses, scores = evaluate(
+        translator, sources, references, beam_size=args.beam, alpha=args.alpha, batch_tokens=args.batch_tokens
+    )
     d = translator.config.decode
-    scores.update(model=str(args.model), split=args.split if args.data else None,
-                  beam_size=args.beam or d.beam_size, alpha=d.alpha if args.alpha is None else args.alpha,
-                  length_penalty=d.length_penalty, quantize=args.quantize)
+    scores.update(
+        model=str(args.model),
+        split=args.split if args.data else None,
+        beam_size=args.beam or d.beam_size,
+        alpha=d.alpha if args.alpha is None else args.alpha,
+        length_penalty=d.length_penalty,
+        quantize=args.quantize,
+    )
     text = "".join(h + "\n" for h in hypotheses)
     if args.hyp_out:
         Path(args.hyp_out).write_text(text, encoding="utf-8")
@@ -128,8 +141,10 @@ def showcase_examples(data_dir: Path, refs: Sequence[str] = FAMOUS, fallback: in
     if found:
         return [found[r] for r in refs if r in found]
     sources, targets = read_split(data_dir, "test")
-    return [{"ref": f"test line {i + 1}", "split": "test", "src": s, "tgt": t}
-            for i, (s, t) in enumerate(zip(sources[:fallback], targets[:fallback]))]
+    return [
+        {"ref": f"test line {i + 1}", "split": "test", "src": s, "tgt": t}
+        for i, (s, t) in enumerate(zip(sources[:fallback], targets[:fallback]))
+    ]
 
 
 def run_showcase(args: Any) -> None:
@@ -141,8 +156,13 @@ def run_showcase(args: Any) -> None:
     refs = tuple(args.refs.split(",")) if args.refs else FAMOUS
     examples = showcase_examples(Path(args.data), refs)
     translator = Translator.load(args.model, args.device, quantize=args.quantize)
-    outputs = translator.translate([e["src"] for e in examples], beam_size=args.beam, alpha=args.alpha,
-                                   batch_tokens=args.batch_tokens, progress=False)
+    outputs = translator.translate(
+        [e["src"] for e in examples],
+        beam_size=args.beam,
+        alpha=args.alpha,
+        batch_tokens=args.batch_tokens,
+        progress=False,
+    )
     width = max(len(meta["src_lang"]), len("aiayn"), len("ref"))
     for example, nbest in zip(examples, outputs):
         seen = "seen in training" if example["split"] == "train" else f"held out ({example['split']} split)"

@@ -15,8 +15,9 @@ from torch import Tensor
 from aiayn.config import PAD_ID
 
 
-def label_smoothed_cross_entropy(logits: Tensor, target: Tensor, epsilon: float,
-                                 pad_id: int = PAD_ID) -> tuple[Tensor, Tensor, int]:
+def label_smoothed_cross_entropy(
+    logits: Tensor, target: Tensor, epsilon: float, pad_id: int = PAD_ID
+) -> tuple[Tensor, Tensor, int]:
     """logits (B, T, V) and target (B, T) with padding, or logits (n, V) and target (n,) of real
     tokens only (``Transformer.forward`` with ``tgt_mask``) -> (smoothed loss sum, NLL sum, n).
 

@@ -58,9 +58,14 @@ class Linear(nn.Linear):
     the AMD CPU of docs/performance.md, same weights, same float32 arithmetic."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if (ONEDNN_LINEAR is not None and x.device.type == "cpu" and x.dtype == self.weight.dtype == torch.float32
-                and x.numel() >= ONEDNN_MIN_ROWS * self.in_features and not torch.is_grad_enabled()
-                and not torch.is_autocast_enabled("cpu")):
+        if (
+            ONEDNN_LINEAR is not None
+            and x.device.type == "cpu"
+            and x.dtype == self.weight.dtype == torch.float32
+            and x.numel() >= ONEDNN_MIN_ROWS * self.in_features
+            and not torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu")
+        ):
             return ONEDNN_LINEAR(x, self.weight, self.bias, "none", [], "")
         return super().forward(x)
 
@@ -74,8 +79,15 @@ class ScaledDotProductAttention(nn.Module):
     float32 and can return the weights (B, H, T_q, T_k).
     """
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None,
-                is_causal: bool = False, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        mask: Tensor | None = None,
+        is_causal: bool = False,
+        need_weights: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
         t_q, t_k = q.size(-2), k.size(-2)
         explicit = need_weights or (q.device.type == "cpu" and q.dtype == torch.bfloat16)
         if is_causal and (explicit or mask is not None or t_q != t_k):
@@ -117,8 +129,15 @@ class MultiHeadAttention(nn.Module):
         """(B, S, D) -> K (B, H, S, d_k), V (B, H, S, d_v)."""
         return self._split(self.w_k(source), self.d_k), self._split(self.w_v(source), self.d_v)
 
-    def forward(self, x: Tensor, kv: tuple[Tensor, Tensor], mask: Tensor | None = None, is_causal: bool = False,
-                need_weights: bool = False, beam: int = 1) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self,
+        x: Tensor,
+        kv: tuple[Tensor, Tensor],
+        mask: Tensor | None = None,
+        is_causal: bool = False,
+        need_weights: bool = False,
+        beam: int = 1,
+    ) -> tuple[Tensor, Tensor | None]:
         """x (N, T, D) queries; kv from ``project_kv``. With ``beam`` > 1, the N = B × beam
         query rows share B key/value rows (cross-attention in beam search): the beams are
         folded into the query axis instead of copying the encoder output beam times."""
@@ -134,7 +153,9 @@ class MultiHeadAttention(nn.Module):
             out = out.reshape(n, self.n_heads, t, self.d_v)  # (N, H, T, d_v)
             if weights is not None:
                 s = weights.size(-1)
-                weights = weights.view(n // beam, self.n_heads, beam, t, s).transpose(1, 2).reshape(n, self.n_heads, t, s)
+                weights = (
+                    weights.view(n // beam, self.n_heads, beam, t, s).transpose(1, 2).reshape(n, self.n_heads, t, s)
+                )
         out = out.transpose(1, 2).reshape(n, t, self.n_heads * self.d_v)  # (N, T, H·d_v)
         return self.w_o(out), weights
 
@@ -178,7 +199,7 @@ class PositionalEncoding(nn.Module):
         table = self.learned.weight if self.learned is not None else self.table
         if offset + length > table.size(0):
             raise ValueError(f"sequence of {offset + length} positions exceeds model.max_len={table.size(0)}")
-        return table[offset: offset + length]
+        return table[offset : offset + length]
 
 
 class InputEmbedding(nn.Module):
@@ -245,9 +266,16 @@ class DecoderLayer(nn.Module):
         self.res_cross = Residual(cfg.d_model, cfg.dropout, pre)
         self.res_ffn = Residual(cfg.d_model, cfg.dropout, pre)
 
-    def forward(self, x: Tensor, cross_kv: tuple[Tensor, Tensor], src_mask: Tensor,
-                kv_buffer: tuple[Tensor, Tensor] | None = None, offset: int = 0, need_weights: bool = False,
-                beam: int = 1) -> tuple[Tensor, tuple[Tensor, Tensor], Tensor | None, Tensor | None]:
+    def forward(
+        self,
+        x: Tensor,
+        cross_kv: tuple[Tensor, Tensor],
+        src_mask: Tensor,
+        kv_buffer: tuple[Tensor, Tensor] | None = None,
+        offset: int = 0,
+        need_weights: bool = False,
+        beam: int = 1,
+    ) -> tuple[Tensor, tuple[Tensor, Tensor], Tensor | None, Tensor | None]:
         """x (N, T, D) target positions offset … offset+T-1. ``kv_buffer``: self-attention K
         (N, H, C, d_k) and V (N, H, C, d_v) buffers whose positions < offset hold the earlier
         tokens; the new K/V are written into them in place at offset … offset+T-1. Returns the
@@ -277,8 +305,10 @@ KVBuffers = tuple[tuple[Tensor, Tensor], ...]  # per decoder layer: K (R, H, C, 
 def _allocate(like: KVBuffers, rows: int, capacity: int) -> KVBuffers:
     """Uninitialised buffers shaped as ``like`` but with ``rows`` rows and ``capacity`` positions:
     only the positions a cache has filled are ever read."""
-    return tuple((k.new_empty(rows, k.size(1), capacity, k.size(3)), v.new_empty(rows, v.size(1), capacity, v.size(3)))
-                 for k, v in like)
+    return tuple(
+        (k.new_empty(rows, k.size(1), capacity, k.size(3)), v.new_empty(rows, v.size(1), capacity, v.size(3)))
+        for k, v in like
+    )
 
 
 def _gather_rows(source: Tensor, index: Tensor, out: Tensor) -> None:
@@ -373,7 +403,8 @@ class DecoderCache:
             raise ValueError("reorder: each sentence must keep the same number of contiguous rows")
         n_sentences = self.src_mask.size(0)
         unchanged = sentences.numel() == n_sentences and bool(
-            (sentences == torch.arange(n_sentences, device=index.device)).all())
+            (sentences == torch.arange(n_sentences, device=index.device)).all()
+        )
         cross_kv, src_mask = self.cross_kv, self.src_mask
         if not unchanged:
             cross_kv = tuple((k.index_select(0, sentences), v.index_select(0, sentences)) for k, v in self.cross_kv)
@@ -410,16 +441,24 @@ class Decoder(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
         self.final_norm = nn.LayerNorm(cfg.d_model) if cfg.norm == "pre" else nn.Identity()
 
-    def forward(self, tgt: Tensor, cross_kv: list[tuple[Tensor, Tensor]] | tuple, src_mask: Tensor,
-                kv_buffers: KVBuffers | None = None, offset: int = 0, need_weights: bool = False, beam: int = 1,
-                ) -> tuple[Tensor, dict[str, list[Tensor]] | None]:
+    def forward(
+        self,
+        tgt: Tensor,
+        cross_kv: list[tuple[Tensor, Tensor]] | tuple,
+        src_mask: Tensor,
+        kv_buffers: KVBuffers | None = None,
+        offset: int = 0,
+        need_weights: bool = False,
+        beam: int = 1,
+    ) -> tuple[Tensor, dict[str, list[Tensor]] | None]:
         """tgt (N, T): target positions offset … offset+T-1; ``kv_buffers`` (one per layer, see
         ``DecoderLayer``) hold the earlier positions and receive the new ones."""
         x = self.embedding(tgt, offset)  # (N, T, D)
         self_ws, cross_ws = [], []
         for i, layer in enumerate(self.layers):
-            x, _, sw, cw = layer(x, cross_kv[i], src_mask, kv_buffers[i] if kv_buffers else None, offset,
-                                 need_weights, beam)
+            x, _, sw, cw = layer(
+                x, cross_kv[i], src_mask, kv_buffers[i] if kv_buffers else None, offset, need_weights, beam
+            )
             self_ws.append(sw)
             cross_ws.append(cw)
         weights = {"self": self_ws, "cross": cross_ws} if need_weights else None
@@ -436,10 +475,12 @@ class Transformer(nn.Module):
         learned = cfg.positional == "learned"
         tgt_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
         src_tokens = tgt_tokens if cfg.tie_embeddings == "all" else nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.encoder = Encoder(cfg, InputEmbedding(src_tokens, PositionalEncoding(cfg.max_len, cfg.d_model, learned),
-                                                   cfg.dropout))
-        self.decoder = Decoder(cfg, InputEmbedding(tgt_tokens, PositionalEncoding(cfg.max_len, cfg.d_model, learned),
-                                                   cfg.dropout))
+        self.encoder = Encoder(
+            cfg, InputEmbedding(src_tokens, PositionalEncoding(cfg.max_len, cfg.d_model, learned), cfg.dropout)
+        )
+        self.decoder = Decoder(
+            cfg, InputEmbedding(tgt_tokens, PositionalEncoding(cfg.max_len, cfg.d_model, learned), cfg.dropout)
+        )
         self.out_proj = Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.reset_parameters()
         if cfg.tie_embeddings != "none":
@@ -462,7 +503,7 @@ class Transformer(nn.Module):
                 nn.init.zeros_(p)
         for module in self.modules():
             if isinstance(module, nn.Embedding):
-                std = self.cfg.init_std if normal else self.cfg.d_model ** -0.5
+                std = self.cfg.init_std if normal else self.cfg.d_model**-0.5
                 nn.init.normal_(module.weight, mean=0.0, std=std)
 
     def encode(self, src: Tensor, src_mask: Tensor, need_weights: bool = False) -> tuple[Tensor, list[Tensor] | None]:
@@ -476,13 +517,19 @@ class Transformer(nn.Module):
         that they never grow; without it they grow by doubling)."""
         cross_kv = tuple(layer.cross_attn.project_kv(memory) for layer in self.decoder.layers)
         n, h, d_k, d_v = memory.size(0), self.cfg.n_heads, self.cfg.head_dim_k, self.cfg.head_dim_v
-        self_kv = tuple((memory.new_empty(n, h, capacity, d_k), memory.new_empty(n, h, capacity, d_v))
-                        for _ in self.decoder.layers)
+        self_kv = tuple(
+            (memory.new_empty(n, h, capacity, d_k), memory.new_empty(n, h, capacity, d_v)) for _ in self.decoder.layers
+        )
         return DecoderCache(self_kv, _allocate(self_kv, n, capacity), cross_kv, padding_mask(src_mask), n)
 
-    def decode(self, tgt_in: Tensor, memory: Tensor | None = None, src_mask: Tensor | None = None,
-               cache: DecoderCache | None = None, need_weights: bool = False,
-               ) -> tuple[Tensor, DecoderCache | None, dict[str, list[Tensor]] | None]:
+    def decode(
+        self,
+        tgt_in: Tensor,
+        memory: Tensor | None = None,
+        src_mask: Tensor | None = None,
+        cache: DecoderCache | None = None,
+        need_weights: bool = False,
+    ) -> tuple[Tensor, DecoderCache | None, dict[str, list[Tensor]] | None]:
         """Without a cache: tgt_in (B, T) is the whole shifted target (teacher forcing).
         With a cache (from ``init_cache``): tgt_in (N, T_new) holds only the new tokens, whose
         self-attention K/V are written into the cache's buffers; the advanced cache is returned
@@ -497,8 +544,9 @@ class Transformer(nn.Module):
             raise ValueError(f"decode: {tgt_in.size(0)} rows of new tokens for a cache of {cache.rows} rows")
         steps = tgt_in.size(1)
         cache = cache.reserve(steps)
-        x, weights = self.decoder(tgt_in, cache.cross_kv, cache.src_mask, cache.in_use(), cache.length,
-                                  need_weights, cache.beam)
+        x, weights = self.decoder(
+            tgt_in, cache.cross_kv, cache.src_mask, cache.in_use(), cache.length, need_weights, cache.beam
+        )
         return self.out_proj(x), cache.advance(steps), weights
 
     def forward(self, src: Tensor, tgt_in: Tensor, src_mask: Tensor, tgt_mask: Tensor | None = None) -> Tensor:

@@ -62,8 +62,10 @@ def check_quantization(kind: str | None, device: torch.device | str | None = Non
     if device is not None and torch.device(device).type != "cpu":
         raise AiaynError(f"--quantize {kind} runs on the CPU only; use --device cpu")
     if torch.backends.quantized.engine == "none":
-        raise AiaynError(f"--quantize {kind}: this PyTorch build has no quantized CPU kernels "
-                         f"(supported engines: {torch.backends.quantized.supported_engines})")
+        raise AiaynError(
+            f"--quantize {kind}: this PyTorch build has no quantized CPU kernels "
+            f"(supported engines: {torch.backends.quantized.supported_engines})"
+        )
 
 
 def quantize_model(model: nn.Module, kind: str) -> nn.Module:

@@ -24,7 +24,7 @@ SCHEDULES = ("inverse_sqrt", "linear", "cosine")
 
 def eq3_peak(d_model: int, warmup_steps: int, scale: float = 1.0) -> float:
     """The largest rate of Eq. 3, reached at step = warmup_steps."""
-    return scale * d_model ** -0.5 * warmup_steps ** -0.5
+    return scale * d_model**-0.5 * warmup_steps**-0.5
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class InverseSqrtSchedule:
         """Learning rate of update number ``step`` (the first update is step 1); ``progress``
         is accepted for a common signature and ignored."""
         step = max(step, 1)
-        return self.scale * self.d_model ** -0.5 * min(step ** -0.5, step * self.warmup_steps ** -1.5)
+        return self.scale * self.d_model**-0.5 * min(step**-0.5, step * self.warmup_steps**-1.5)
 
     @property
     def peak(self) -> float:

@@ -21,8 +21,9 @@ New tensors are created on ``max_len``'s device.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -46,9 +47,9 @@ def lp(length: int | torch.Tensor, alpha: float, kind: str = "gnmt") -> float | 
     if kind == "gnmt":
         return ((5 + length) / 6) ** alpha
     if kind == "fairseq":
-        return length ** alpha
+        return length**alpha
     if kind == "none":
-        return length ** 0.0
+        return length**0.0
     raise AiaynError(f"unknown length penalty '{kind}' (choose from {', '.join(PENALTIES)})")
 
 
@@ -68,9 +69,19 @@ def _rank(hyps: list[Hypothesis]) -> list[Hypothesis]:
     return sorted(hyps, key=lambda h: (not h.finished, -h.score))
 
 
-def beam_search(step_fn: StepFn, state: Any, batch_size: int, bos: int, eos: int, max_len: torch.Tensor,
-                beam_size: int = 4, alpha: float = 0.6, length_penalty: str = "gnmt", min_len: int = 0,
-                nbest: int = 1) -> list[list[Hypothesis]]:
+def beam_search(
+    step_fn: StepFn,
+    state: Any,
+    batch_size: int,
+    bos: int,
+    eos: int,
+    max_len: torch.Tensor,
+    beam_size: int = 4,
+    alpha: float = 0.6,
+    length_penalty: str = "gnmt",
+    min_len: int = 0,
+    nbest: int = 1,
+) -> list[list[Hypothesis]]:
     """Beam search with the paper's settings (§6.1: beam 4, α = 0.6, stop early when possible).
 
     Each step takes the best 2K of K×V continuations per sentence in one ``topk``: EOS among
@@ -141,8 +152,11 @@ def beam_search(step_fn: StepFn, state: Any, batch_size: int, bos: int, eos: int
         for a in done.nonzero().view(-1).tolist():
             kept = results[int(sent[a])]
             if len(kept) < nbest:
-                cut = [Hypothesis(prefix[a * K + k, 1:].tolist(), live_norm[a][k], float(scores[a, k]), False)
-                       for k in range(K) if math.isfinite(live_norm[a][k])]
+                cut = [
+                    Hypothesis(prefix[a * K + k, 1:].tolist(), live_norm[a][k], float(scores[a, k]), False)
+                    for k in range(K)
+                    if math.isfinite(live_norm[a][k])
+                ]
                 kept[:] = _rank(kept + cut)[:nbest]
         keep = ~done
         if not keep.any():
@@ -154,8 +168,16 @@ def beam_search(step_fn: StepFn, state: Any, batch_size: int, bos: int, eos: int
     return results
 
 
-def _single_path(step_fn: StepFn, state: Any, batch_size: int, bos: int, eos: int, max_len: torch.Tensor,
-                 min_len: int, choose: Callable[[torch.Tensor], torch.Tensor]) -> list[Hypothesis]:
+def _single_path(
+    step_fn: StepFn,
+    state: Any,
+    batch_size: int,
+    bos: int,
+    eos: int,
+    max_len: torch.Tensor,
+    min_len: int,
+    choose: Callable[[torch.Tensor], torch.Tensor],
+) -> list[Hypothesis]:
     """One hypothesis per sentence, extended by ``choose(log_probs (N, V)) -> tokens (N,)``."""
     max_len = _check(batch_size, max_len, min_len)
     device = max_len.device
@@ -188,14 +210,16 @@ def _single_path(step_fn: StepFn, state: Any, batch_size: int, bos: int, eos: in
     return results  # type: ignore[return-value]
 
 
-def greedy_search(step_fn: StepFn, state: Any, batch_size: int, bos: int, eos: int, max_len: torch.Tensor,
-                  min_len: int = 0) -> list[Hypothesis]:
+def greedy_search(
+    step_fn: StepFn, state: Any, batch_size: int, bos: int, eos: int, max_len: torch.Tensor, min_len: int = 0
+) -> list[Hypothesis]:
     """The most probable token at every step. Nothing is ranked, so ``score == log_prob``."""
     return _single_path(step_fn, state, batch_size, bos, eos, max_len, min_len, lambda lp: lp.argmax(dim=-1))
 
 
-def filter_logits(log_probs: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
-                  top_p: float = 1.0) -> torch.Tensor:
+def filter_logits(
+    log_probs: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
+) -> torch.Tensor:
     """Logits of the sampling distribution: divided by the temperature, then only the ``top_k``
     most probable tokens (0: all), then the smallest set whose probability reaches ``top_p``
     (nucleus sampling, Holtzman et al. 2020); removed tokens get -inf."""
@@ -219,9 +243,19 @@ def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
         raise AiaynError(f"top_k must be ≥ 0 and top_p in (0, 1], got top_k={top_k}, top_p={top_p}")
 
 
-def sample(step_fn: StepFn, state: Any, batch_size: int, bos: int, eos: int, max_len: torch.Tensor,
-           temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-           generator: torch.Generator | None = None, min_len: int = 0) -> list[Hypothesis]:
+def sample(
+    step_fn: StepFn,
+    state: Any,
+    batch_size: int,
+    bos: int,
+    eos: int,
+    max_len: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+    min_len: int = 0,
+) -> list[Hypothesis]:
     """Ancestral sampling from the filtered distribution (see ``filter_logits``). ``log_prob``
     and ``score`` are the model's own log-probability of the sample, before filtering."""
     check_sampling(temperature, top_k, top_p)

@@ -32,6 +32,7 @@ binds to 127.0.0.1 unless ``--host`` says otherwise, and warns when it does.
 
 from __future__ import annotations
 
+import functools
 import sys
 import threading
 import time
@@ -43,9 +44,24 @@ import numpy as np
 
 from aiayn.config import AiaynError
 from aiayn.serve_http import ExplorerServer
-from aiayn.serve_limits import (CHUNK_SENTENCES, DECODE_SECONDS, MAX_ATTENTION_WEIGHTS, MAX_BEAM, MAX_BEAM_TOKENS,
-                                MAX_BODY, MAX_CHARS, MAX_SENTENCES, ClientGone, RequestError, busy, is_loopback,
-                                number, only, parse_origin, sentence)
+from aiayn.serve_limits import (
+    CHUNK_SENTENCES,
+    DECODE_SECONDS,
+    MAX_ATTENTION_WEIGHTS,
+    MAX_BEAM,
+    MAX_BEAM_TOKENS,
+    MAX_BODY,
+    MAX_CHARS,
+    MAX_SENTENCES,
+    ClientGone,
+    RequestError,
+    busy,
+    is_loopback,
+    number,
+    only,
+    parse_origin,
+    sentence,
+)
 
 
 def model_name(path: Path) -> str:
@@ -61,8 +77,9 @@ class Explorer:
         self.decode_seconds = decode_seconds
         self.lock = threading.Lock()
         m = translator.config.model
-        self.attention_source = max((s for s in range(1, m.max_len + 1) if self.attention_size(s) <=
-                                     MAX_ATTENTION_WEIGHTS), default=0)
+        self.attention_source = max(
+            (s for s in range(1, m.max_len + 1) if self.attention_size(s) <= MAX_ATTENTION_WEIGHTS), default=0
+        )
 
     @classmethod
     def load(cls, model: str | Path, device: str | None = None, *, quantize: str | None = None) -> Explorer:
@@ -70,21 +87,42 @@ class Explorer:
         from aiayn.translate import Translator
 
         loaded = load_for_inference(model, device or "cpu")
-        return cls(Translator(loaded.model, loaded.tokenizer, loaded.config, quantize=quantize), loaded.path,
-                   loaded.step)
+        return cls(
+            Translator(loaded.model, loaded.tokenizer, loaded.config, quantize=quantize), loaded.path, loaded.step
+        )
 
     def health(self) -> dict[str, Any]:
         cfg = self.translator.config
         m = cfg.model
-        return {"status": "ok", "model": model_name(self.path), "checkpoint": self.path.name, "step": self.step,
-                "config": {"preset": cfg.preset, "d_model": m.d_model, "d_ff": m.d_ff, "n_heads": m.n_heads,
-                           "encoder_layers": m.n_layers, "decoder_layers": m.decoder_layers,
-                           "vocab_size": m.vocab_size, "max_len": m.max_len, "norm": m.norm,
-                           "beam_size": cfg.decode.beam_size, "alpha": cfg.decode.alpha},
-                "limits": {"body_bytes": MAX_BODY, "sentences": MAX_SENTENCES, "chars": MAX_CHARS, "beam": MAX_BEAM,
-                           "beam_tokens": MAX_BEAM_TOKENS, "attention_weights": MAX_ATTENTION_WEIGHTS,
-                           "attention_source_subwords": self.attention_source,
-                           "decode_seconds": self.decode_seconds}}
+        return {
+            "status": "ok",
+            "model": model_name(self.path),
+            "checkpoint": self.path.name,
+            "step": self.step,
+            "config": {
+                "preset": cfg.preset,
+                "d_model": m.d_model,
+                "d_ff": m.d_ff,
+                "n_heads": m.n_heads,
+                "encoder_layers": m.n_layers,
+                "decoder_layers": m.decoder_layers,
+                "vocab_size": m.vocab_size,
+                "max_len": m.max_len,
+                "norm": m.norm,
+                "beam_size": cfg.decode.beam_size,
+                "alpha": cfg.decode.alpha,
+            },
+            "limits": {
+                "body_bytes": MAX_BODY,
+                "sentences": MAX_SENTENCES,
+                "chars": MAX_CHARS,
+                "beam": MAX_BEAM,
+                "beam_tokens": MAX_BEAM_TOKENS,
+                "attention_weights": MAX_ATTENTION_WEIGHTS,
+                "attention_source_subwords": self.attention_source,
+                "decode_seconds": self.decode_seconds,
+            },
+        }
 
     def _positions(self, lines: list[str]) -> list[int]:
         """Source positions of each line as the translator will see them: subwords + EOS, cut
@@ -105,8 +143,10 @@ class Explorer:
             raise ClientGone
         remaining = deadline - time.monotonic()
         if remaining <= 0 or not self.lock.acquire(timeout=remaining):
-            raise busy(f"decoding did not finish within {self.decode_seconds:g} s (the limit per request); "
-                       "retry later, or send fewer sentences or a smaller beam")
+            raise busy(
+                f"decoding did not finish within {self.decode_seconds:g} s (the limit per request); "
+                "retry later, or send fewer sentences or a smaller beam"
+            )
         try:
             if client_gone():  # it may have left while waiting for the model
                 raise ClientGone
@@ -129,13 +169,19 @@ class Explorer:
         alpha = number(body, "alpha", d.alpha, 0, 10, integer=False)
         work = sum(self._positions(lines)) * beam
         if work > MAX_BEAM_TOKENS:
-            raise RequestError(413, f"{work // beam} source subwords x beam {beam} = {work}; the limit is "
-                                    f"{MAX_BEAM_TOKENS} per request: send fewer sentences or a smaller beam")
+            raise RequestError(
+                413,
+                f"{work // beam} source subwords x beam {beam} = {work}; the limit is "
+                f"{MAX_BEAM_TOKENS} per request: send fewer sentences or a smaller beam",
+            )
         found = []
         for start in range(0, len(lines), CHUNK_SENTENCES):
-            chunk = lines[start:start + CHUNK_SENTENCES]
-            found += self._with_model(lambda: self.translator.translate(chunk, beam_size=beam, nbest=nbest,
-                                                                        alpha=alpha), deadline, client_gone)
+            chunk = lines[start : start + CHUNK_SENTENCES]
+            found += self._with_model(
+                functools.partial(self.translator.translate, chunk, beam_size=beam, nbest=nbest, alpha=alpha),
+                deadline,
+                client_gone,
+            )
         return {"translations": [[{"text": t.text, "score": round(t.score, 4)} for t in nb] for nb in found]}
 
     def attention(self, body: dict, client_gone: Callable[[], bool] = lambda: False) -> dict[str, Any]:
@@ -149,12 +195,16 @@ class Explorer:
         beam = number(body, "beam", self.translator.config.decode.beam_size, 1, MAX_BEAM, integer=True)
         source = self._positions([text])[0]
         if source > self.attention_source:
-            raise RequestError(413, f"'sentence' is {source} subwords (EOS included); this model shows attention "
-                                    f"for at most {self.attention_source} ({MAX_ATTENTION_WEIGHTS:,} weights)")
+            raise RequestError(
+                413,
+                f"'sentence' is {source} subwords (EOS included); this model shows attention "
+                f"for at most {self.attention_source} ({MAX_ATTENTION_WEIGHTS:,} weights)",
+            )
         maps = self._with_model(lambda: sentence_attention(self.translator, text, beam), deadline, client_gone)
         # float64 before rounding, or float32's nearest value prints as 0.4050000011920929
-        rounded = {k: np.round(getattr(maps, k).astype(np.float64), 4).tolist()
-                   for k in ("encoder", "decoder", "cross")}
+        rounded = {
+            k: np.round(getattr(maps, k).astype(np.float64), 4).tolist() for k in ("encoder", "decoder", "cross")
+        }
         return {"source": maps.source, "target": maps.target, "translation": maps.translation, "weights": rounded}
 
 
@@ -164,19 +214,31 @@ def run(args: Any) -> None:
         try:
             parse_origin(origin)
         except ValueError:
-            raise AiaynError(f"--allow-origin {origin!r}: expected scheme://host[:port], e.g. "
-                             "http://gpu-box:8000") from None
+            raise AiaynError(
+                f"--allow-origin {origin!r}: expected scheme://host[:port], e.g. http://gpu-box:8000"
+            ) from None
     if args.workers < 1 or args.queue < 1:
         raise AiaynError(f"--workers and --queue must be at least 1, got {args.workers} and {args.queue}")
     explorer = Explorer.load(args.model, args.device, quantize=args.quantize)
     try:
-        server = ExplorerServer(explorer, args.host, args.port, quiet=args.quiet, workers=args.workers,
-                                queue_size=args.queue, allow_origins=args.allow_origin or ())
+        server = ExplorerServer(
+            explorer,
+            args.host,
+            args.port,
+            quiet=args.quiet,
+            workers=args.workers,
+            queue_size=args.queue,
+            allow_origins=args.allow_origin or (),
+        )
     except OSError as e:
         raise AiaynError(f"cannot listen on {args.host}:{args.port} ({e.strerror}); choose another --port") from None
     if not is_loopback(args.host):
-        print(f"aiayn: warning: listening on {args.host}: the service has no authentication, so anyone who can "
-              "reach this port can use the model", file=sys.stderr, flush=True)
+        print(
+            f"aiayn: warning: listening on {args.host}: the service has no authentication, so anyone who can "
+            "reach this port can use the model",
+            file=sys.stderr,
+            flush=True,
+        )
     print(f"aiayn: serving {explorer.path} at {server.url} (Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()

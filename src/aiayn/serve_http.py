@@ -26,12 +26,27 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from aiayn.config import AiaynError
-from aiayn.serve_limits import (MAX_BODY, MAX_DISCARD, QUEUE, READ_SECONDS, WORKERS, WRITE_SECONDS, ClientGone,
-                                Origins, RequestError, busy, check_content_type, content_length, parse_json)
+from aiayn.serve_limits import (
+    MAX_BODY,
+    MAX_DISCARD,
+    QUEUE,
+    READ_SECONDS,
+    WORKERS,
+    WRITE_SECONDS,
+    ClientGone,
+    Origins,
+    RequestError,
+    busy,
+    check_content_type,
+    content_length,
+    parse_json,
+)
 
-PAGE_SECURITY = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-                 "connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; "
-                 "form-action 'none'")
+PAGE_SECURITY = (
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+    "connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; "
+    "form-action 'none'"
+)
 DRAIN_SECONDS = 2.0  # how long a refused body may take to arrive before the connection closes
 
 
@@ -114,8 +129,9 @@ class Handler(BaseHTTPRequestHandler):
                 self.server.watchdog.forget(self.connection)
             self.server.origins.check(self.headers)
             if path not in self.routes:
-                raise RequestError(404, f"no such path {path[:80]} (try GET /, GET /health, POST /translate, "
-                                        "POST /attention)")
+                raise RequestError(
+                    404, f"no such path {path[:80]} (try GET /, GET /health, POST /translate, POST /attention)"
+                )
             if self.routes[path] != method:
                 raise RequestError(405, f"{path} takes {self.routes[path]}, not {method}")
             explorer = self.server.explorer
@@ -229,9 +245,17 @@ class ExplorerServer(HTTPServer):
 
     request_queue_size = 128  # the listen backlog: a burst of clients is accepted, then queued or refused
 
-    def __init__(self, explorer: Any, host: str = "127.0.0.1", port: int = 8000, quiet: bool = False,
-                 workers: int = WORKERS, queue_size: int = QUEUE, allow_origins: list[str] | tuple[str, ...] = (),
-                 read_seconds: float = READ_SECONDS):
+    def __init__(
+        self,
+        explorer: Any,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        quiet: bool = False,
+        workers: int = WORKERS,
+        queue_size: int = QUEUE,
+        allow_origins: list[str] | tuple[str, ...] = (),
+        read_seconds: float = READ_SECONDS,
+    ):
         self.explorer, self.quiet, self.read_seconds = explorer, quiet, read_seconds
         self.workers, self.queue_size = workers, queue_size
         self.page = resources.files("aiayn").joinpath("static/explorer.html").read_bytes()
@@ -239,10 +263,13 @@ class ExplorerServer(HTTPServer):
         self.watchdog = Watchdog()
         self.waiting: queue.Queue = queue.Queue(queue_size)
         self.overflow: queue.Queue = queue.Queue(queue_size)
-        self.threads = [threading.Thread(target=self._work, args=(self.waiting, Handler), daemon=True)
-                        for _ in range(workers)]
-        self.threads += [threading.Thread(target=self._work, args=(self.overflow, BusyHandler), daemon=True),
-                         threading.Thread(target=self.watchdog.run, daemon=True)]
+        self.threads = [
+            threading.Thread(target=self._work, args=(self.waiting, Handler), daemon=True) for _ in range(workers)
+        ]
+        self.threads += [
+            threading.Thread(target=self._work, args=(self.overflow, BusyHandler), daemon=True),
+            threading.Thread(target=self.watchdog.run, daemon=True),
+        ]
         super().__init__((host, port), Handler)  # binds, or closes the socket and raises
         for thread in self.threads:
             thread.start()

@@ -52,6 +52,7 @@ def busy(message: str) -> RequestError:
 
 # ---------------------------------------------------------------------------- the body
 
+
 def content_length(headers: Message) -> int:
     """The body's length in bytes: one Content-Length of ASCII digits (``str.isdigit`` would
     also take '²' or Arabic-Indic digits, which ``int`` then rejects or reads as a number)."""
@@ -73,15 +74,17 @@ def check_content_type(headers: Message) -> None:
     service never grants."""
     kind, charset = headers.get_content_type(), headers.get_content_charset()
     if "Content-Type" not in headers or kind != "application/json" or charset not in (None, "utf-8"):
-        raise RequestError(415, f"Content-Type must be application/json (UTF-8), got "
-                                f"{str(headers.get('Content-Type', 'none'))[:60]!r}")
+        raise RequestError(
+            415, f"Content-Type must be application/json (UTF-8), got {str(headers.get('Content-Type', 'none'))[:60]!r}"
+        )
 
 
 def _integer(digits: str) -> int:
     # Before int(): Python refuses to convert more than 4,300 digits with a ValueError.
     if len(digits.lstrip("-")) > MAX_DIGITS:
-        raise RequestError(422, f"a number with {len(digits.lstrip('-'))} digits; numbers here have at most "
-                                f"{MAX_DIGITS}")
+        raise RequestError(
+            422, f"a number with {len(digits.lstrip('-'))} digits; numbers here have at most {MAX_DIGITS}"
+        )
     return int(digits)
 
 
@@ -102,8 +105,9 @@ def parse_json(data: bytes) -> dict:
         # which no reply (and no tokenizer) can encode. Serialising once finds one anywhere.
         json.dumps(body, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError as e:
-        raise RequestError(400, f"the body holds a lone UTF-16 surrogate (\\u{ord(e.object[e.start]):04x}); "
-                                "text must be valid Unicode") from None
+        raise RequestError(
+            400, f"the body holds a lone UTF-16 surrogate (\\u{ord(e.object[e.start]):04x}); text must be valid Unicode"
+        ) from None
     except RecursionError:
         raise RequestError(400, "the body nests arrays or objects too deeply") from None
     if not isinstance(body, dict):
@@ -112,6 +116,7 @@ def parse_json(data: bytes) -> dict:
 
 
 # ---------------------------------------------------------------------------- fields
+
 
 def only(body: dict, allowed: tuple[str, ...]) -> None:
     unknown = sorted(set(body) - set(allowed))
@@ -140,6 +145,7 @@ def sentence(value: Any, where: str) -> str:
 
 # ---------------------------------------------------------------------------- where requests come from
 
+
 def is_loopback(host: str) -> bool:
     if host.lower() == "localhost":
         return True
@@ -159,8 +165,14 @@ def _ip(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 def parse_origin(origin: str) -> str:
     """``scheme://host[:port]`` in lower case, or ValueError."""
     parts = urlsplit(origin.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") \
-            or parts.query or parts.fragment or parts.username:
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+        or parts.username
+    ):
         raise ValueError(origin)
     return f"{parts.scheme}://{parts.netloc.lower()}"
 
@@ -198,9 +210,12 @@ class Origins:
         except ValueError:  # an unparsable port or address
             host_ok = False
         if not host_ok:
-            raise RequestError(403, f"Host {host.strip()[:80]!r} is not an address of this server; to serve "
-                                    f"pages under that name, start aiayn serve with --allow-origin "
-                                    f"http://{host.strip()[:80]}")
+            raise RequestError(
+                403,
+                f"Host {host.strip()[:80]!r} is not an address of this server; to serve "
+                f"pages under that name, start aiayn serve with --allow-origin "
+                f"http://{host.strip()[:80]}",
+            )
         origin = headers.get("Origin")
         if origin is None:
             return
@@ -210,5 +225,8 @@ class Origins:
         except ValueError:
             ok = False
         if not ok:
-            raise RequestError(403, f"Origin {origin.strip()[:80]!r} may not use this service; start aiayn serve "
-                                    "with --allow-origin ORIGIN to allow a page elsewhere")
+            raise RequestError(
+                403,
+                f"Origin {origin.strip()[:80]!r} may not use this service; start aiayn serve "
+                "with --allow-origin ORIGIN to allow a page elsewhere",
+            )

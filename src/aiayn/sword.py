@@ -136,7 +136,7 @@ class Versification:
 
     def slots(self, testament: str) -> dict[int, tuple[str, int, int]]:
         """Verse-index slot -> (book, chapter, verse); chapter intros are (book, chapter, 0)."""
-        books = self.books[: self.n_ot] if testament == "ot" else self.books[self.n_ot:]
+        books = self.books[: self.n_ot] if testament == "ot" else self.books[self.n_ot :]
         out: dict[int, tuple[str, int, int]] = {}
         slot = 2  # after the module header and the testament introduction
         for book, chapters in books:
@@ -149,8 +149,7 @@ class Versification:
 
 
 def _with_counts(name: str, base: Versification, changes: dict[tuple[str, int], int]) -> Versification:
-    books = tuple((b, tuple(changes.get((b, c), n) for c, n in enumerate(counts, start=1)))
-                  for b, counts in base.books)
+    books = tuple((b, tuple(changes.get((b, c), n) for c, n in enumerate(counts, start=1))) for b, counts in base.books)
     return Versification(name, books, base.n_ot)
 
 
@@ -159,8 +158,11 @@ KJV = Versification("KJV", _parse_table(_KJV_TABLE))
 NRSV = _with_counts("NRSV", KJV, {("3John", 1): 15, ("Rev", 12): 18})
 VERSIFICATIONS = {"KJV": KJV, "NRSV": NRSV, "NRSVA": NRSV}
 
-_DECOMPRESS: dict[str, Callable[[bytes], bytes]] = {"ZIP": zlib.decompress, "BZIP2": bz2.decompress,
-                                                      "XZ": lzma.decompress}
+_DECOMPRESS: dict[str, Callable[[bytes], bytes]] = {
+    "ZIP": zlib.decompress,
+    "BZIP2": bz2.decompress,
+    "XZ": lzma.decompress,
+}
 _VERSE_ENTRY = {"ztext": struct.Struct("<IIH"), "ztext4": struct.Struct("<III")}
 
 
@@ -193,8 +195,9 @@ class Module:
     def versification(self) -> Versification:
         name = self.conf.get("Versification", "KJV")
         if name not in VERSIFICATIONS:
-            raise AiaynError(f"module {self.name}: versification {name} is not supported "
-                             f"(supported: {', '.join(VERSIFICATIONS)})")
+            raise AiaynError(
+                f"module {self.name}: versification {name} is not supported (supported: {', '.join(VERSIFICATIONS)})"
+            )
         return VERSIFICATIONS[name]
 
 
@@ -213,8 +216,9 @@ def _read_testament(module: Module, testament: str) -> list[bytes]:
     driver = module.conf.get("ModDrv", "").lower()
     compress = module.conf.get("CompressType", "ZIP").upper()
     if driver not in _VERSE_ENTRY:
-        raise AiaynError(f"module {module.name}: driver {module.conf.get('ModDrv')} is not supported "
-                         "(zText and zText4 are)")
+        raise AiaynError(
+            f"module {module.name}: driver {module.conf.get('ModDrv')} is not supported (zText and zText4 are)"
+        )
     if compress not in _DECOMPRESS or module.conf.get("CipherKey"):
         raise AiaynError(f"module {module.name}: compression {compress} or a cipher is not supported")
     base = module.data_dir / testament
@@ -231,11 +235,10 @@ def _read_testament(module: Module, testament: str) -> list[bytes]:
                 continue
             if block not in cache:
                 offset, n_packed, _ = blocks[block]
-                cache[block] = _DECOMPRESS[compress](packed[offset: offset + n_packed])
-            out.append(cache[block][start: start + size])
+                cache[block] = _DECOMPRESS[compress](packed[offset : offset + n_packed])
+            out.append(cache[block][start : start + size])
     except (OSError, IndexError, struct.error, zlib.error, lzma.LZMAError) as e:
-        raise AiaynError(f"{base}.bz*: damaged {module.conf.get('ModDrv')} files ({e}); "
-                         "reinstall the module") from None
+        raise AiaynError(f"{base}.bz*: damaged {module.conf.get('ModDrv')} files ({e}); reinstall the module") from None
     return out
 
 
@@ -258,16 +261,20 @@ def read_verses(module: Module) -> dict[tuple[str, int, int], str]:
             continue
         slots = versification.slots(testament)
         if len(raw) < max(slots) + 1:
-            raise AiaynError(f"module {module.name}: {testament}.bzv has {len(raw)} entries, fewer than "
-                             f"{versification.name} versification needs ({max(slots) + 1})")
+            raise AiaynError(
+                f"module {module.name}: {testament}.bzv has {len(raw)} entries, fewer than "
+                f"{versification.name} versification needs ({max(slots) + 1})"
+            )
         for slot, (book, chapter, verse) in slots.items():
             text = raw[slot].decode(encoding, errors="replace")
             if verse == 0:
                 tag = _CHAPTER_TAG.search(text)
                 if tag and (tag.group(1), int(tag.group(2))) != (book, chapter):
-                    raise AiaynError(f"module {module.name}: slot {slot} of {testament}.bzv holds "
-                                     f"{tag.group(1)}.{tag.group(2)}, {versification.name} puts "
-                                     f"{book}.{chapter} there; check Versification= in its conf")
+                    raise AiaynError(
+                        f"module {module.name}: slot {slot} of {testament}.bzv holds "
+                        f"{tag.group(1)}.{tag.group(2)}, {versification.name} puts "
+                        f"{book}.{chapter} there; check Versification= in its conf"
+                    )
             elif text.strip():
                 verses[(book, chapter, verse)] = text
     return verses

@@ -44,8 +44,10 @@ class Tokenizer:
         self.sp = spm.SentencePieceProcessor(model_file=str(self.model_path))
         ids = (self.sp.pad_id(), self.sp.unk_id(), self.sp.bos_id(), self.sp.eos_id())
         if ids != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
-            raise AiaynError(f"{self.model_path}: special ids (pad, unk, bos, eos) are {ids}, expected "
-                             f"{(PAD_ID, UNK_ID, BOS_ID, EOS_ID)}; retrain it with `aiayn prepare`")
+            raise AiaynError(
+                f"{self.model_path}: special ids (pad, unk, bos, eos) are {ids}, expected "
+                f"{(PAD_ID, UNK_ID, BOS_ID, EOS_ID)}; retrain it with `aiayn prepare`"
+            )
 
     @classmethod
     def train(cls, files: Sequence[Path], out_dir: Path, vocab_size: int = 8000) -> Tokenizer:
@@ -66,7 +68,10 @@ class Tokenizer:
                 model_type="bpe",
                 character_coverage=1.0,
                 normalization_rule_name="identity",
-                pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
+                pad_id=PAD_ID,
+                unk_id=UNK_ID,
+                bos_id=BOS_ID,
+                eos_id=EOS_ID,
                 unk_surface="⁇",  # not " ⁇ ": the spaces around a word are pieces of their own already
                 input_sentence_size=INPUT_SENTENCE_SIZE,
                 shuffle_input_sentence=True,
@@ -76,10 +81,13 @@ class Tokenizer:
         except RuntimeError as e:
             too_high = re.search(r"Vocabulary size (?:is )?too high \((\d+)\).*?<= (\d+)", str(e))
             if too_high:
-                raise AiaynError(f"{', '.join(map(str, files))}: too little text for a vocabulary of "
-                                 f"{too_high.group(1)}; use --vocab-size {too_high.group(2)} or less") from None
-            raise AiaynError(f"{', '.join(map(str, files))}: SentencePiece training failed: "
-                             f"{str(e).strip().splitlines()[-1]}") from None
+                raise AiaynError(
+                    f"{', '.join(map(str, files))}: too little text for a vocabulary of "
+                    f"{too_high.group(1)}; use --vocab-size {too_high.group(2)} or less"
+                ) from None
+            raise AiaynError(
+                f"{', '.join(map(str, files))}: SentencePiece training failed: {str(e).strip().splitlines()[-1]}"
+            ) from None
         return cls(prefix.with_suffix(".model"))
 
     @classmethod

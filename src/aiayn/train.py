@@ -33,8 +33,20 @@ from aiayn.loss import label_smoothed_cross_entropy
 from aiayn.model import Transformer, count_parameters
 from aiayn.schedule import make_schedule
 
-METRICS = ["step", "epoch", "minutes", "train_loss", "train_nll", "lr", "tokens_per_s", "grad_norm",
-           "valid_loss", "valid_ppl", "valid_bleu", "valid_beam_bleu"]
+METRICS = [
+    "step",
+    "epoch",
+    "minutes",
+    "train_loss",
+    "train_nll",
+    "lr",
+    "tokens_per_s",
+    "grad_norm",
+    "valid_loss",
+    "valid_ppl",
+    "valid_bleu",
+    "valid_beam_bleu",
+]
 
 
 @dataclass
@@ -99,8 +111,9 @@ def _probe_step_seconds(model: torch.nn.Module, batch_tokens: int) -> tuple[floa
     return _seconds(lambda: step(False)), _seconds(lambda: step(True))
 
 
-def choose_precision(setting: str, device: torch.device, model: torch.nn.Module, batch_tokens: int,
-                     log=print) -> torch.dtype | None:
+def choose_precision(
+    setting: str, device: torch.device, model: torch.nn.Module, batch_tokens: int, log=print
+) -> torch.dtype | None:
     """bf16 autocast on CUDA. On a CPU, bf16 only when asked, or ("auto") when a training
     step of this model measures faster in bf16 here: CPUs range from ~100× slower in bf16
     (AVX2 only) to several times faster (AVX512-bf16, AMX), and whole steps gain less than
@@ -117,8 +130,10 @@ def choose_precision(setting: str, device: torch.device, model: torch.nn.Module,
         log("aiayn: precision fp32 (a bf16 matmul is not faster on this CPU)")
         return None
     choice = torch.bfloat16 if bf16 < 0.9 * fp32 else None
-    log(f"aiayn: precision {'bf16' if choice else 'fp32'} (a training step took {fp32:.3f} s in fp32, "
-        f"{bf16:.3f} s in bf16 autocast on this CPU)")
+    log(
+        f"aiayn: precision {'bf16' if choice else 'fp32'} (a training step took {fp32:.3f} s in fp32, "
+        f"{bf16:.3f} s in bf16 autocast on this CPU)"
+    )
     return choice
 
 
@@ -136,7 +151,9 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def load_split_ids(data_dir: Path, split: str, tokenizer) -> tuple[list[str], list[str], list[list[int]], list[list[int]]]:
+def load_split_ids(
+    data_dir: Path, split: str, tokenizer
+) -> tuple[list[str], list[str], list[list[int]], list[list[int]]]:
     from aiayn.corpus import read_split
 
     src, tgt = read_split(data_dir, split)
@@ -158,6 +175,7 @@ class MetricsLog:
             writer.writerows(rows)
         try:
             from torch.utils.tensorboard import SummaryWriter
+
             self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step + 1 if resume_step else None)
         except ImportError:
             self.tb = None
@@ -183,36 +201,54 @@ class Trainer:
         if not src:
             raise AiaynError(f"{data_dir}: the train split is empty; run `aiayn prepare` again")
         t = cfg.train
-        self.stream = BatchStream(src, tgt, cfg.data.batch_tokens, cfg.data.max_len, t.seed, runtime.rank,
-                                  runtime.world_size)
+        self.stream = BatchStream(
+            src, tgt, cfg.data.batch_tokens, cfg.data.max_len, t.seed, runtime.rank, runtime.world_size
+        )
         # Micro-batches per rank and update, so that one update sees ≈ update_tokens target tokens.
         self.accumulate = max(1, math.ceil(t.update_tokens / (cfg.data.batch_tokens * runtime.world_size)))
         self.valid_src, self.valid_ref, vs, vt = load_split_ids(data_dir, "valid", self.tokenizer)
         keep = [i for i, (x, y) in enumerate(zip(vs, vt)) if len(x) <= cfg.data.max_len and len(y) <= cfg.data.max_len]
-        self.valid_batches = [collate([keep[j] for j in b], vs, vt) for b in make_batches(
-            [len(vs[i]) for i in keep], [len(vt[i]) for i in keep], cfg.data.batch_tokens, 0, 0, shuffle=False)]
+        self.valid_batches = [
+            collate([keep[j] for j in b], vs, vt)
+            for b in make_batches(
+                [len(vs[i]) for i in keep], [len(vt[i]) for i in keep], cfg.data.batch_tokens, 0, 0, shuffle=False
+            )
+        ]
 
         torch.manual_seed(t.seed)
         random.seed(t.seed)
         self.model = Transformer(cfg.model).to(runtime.device)
-        self.autocast = choose_precision(t.precision, runtime.device, self.model, cfg.data.batch_tokens,
-                                         log=lambda m: print(m, file=sys.stderr) if runtime.is_main else None)
+        self.autocast = choose_precision(
+            t.precision,
+            runtime.device,
+            self.model,
+            cfg.data.batch_tokens,
+            log=lambda m: print(m, file=sys.stderr) if runtime.is_main else None,
+        )
         if runtime.world_size > 1:  # every rank must run the same precision: bf16 only if all chose it
             agree = torch.tensor([float(self.autocast is not None)], device=runtime.device)
             dist.all_reduce(agree, op=dist.ReduceOp.MIN)
             self.autocast = torch.bfloat16 if agree.item() else None
-        self.ddp = (torch.nn.parallel.DistributedDataParallel(self.model) if runtime.world_size > 1 else self.model)
+        self.ddp = torch.nn.parallel.DistributedDataParallel(self.model) if runtime.world_size > 1 else self.model
         self.forward = torch.compile(self.ddp) if t.compile else self.ddp
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=0.0, betas=(t.adam_beta1, t.adam_beta2),
-                                          eps=t.adam_eps, weight_decay=t.weight_decay, fused=True)
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(),
+            lr=0.0,
+            betas=(t.adam_beta1, t.adam_beta2),
+            eps=t.adam_eps,
+            weight_decay=t.weight_decay,
+            fused=True,
+        )
         self.schedule = make_schedule(t.schedule, cfg.model.d_model, t.warmup_steps, t.lr_scale)
         self.progress = 0.0  # fraction of the budget used, for the budgeted schedules
         self.step, self.minutes_before, self.best_valid = 0, 0.0, math.inf
         self.saved_step = -1
         if resume is not None:
             if len(resume["stream"]) != runtime.world_size:
-                raise AiaynError(f"the checkpoint was written by {len(resume['stream'])} process(es); resume it with "
-                                 f"the same number (now {runtime.world_size})")
+                raise AiaynError(
+                    f"the checkpoint was written by {len(resume['stream'])} process(es); resume it with "
+                    f"the same number (now {runtime.world_size})"
+                )
             self.model.load_state_dict(resume["model"])
             self.optimizer.load_state_dict(resume["optimizer"])
             self.stream.load_state_dict(resume["stream"][runtime.rank])
@@ -236,8 +272,9 @@ class Trainer:
 
     def _loss(self, forward, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Label-smoothed loss sum, NLL sum and token count of one batch, under the run's precision."""
-        with torch.autocast(self.rt.device.type, dtype=self.autocast or torch.bfloat16,
-                            enabled=self.autocast is not None):
+        with torch.autocast(
+            self.rt.device.type, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None
+        ):
             logits = forward(batch.src, batch.tgt_in, batch.src_mask, batch.tgt_mask)  # (n, V)
         return label_smoothed_cross_entropy(logits, batch.tgt_out[batch.tgt_mask], self.cfg.train.label_smoothing)
 
@@ -257,9 +294,11 @@ class Trainer:
             try:
                 loss, nll = self._micro_step(batch.to(self.rt.device), tokens, sync=i == len(batches) - 1)
             except torch.OutOfMemoryError:
-                raise AiaynError(f"out of memory on a batch of {batch.src.numel()} source + {batch.tgt_in.numel()} "
-                                 f"target padded tokens; lower data.batch_tokens (now {self.cfg.data.batch_tokens}) "
-                                 f"and raise train.update_tokens to keep the update size") from None
+                raise AiaynError(
+                    f"out of memory on a batch of {batch.src.numel()} source + {batch.tgt_in.numel()} "
+                    f"target padded tokens; lower data.batch_tokens (now {self.cfg.data.batch_tokens}) "
+                    f"and raise train.update_tokens to keep the update size"
+                ) from None
             loss_sum, nll_sum = loss_sum + loss, nll_sum + nll
         loss_sum, nll_sum = self._all_reduce([loss_sum, nll_sum])
         finite = math.isfinite(loss_sum)
@@ -273,8 +312,14 @@ class Trainer:
             self.optimizer.step()
             self.step += 1
         self.optimizer.zero_grad(set_to_none=True)
-        return {"finite": finite, "loss": loss_sum / tokens, "nll": nll_sum / tokens, "tokens": tokens,
-                "grad_norm": grad_norm, "lr": self.schedule(max(self.step, 1), self.progress)}
+        return {
+            "finite": finite,
+            "loss": loss_sum / tokens,
+            "nll": nll_sum / tokens,
+            "tokens": tokens,
+            "grad_norm": grad_norm,
+            "lr": self.schedule(max(self.step, 1), self.progress),
+        }
 
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
@@ -310,9 +355,16 @@ class Trainer:
             streams, rngs = [None] * self.rt.world_size, [None] * self.rt.world_size
             dist.all_gather_object(streams, self.stream.state_dict())
             dist.all_gather_object(rngs, rng_state())
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "config": json.dumps(self.cfg.to_dict()), "step": self.step, "minutes": minutes,
-                "stream": streams, "rng": rngs, "best_valid": self.best_valid}
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "config": json.dumps(self.cfg.to_dict()),
+            "step": self.step,
+            "minutes": minutes,
+            "stream": streams,
+            "rng": rngs,
+            "best_valid": self.best_valid,
+        }
 
     def save(self, minutes: float, best: bool = False) -> None:
         state = self.state(minutes)  # every rank joins the gathers; rank 0 writes
@@ -321,8 +373,10 @@ class Trainer:
             return
         ckpt.save_checkpoint(ckpt.step_path(self.run_dir, self.step), state)
         if best:
-            ckpt.save_checkpoint(ckpt.checkpoint_dir(self.run_dir) / "best.pt",
-                                 {"model": state["model"], "config": state["config"], "step": self.step})
+            ckpt.save_checkpoint(
+                ckpt.checkpoint_dir(self.run_dir) / "best.pt",
+                {"model": state["model"], "config": state["config"], "step": self.step},
+            )
         ckpt.prune_checkpoints(self.run_dir, self.cfg.train.keep_last)
         self.saved_step = self.step
 
@@ -333,21 +387,33 @@ class Trainer:
         minutes = lambda: self.minutes_before + (time.monotonic() - start) / 60  # noqa: E731
         last_ckpt_minutes, bad_steps, window_tokens, window_start = minutes(), 0, 0.0, time.monotonic()
         stream = iter(self.stream)
-        bar = tqdm(total=t.max_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
-                   disable=not self.rt.is_main, file=sys.stderr)
+        bar = tqdm(
+            total=t.max_steps,
+            initial=self.step,
+            desc="train",
+            unit="step",
+            dynamic_ncols=True,
+            disable=not self.rt.is_main,
+            file=sys.stderr,
+        )
         if self.rt.is_main:
-            bar.write(f"aiayn: {count_parameters(self.model):,} parameters, {len(self.stream)} batches/epoch per rank, "
-                      f"{self.accumulate} micro-batch(es) x {self.rt.world_size} rank(s) per update, "
-                      f"precision {'bf16' if self.autocast else 'fp32'}, {torch.get_num_threads()} threads, "
-                      f"device {self.rt.device}")
+            bar.write(
+                f"aiayn: {count_parameters(self.model):,} parameters, {len(self.stream)} batches/epoch per rank, "
+                f"{self.accumulate} micro-batch(es) x {self.rt.world_size} rank(s) per update, "
+                f"precision {'bf16' if self.autocast else 'fp32'}, {torch.get_num_threads()} threads, "
+                f"device {self.rt.device}"
+            )
         self.model.train()
         last = {}
         marks = tail_marks(t.tail_fraction, t.keep_last)
         while True:
             epoch = self.stream.epoch
             before, self.progress = self.progress, budget_progress(self.step, minutes(), t)
-            stop = self.step >= t.max_steps or (t.max_epochs and epoch >= t.max_epochs) or \
-                (t.max_minutes and minutes() >= t.max_minutes)
+            stop = (
+                self.step >= t.max_steps
+                or (t.max_epochs and epoch >= t.max_epochs)
+                or (t.max_minutes and minutes() >= t.max_minutes)
+            )
             if self.rt.world_size > 1:  # every rank must follow rank 0's clock: same rates, same stop
                 stop, self.progress = self._broadcast([float(bool(stop)), self.progress])
             if stop:
@@ -361,9 +427,11 @@ class Trainer:
             if not last["finite"]:
                 bad_steps += 1
                 if bad_steps >= t.max_bad_steps:
-                    raise AiaynError(f"{bad_steps} updates in a row had a NaN/inf loss or gradient at step {self.step}; "
-                                     f"lower train.lr_scale or set train.clip_norm (last good checkpoint kept in "
-                                     f"{ckpt.checkpoint_dir(self.run_dir)})")
+                    raise AiaynError(
+                        f"{bad_steps} updates in a row had a NaN/inf loss or gradient at step {self.step}; "
+                        f"lower train.lr_scale or set train.clip_norm (last good checkpoint kept in "
+                        f"{ckpt.checkpoint_dir(self.run_dir)})"
+                    )
                 continue
             bad_steps = 0
             window_tokens += last["tokens"]
@@ -372,8 +440,16 @@ class Trainer:
             if self.step % t.log_every == 0 or self.step % t.eval_every == 0:
                 rate = window_tokens / max(time.monotonic() - window_start, 1e-9)
                 window_tokens, window_start = 0.0, time.monotonic()
-                row = {"step": self.step, "epoch": epoch, "minutes": round(minutes(), 3), "train_loss": last["loss"],
-                       "train_nll": last["nll"], "lr": last["lr"], "tokens_per_s": rate, "grad_norm": last["grad_norm"]}
+                row = {
+                    "step": self.step,
+                    "epoch": epoch,
+                    "minutes": round(minutes(), 3),
+                    "train_loss": last["loss"],
+                    "train_nll": last["nll"],
+                    "lr": last["lr"],
+                    "tokens_per_s": rate,
+                    "grad_norm": last["grad_norm"],
+                }
                 bar.set_postfix(loss=f"{last['loss']:.3f}", lr=f"{last['lr']:.2e}", tok_s=f"{rate:.0f}", epoch=epoch)
                 if t.max_minutes:  # a time-boxed run: the bar's end is the step the time budget reaches
                     steps_per_minute = (self.step - first_step) / max(minutes() - self.minutes_before, 1e-9)
@@ -385,19 +461,24 @@ class Trainer:
                 row.update(self.validate())
                 best = row["valid_loss"] < self.best_valid
                 self.best_valid = min(self.best_valid, row["valid_loss"])
-                bar.write(f"step {self.step}: valid loss {row['valid_loss']:.3f}, ppl {row['valid_ppl']:.2f}"
-                          + (f", greedy BLEU {row['valid_bleu']:.1f}" if "valid_bleu" in row else ""))
+                bar.write(
+                    f"step {self.step}: valid loss {row['valid_loss']:.3f}, ppl {row['valid_ppl']:.2f}"
+                    + (f", greedy BLEU {row['valid_bleu']:.1f}" if "valid_bleu" in row else "")
+                )
             if row and self.log:
                 self.log.write(row)
-            due = (t.checkpoint_every_steps and self.step % t.checkpoint_every_steps == 0) or \
-                (t.checkpoint_every_minutes and minutes() - last_ckpt_minutes >= t.checkpoint_every_minutes)
+            due = (t.checkpoint_every_steps and self.step % t.checkpoint_every_steps == 0) or (
+                t.checkpoint_every_minutes and minutes() - last_ckpt_minutes >= t.checkpoint_every_minutes
+            )
             if self._all_reduce([float(bool(due or best))])[0]:
                 self.save(minutes(), best)
                 last_ckpt_minutes = minutes()
         bar.close()
         if self.rt.is_main and self.step and self.cfg.data.valid_bleu_sentences:
-            print(f"aiayn: beam-{self.cfg.decode.beam_size} BLEU on all {len(self.valid_src)} valid sentences ...",
-                  file=sys.stderr)
+            print(
+                f"aiayn: beam-{self.cfg.decode.beam_size} BLEU on all {len(self.valid_src)} valid sentences ...",
+                file=sys.stderr,
+            )
         final = self.validate(final=True) if self.step else {}
         if self.step and self.saved_step != self.step:
             best = final.get("valid_loss", math.inf) < self.best_valid
@@ -430,8 +511,10 @@ def prepare_run_dir(cfg: Config, data_dir: Path, run_dir: Path) -> None:
     from aiayn.tokenizer import Tokenizer
 
     if ckpt.list_checkpoints(run_dir):
-        raise AiaynError(f"{run_dir} already holds checkpoints; continue it with `aiayn train --resume {run_dir}` "
-                         f"or choose another --out")
+        raise AiaynError(
+            f"{run_dir} already holds checkpoints; continue it with `aiayn train --resume {run_dir}` "
+            f"or choose another --out"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     Tokenizer.load(data_dir / "spm.model").copy_to(run_dir)
     if (data_dir / "meta.json").is_file():
@@ -439,8 +522,14 @@ def prepare_run_dir(cfg: Config, data_dir: Path, run_dir: Path) -> None:
     (run_dir / "run.json").write_text(json.dumps({"data_dir": str(data_dir.resolve())}, indent=2))
 
 
-def train(data_dir: Path | None, run_dir: Path, preset: str | None = None, config_file: Path | None = None,
-          overrides: list[str] = (), resume: bool = False) -> dict:
+def train(
+    data_dir: Path | None,
+    run_dir: Path,
+    preset: str | None = None,
+    config_file: Path | None = None,
+    overrides: list[str] = (),
+    resume: bool = False,
+) -> dict:
     """``aiayn train``: a new run, or ``resume`` one from its newest good checkpoint."""
     run_dir = Path(run_dir)
     state = None
@@ -452,6 +541,7 @@ def train(data_dir: Path | None, run_dir: Path, preset: str | None = None, confi
         cfg = from_dict(json.loads(state["config"]))
         for item in overrides:  # e.g. a longer max_minutes for the continued run
             from aiayn.config import apply_override
+
             apply_override(cfg, item)
         data_dir = Path(data_dir or json.loads((run_dir / "run.json").read_text())["data_dir"])
         print(f"aiayn: resuming {run_dir} from {path.name} (step {state['step']})", file=sys.stderr)

@@ -22,9 +22,9 @@ from typing import Any, TextIO
 import torch
 from torch import Tensor
 
+from aiayn import search
 from aiayn.batching import source_row
 from aiayn.config import BOS_ID, EOS_ID, PAD_ID, AiaynError, Config
-from aiayn import search
 from aiayn.search import Hypothesis
 
 # Tokens a target can never contain: PAD only fills rows, BOS only starts them.
@@ -54,8 +54,9 @@ def _log_probs(logits: Tensor) -> Tensor:
     return log_probs
 
 
-def make_step_fn(model: Any, memory: Tensor, src_mask: Tensor, use_cache: bool = True, *,
-                 capacity: int = 0) -> tuple[Callable[[Tensor, Any], tuple[Tensor, Any]], Any]:
+def make_step_fn(
+    model: Any, memory: Tensor, src_mask: Tensor, use_cache: bool = True, *, capacity: int = 0
+) -> tuple[Callable[[Tensor, Any], tuple[Tensor, Any]], Any]:
     """A ``search`` step function and its initial state for one encoded batch.
 
     With the cache (``model.init_cache``, room for ``capacity`` steps), each step feeds only
@@ -64,6 +65,7 @@ def make_step_fn(model: Any, memory: Tensor, src_mask: Tensor, use_cache: bool =
     tested against, pitfall 16).
     """
     if use_cache:
+
         def cached_step(prefix: Tensor, cache: Any) -> tuple[Tensor, Any]:
             logits, cache, _ = model.decode(prefix[:, -1:], cache=cache)  # (N, 1, V)
             return _log_probs(logits[:, -1]), cache
@@ -106,12 +108,21 @@ def resolve_device(name: str | torch.device | None = None) -> torch.device:
 class Translator:
     """A model, its tokenizer and its config's decoding settings (§6.1 by default: beam 4, α = 0.6)."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, config: Config,
-                 device: str | torch.device | None = None, *, quantize: str | None = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        config: Config,
+        device: str | torch.device | None = None,
+        *,
+        quantize: str | None = None,
+    ):
         """``quantize="int8"``: translate with an int8 copy of ``model`` (aiayn.quantize; CPU only)."""
         if tokenizer.vocab_size > config.model.vocab_size:
-            raise AiaynError(f"tokenizer has {tokenizer.vocab_size} pieces but the model only "
-                             f"{config.model.vocab_size}; use the spm.model the model was trained with")
+            raise AiaynError(
+                f"tokenizer has {tokenizer.vocab_size} pieces but the model only "
+                f"{config.model.vocab_size}; use the spm.model the model was trained with"
+            )
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         if quantize is not None:
             from aiayn.quantize import check_quantization, quantize_model
@@ -124,8 +135,14 @@ class Translator:
         self.quantize = quantize
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device | None = None, use_tuned: bool = True, *,
-             quantize: str | None = None) -> Translator:
+    def load(
+        cls,
+        path: str | Path,
+        device: str | torch.device | None = None,
+        use_tuned: bool = True,
+        *,
+        quantize: str | None = None,
+    ) -> Translator:
         """From a run folder (its averaged, best or latest checkpoint) or a checkpoint file.
         The decoding settings that ``aiayn tune-decoding`` chose on valid (RUN/decoding.json)
         replace the config's, unless ``use_tuned`` is False. ``quantize="int8"``: int8 linear
@@ -139,8 +156,9 @@ class Translator:
         return cls(loaded.model, loaded.tokenizer, loaded.config, quantize=quantize)
 
     @classmethod
-    def from_state(cls, weights: dict[str, Tensor], config_json: str, run_dir: Path,
-                   device: str | torch.device | None = None) -> Translator:
+    def from_state(
+        cls, weights: dict[str, Tensor], config_json: str, run_dir: Path, device: str | torch.device | None = None
+    ) -> Translator:
         """From weights in memory (e.g. an average not yet written) and the run's tokenizer."""
         import json
 
@@ -153,10 +171,21 @@ class Translator:
         model.load_state_dict(weights)
         return cls(model.to(resolve_device(device)).eval(), Tokenizer.load(Path(run_dir)), config)
 
-    def translate(self, lines: Sequence[str], beam_size: int | None = None, alpha: float | None = None,
-                  length_penalty: str | None = None, nbest: int | None = None, sample: bool = False, temperature: float = 1.0, top_k: int = 0,
-                  top_p: float = 1.0, batch_tokens: int | None = None, seed: int | None = None,
-                  progress: bool = False) -> list[list[Translation]]:
+    def translate(
+        self,
+        lines: Sequence[str],
+        beam_size: int | None = None,
+        alpha: float | None = None,
+        length_penalty: str | None = None,
+        nbest: int | None = None,
+        sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        batch_tokens: int | None = None,
+        seed: int | None = None,
+        progress: bool = False,
+    ) -> list[list[Translation]]:
         """Translate ``lines``; per line, ``nbest`` translations, best first, in input order.
 
         ``beam_size`` 1 means greedy search. ``sample`` draws ``nbest`` samples per line instead
@@ -184,36 +213,58 @@ class Translator:
         rows = [source_row(x, limit) for x in ids]
         cut = [todo[k] + 1 for k, x in enumerate(ids) if len(x) + 1 > limit]
         if cut:
-            print(f"aiayn: warning: {len(cut)} input line(s) longer than the model's {limit} positions were "
-                  f"truncated (first: line {cut[0]})", file=sys.stderr)
+            print(
+                f"aiayn: warning: {len(cut)} input line(s) longer than the model's {limit} positions were "
+                f"truncated (first: line {cut[0]})",
+                file=sys.stderr,
+            )
         generator = None
         if sample and seed is not None:
             generator = torch.Generator(self.device).manual_seed(seed)
-        settings = dict(beam_size=beam_size, alpha=alpha, length_penalty=length_penalty, nbest=nbest, sample=sample, temperature=temperature,
-                        top_k=top_k, top_p=top_p, generator=generator)
+        settings = dict(
+            beam_size=beam_size,
+            alpha=alpha,
+            length_penalty=length_penalty,
+            nbest=nbest,
+            sample=sample,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            generator=generator,
+        )
 
         from tqdm import tqdm
 
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.inference_mode(), tqdm(total=len(lines), unit="sent", disable=not progress,
-                                              file=sys.stderr, dynamic_ncols=True) as bar:
+            with (
+                torch.inference_mode(),
+                tqdm(total=len(lines), unit="sent", disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar,
+            ):
                 bar.update(len(lines) - len(todo))
                 for batch in length_batches([len(r) for r in rows], batch_tokens):
                     hyps = self._translate_batch([rows[k] for k in batch], **settings)
                     for k, nb in zip(batch, hyps):
-                        results[todo[k]] = [Translation(**vars(h), text=self.tokenizer.decode(h.tokens))
-                                            for h in nb]
+                        results[todo[k]] = [Translation(**vars(h), text=self.tokenizer.decode(h.tokens)) for h in nb]
                     bar.update(len(batch))
         finally:
             self.model.train(was_training)
         return results
 
-    def _translate_batch(self, rows: list[list[int]], beam_size: int, alpha: float, length_penalty: str,
-                         nbest: int, sample: bool,
-                         temperature: float, top_k: int, top_p: float,
-                         generator: torch.Generator | None) -> list[list[Hypothesis]]:
+    def _translate_batch(
+        self,
+        rows: list[list[int]],
+        beam_size: int,
+        alpha: float,
+        length_penalty: str,
+        nbest: int,
+        sample: bool,
+        temperature: float,
+        top_k: int,
+        top_p: float,
+        generator: torch.Generator | None,
+    ) -> list[list[Hypothesis]]:
         d, limit = self.config.decode, self.config.model.max_len
         lengths = torch.tensor([len(r) for r in rows])
         src = torch.full((len(rows), int(lengths.max())), PAD_ID, dtype=torch.long)  # (B, S)
@@ -229,15 +280,17 @@ class Translator:
         if sample:  # nbest independent samples: each sentence's encoder output repeated nbest times
             memory, src_mask, max_len = (x.repeat_interleave(nbest, dim=0) for x in (memory, src_mask, max_len))
             step_fn, state = make_step_fn(self.model, memory, src_mask, capacity=steps)
-            found = search.sample(step_fn, state, B * nbest, BOS_ID, EOS_ID, max_len, temperature, top_k, top_p,
-                                  generator, d.min_len)
-            groups = [found[b * nbest:(b + 1) * nbest] for b in range(B)]
+            found = search.sample(
+                step_fn, state, B * nbest, BOS_ID, EOS_ID, max_len, temperature, top_k, top_p, generator, d.min_len
+            )
+            groups = [found[b * nbest : (b + 1) * nbest] for b in range(B)]
             return [sorted(g, key=lambda h: (not h.finished, -h.score)) for g in groups]
         step_fn, state = make_step_fn(self.model, memory, src_mask, capacity=steps)
         if beam_size == 1:
             return [[h] for h in search.greedy_search(step_fn, state, B, BOS_ID, EOS_ID, max_len, d.min_len)]
-        return search.beam_search(step_fn, state, B, BOS_ID, EOS_ID, max_len, beam_size, alpha,
-                                  length_penalty, d.min_len, nbest)
+        return search.beam_search(
+            step_fn, state, B, BOS_ID, EOS_ID, max_len, beam_size, alpha, length_penalty, d.min_len, nbest
+        )
 
 
 # ---------------------------------------------------------------------------- the command
@@ -257,8 +310,9 @@ def stdin_lines() -> Iterator[str]:
         try:
             line = raw.decode("utf-8").rstrip("\r\n")
         except UnicodeDecodeError:
-            raise AiaynError(f"stdin:{n}: invalid UTF-8; convert the input to UTF-8 "
-                             "(e.g. iconv -f latin1 -t utf-8)") from None
+            raise AiaynError(
+                f"stdin:{n}: invalid UTF-8; convert the input to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+            ) from None
         yield line.removeprefix("\ufeff") if n == 1 else line
 
 
@@ -310,9 +364,17 @@ def run(args: Any) -> None:
     lines = read_lines(Path(args.input)) if args.input else None
     translator = Translator.load(args.model, args.device, quantize=args.quantize)
     nbest = args.nbest if args.nbest is not None else (1 if args.sample else translator.config.decode.nbest)
-    options = dict(beam_size=args.beam, alpha=args.alpha, nbest=nbest, sample=args.sample,
-                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                   batch_tokens=args.batch_tokens, seed=args.seed)
+    options = dict(
+        beam_size=args.beam,
+        alpha=args.alpha,
+        nbest=nbest,
+        sample=args.sample,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        batch_tokens=args.batch_tokens,
+        seed=args.seed,
+    )
     interactive = lines is None and sys.stdin.isatty()
     stream = lines is None and not interactive and (args.stream or args.interactive)
     if lines is None and not interactive and not stream:

@@ -60,14 +60,26 @@ def score(translator: Any, sources: list[str], references: list[str], **options:
 
     hyps = [n[0].text for n in translator.translate(sources, progress=False, **options)]
     found = corpus_scores(hyps, references)
-    return {"bleu": round(found["bleu"], 2), "chrf": round(found["chrf"], 2),
-            "length_ratio": round(length_ratio(hyps, references), 3)}
+    return {
+        "bleu": round(found["bleu"], 2),
+        "chrf": round(found["chrf"], 2),
+        "length_ratio": round(length_ratio(hyps, references), 3),
+    }
 
 
 # ---------------------------------------------------------------------------- averaging
 
-def choose_average(run_dir: Path, last: int, *, data: str | Path | None = None, sentences: int = 0,
-                   compare: bool = True, device: str | None = None, log=print) -> dict[str, Any]:
+
+def choose_average(
+    run_dir: Path,
+    last: int,
+    *,
+    data: str | Path | None = None,
+    sentences: int = 0,
+    compare: bool = True,
+    device: str | None = None,
+    log=print,
+) -> dict[str, Any]:
     """Average the last ``last`` checkpoints; keep the average only where it beats the last
     checkpoint in valid BLEU (the run's decoding settings). Writes RUN/averaged.pt either way:
     the winner's weights, with ``selected`` saying which it is."""
@@ -88,23 +100,34 @@ def choose_average(run_dir: Path, last: int, *, data: str | Path | None = None, 
         src, ref = valid_split(run_data_dir(run_dir, data), sentences)
         scores = {}
         for name, weights in (("last", states[-1]["model"]), ("average", averaged)):
+            what = "average of steps " + ", ".join(map(str, steps)) if name == "average" else "last checkpoint"
             translator = Translator.from_state(weights, states[-1]["config"], run_dir, device)
             scores[name] = score(translator, src, ref)
-            log(f"aiayn: valid BLEU {scores[name]['bleu']:.2f} (length ratio {scores[name]['length_ratio']:.3f}) "
-                f"with the {'average of steps ' + ', '.join(map(str, steps)) if name == 'average' else 'last checkpoint'}")
+            log(
+                f"aiayn: valid BLEU {scores[name]['bleu']:.2f} (length ratio {scores[name]['length_ratio']:.3f}) "
+                f"with the {what}"
+            )
         result.update(valid=scores, valid_sentences=len(src))
         if scores["average"]["bleu"] < scores["last"]["bleu"]:
             result["selected"] = "last"
     weights = averaged if result["selected"] == "average" else states[-1]["model"]
     out = run_dir / "averaged.pt"
-    ckpt.save_checkpoint(out, {"model": weights, "config": states[-1]["config"], "step": steps[-1],
-                               "averaged_steps": steps if result["selected"] == "average" else [steps[-1]],
-                               "selection": json.dumps(result)})
+    ckpt.save_checkpoint(
+        out,
+        {
+            "model": weights,
+            "config": states[-1]["config"],
+            "step": steps[-1],
+            "averaged_steps": steps if result["selected"] == "average" else [steps[-1]],
+            "selection": json.dumps(result),
+        },
+    )
     result["path"] = str(out)
     return result
 
 
 # ---------------------------------------------------------------------------- decoding
+
 
 @dataclass(frozen=True)
 class Setting:
@@ -117,15 +140,24 @@ def grid(beams: tuple[int, ...], penalties: tuple[str, ...], alphas: tuple[float
     """Every beam × penalty × α. Greedy search (beam 1) and ``none`` ignore α, so they appear once."""
     out = []
     for beam in beams:
-        for penalty in (("none",) if beam == 1 else penalties):
-            for alpha in ((0.0,) if penalty == "none" else alphas):
+        for penalty in ("none",) if beam == 1 else penalties:
+            for alpha in (0.0,) if penalty == "none" else alphas:
                 out.append(Setting(beam, penalty, alpha))
     return list(dict.fromkeys(out))
 
 
-def tune_decoding(model: str | Path, *, data: str | Path | None = None, beams=DEFAULT_BEAMS,
-                  penalties=DEFAULT_PENALTIES, alphas=DEFAULT_ALPHAS, sentences: int = DEFAULT_SENTENCES,
-                  device: str | None = None, write: bool = True, log=print) -> dict[str, Any]:
+def tune_decoding(
+    model: str | Path,
+    *,
+    data: str | Path | None = None,
+    beams=DEFAULT_BEAMS,
+    penalties=DEFAULT_PENALTIES,
+    alphas=DEFAULT_ALPHAS,
+    sentences: int = DEFAULT_SENTENCES,
+    device: str | None = None,
+    write: bool = True,
+    log=print,
+) -> dict[str, Any]:
     """Sweep the grid on valid; the best BLEU wins (ties: the smaller beam, then the paper's
     settings). With ``write``, RUN/decoding.json stores it for translate/evaluate/serve."""
     from tqdm import tqdm
@@ -143,20 +175,40 @@ def tune_decoding(model: str | Path, *, data: str | Path | None = None, beams=DE
     translator = Translator.load(model, device, use_tuned=False)
     src, ref = valid_split(run_data_dir(run_dir, data), sentences)
     rows = []
-    for s in tqdm(grid(tuple(beams), tuple(penalties), tuple(alphas)), desc="tune decoding", unit="setting",
-                  file=sys.stderr, dynamic_ncols=True):
-        rows.append({**vars(s), **score(translator, src, ref, beam_size=s.beam_size, alpha=s.alpha,
-                                        length_penalty=s.length_penalty)})
+    for s in tqdm(
+        grid(tuple(beams), tuple(penalties), tuple(alphas)),
+        desc="tune decoding",
+        unit="setting",
+        file=sys.stderr,
+        dynamic_ncols=True,
+    ):
+        rows.append(
+            {
+                **vars(s),
+                **score(translator, src, ref, beam_size=s.beam_size, alpha=s.alpha, length_penalty=s.length_penalty),
+            }
+        )
     paper = Setting(4, "gnmt", 0.6)
-    best = max(rows, key=lambda r: (r["bleu"], -r["beam_size"], Setting(r["beam_size"], r["length_penalty"],
-                                                                         r["alpha"]) == paper))
+    best = max(
+        rows,
+        key=lambda r: (r["bleu"], -r["beam_size"], Setting(r["beam_size"], r["length_penalty"], r["alpha"]) == paper),
+    )
     log(format_grid(rows, best))
-    result = {"beam_size": best["beam_size"], "length_penalty": best["length_penalty"], "alpha": best["alpha"],
-              "valid_bleu": best["bleu"], "valid_sentences": len(src), "model": str(model_path), "grid": rows}
+    result = {
+        "beam_size": best["beam_size"],
+        "length_penalty": best["length_penalty"],
+        "alpha": best["alpha"],
+        "valid_bleu": best["bleu"],
+        "valid_sentences": len(src),
+        "model": str(model_path),
+        "grid": rows,
+    }
     if write:
         (run_dir / DECODING_FILE).write_text(json.dumps(result, indent=2) + "\n")
-        log(f"aiayn: wrote {run_dir / DECODING_FILE}; translate, evaluate and serve now decode with beam "
-            f"{best['beam_size']}, {best['length_penalty']} length penalty α = {best['alpha']}")
+        log(
+            f"aiayn: wrote {run_dir / DECODING_FILE}; translate, evaluate and serve now decode with beam "
+            f"{best['beam_size']}, {best['length_penalty']} length penalty α = {best['alpha']}"
+        )
     return result
 
 
@@ -164,6 +216,8 @@ def format_grid(rows: list[dict[str, Any]], best: dict[str, Any]) -> str:
     lines = [f"{'beam':>4}  {'penalty':<8} {'alpha':>5}  {'BLEU':>6}  {'chrF':>6}  {'len ratio':>9}"]
     for r in rows:
         mark = "  <- best" if r is best else ""
-        lines.append(f"{r['beam_size']:>4}  {r['length_penalty']:<8} {r['alpha']:>5.2f}  {r['bleu']:>6.2f}  "
-                     f"{r['chrf']:>6.2f}  {r['length_ratio']:>9.3f}{mark}")
+        lines.append(
+            f"{r['beam_size']:>4}  {r['length_penalty']:<8} {r['alpha']:>5.2f}  {r['bleu']:>6.2f}  "
+            f"{r['chrf']:>6.2f}  {r['length_ratio']:>9.3f}{mark}"
+        )
     return "\n".join(lines)

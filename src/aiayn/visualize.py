@@ -33,8 +33,11 @@ from PIL import Image  # a dependency of matplotlib
 from aiayn.batching import source_row
 from aiayn.config import BOS_ID, PAD_ID, AiaynError
 
-KINDS = {"encoder": "Encoder self-attention", "decoder": "Decoder self-attention (masked)",
-         "cross": "Encoder–decoder attention"}
+KINDS = {
+    "encoder": "Encoder self-attention",
+    "decoder": "Decoder self-attention (masked)",
+    "cross": "Encoder–decoder attention",
+}
 DPI = 120
 MIN_LINE_WEIGHT = 0.01  # lines fainter than this are invisible anyway; skipping them keeps SVGs small
 
@@ -56,8 +59,11 @@ class AttentionMaps:
 
     def labels(self, kind: str) -> tuple[list[str], list[str]]:
         """(query labels, key labels) of one kind of attention."""
-        return {"encoder": (self.source, self.source), "decoder": (self.target, self.target),
-                "cross": (self.target, self.source)}[kind]
+        return {
+            "encoder": (self.source, self.source),
+            "decoder": (self.target, self.target),
+            "cross": (self.target, self.source),
+        }[kind]
 
 
 def _pad(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,8 +77,9 @@ def _stack(per_layer: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(per_layer, dim=1).float().cpu()  # L × (B, H, ·, ·) -> (B, L, H, ·, ·)
 
 
-def attention_weights(model: torch.nn.Module, src_rows: list[list[int]],
-                      tgt_rows: list[list[int]]) -> dict[str, torch.Tensor]:
+def attention_weights(
+    model: torch.nn.Module, src_rows: list[list[int]], tgt_rows: list[list[int]]
+) -> dict[str, torch.Tensor]:
     """Teacher-forced attention of a padded batch, in eval mode.
 
     ``src_rows`` as ``batching.source_row`` builds them (x + EOS), ``tgt_rows`` = BOS + y.
@@ -104,8 +111,12 @@ def sentence_attention(translator: Any, sentence: str, beam_size: int | None = N
     src = source_row(tok.encode(sentence), limit)
     tgt = [BOS_ID, *best.tokens][:limit]  # a hypothesis cut off at the length limit fills every position
     w = attention_weights(translator.model, [src], [tgt])
-    return AttentionMaps([tok.id_to_piece(i) for i in src], [tok.id_to_piece(i) for i in tgt], best.text,
-                         *(w[k][0].numpy() for k in ("encoder", "decoder", "cross")))
+    return AttentionMaps(
+        [tok.id_to_piece(i) for i in src],
+        [tok.id_to_piece(i) for i in tgt],
+        best.text,
+        *(w[k][0].numpy() for k in ("encoder", "decoder", "cross")),
+    )
 
 
 # ---------------------------------------------------------------------------- attention figures
@@ -139,8 +150,9 @@ def attention_grid(weights: np.ndarray, rows: list[str], cols: list[str], title:
             if head == 0:
                 ax.set_ylabel(f"layer {layer + 1}", fontsize=10)
     fig.colorbar(image, ax=axes, shrink=min(1.0, 4.0 / (n_layers * panel_h + 1)), label="attention weight")
-    fig.suptitle(f"{title}: layers 1–{n_layers} (rows) × heads 1–{n_heads} (columns); "
-                 "queries down, keys across", fontsize=12)
+    fig.suptitle(
+        f"{title}: layers 1–{n_layers} (rows) × heads 1–{n_heads} (columns); queries down, keys across", fontsize=12
+    )
     return fig
 
 
@@ -181,10 +193,16 @@ def attention_lines(weights: np.ndarray, left: list[str], right: list[str], titl
     axes = fig.subplots(1, n_heads + 1, squeeze=False)[0]
     _draw_lines(axes[0], weights, left, right, colours, 9)
     axes[0].set_title("all heads", fontsize=10)
-    axes[0].legend(handles=[Line2D([], [], color=c, lw=3, label=f"head {h + 1}") for h, c in enumerate(colours)],
-                   loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(n_heads, 4), fontsize=8, frameon=False)
+    axes[0].legend(
+        handles=[Line2D([], [], color=c, lw=3, label=f"head {h + 1}") for h, c in enumerate(colours)],
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.0),
+        ncol=min(n_heads, 4),
+        fontsize=8,
+        frameon=False,
+    )
     for h in range(n_heads):
-        _draw_lines(axes[h + 1], weights[h: h + 1], left, right, colours[h: h + 1], 9)
+        _draw_lines(axes[h + 1], weights[h : h + 1], left, right, colours[h : h + 1], 9)
         axes[h + 1].set_title(f"head {h + 1}", fontsize=10, color=colours[h])
     fig.suptitle(f"{title}; left: queries, right: keys; line opacity = weight", fontsize=12)
     return fig
@@ -206,7 +224,8 @@ def attention_figures(maps: AttentionMaps, layer: int | None = None, kind: str =
     layer = check_layer(layer, stack.shape[0], kind)
     figures = {f"attention_{k}": attention_grid(getattr(maps, k), *maps.labels(k), KINDS[k]) for k in KINDS}
     figures[f"attention_lines_{kind}_layer{layer}"] = attention_lines(
-        stack[layer - 1], *maps.labels(kind), f"{KINDS[kind]}, layer {layer} of {stack.shape[0]}")
+        stack[layer - 1], *maps.labels(kind), f"{KINDS[kind]}, layer {layer} of {stack.shape[0]}"
+    )
     return figures
 
 
@@ -221,8 +240,9 @@ def positions_figure(d_model: int = 512, max_len: int = 100) -> Figure:
         raise AiaynError(f"--d-model must be at least 2 and --max-len positive, got {d_model} and {max_len}")
     fig = Figure(figsize=(9, 5.5), layout="constrained")
     ax = fig.subplots()
-    image = ax.imshow(sinusoid_table(max_len, d_model).numpy(), cmap="RdBu", vmin=-1, vmax=1,
-                      aspect="auto", interpolation="nearest")
+    image = ax.imshow(
+        sinusoid_table(max_len, d_model).numpy(), cmap="RdBu", vmin=-1, vmax=1, aspect="auto", interpolation="nearest"
+    )
     ax.set_xlabel("dimension (even: sin, odd: cos; wavelength grows with the dimension)")
     ax.set_ylabel("position in the sentence")
     fig.colorbar(image, ax=ax, label="PE(pos, dim)")
@@ -243,8 +263,13 @@ def schedule_figure(d_model: int, warmup_steps: int, scale: float = 1.0, steps: 
     ax.plot(x, [schedule(int(s)) for s in x], color="tab:blue", lw=2, label="learning rate")
     ax.axvline(warmup_steps, color="tab:red", ls="--", lw=1.2, label=f"warmup_steps = {warmup_steps:,}")
     if warmup_steps <= steps:
-        ax.annotate(f"peak {schedule.peak:.2e}", (warmup_steps, schedule.peak), xytext=(10, -4),
-                    textcoords="offset points", va="top")
+        ax.annotate(
+            f"peak {schedule.peak:.2e}",
+            (warmup_steps, schedule.peak),
+            xytext=(10, -4),
+            textcoords="offset points",
+            va="top",
+        )
     ax.set_xlabel("training step")
     ax.set_ylabel("learning rate")
     ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
@@ -269,8 +294,9 @@ def read_metrics(run_dir: Path) -> dict[str, np.ndarray]:
             try:
                 columns[key].append(float(value) if value not in ("", None) else math.nan)
             except ValueError:
-                raise AiaynError(f"{path}:{line}: '{key}' is not a number ({value!r}); "
-                                 "fix or delete that line") from None
+                raise AiaynError(
+                    f"{path}:{line}: '{key}' is not a number ({value!r}); fix or delete that line"
+                ) from None
     return {key: np.asarray(values) for key, values in columns.items()}
 
 
@@ -281,8 +307,15 @@ def run_figure(run_dir: Path) -> Figure:
     fig = Figure(figsize=(11, 7.5), layout="constrained")
     axes = fig.subplots(2, 2)
     panels = [
-        (axes[0, 0], [("train_loss", "train (label-smoothed)"), ("train_nll", "train NLL"),
-                      ("valid_loss", "valid (label-smoothed)")], "loss per target token"),
+        (
+            axes[0, 0],
+            [
+                ("train_loss", "train (label-smoothed)"),
+                ("train_nll", "train NLL"),
+                ("valid_loss", "valid (label-smoothed)"),
+            ],
+            "loss per target token",
+        ),
         (axes[0, 1], [("valid_bleu", "valid BLEU (greedy, fixed subset)")], "BLEU"),
         (axes[1, 0], [("lr", "learning rate (Eq. 3)")], "learning rate"),
         (axes[1, 1], [("tokens_per_s", "target tokens / s")], "tokens / s"),
