@@ -1,5 +1,6 @@
 """loss.py (§5.4): label-smoothed cross-entropy against hand-computed values and an explicit
-target distribution; sums that make gradient accumulation exact (pitfalls 5 and 6)."""
+target distribution; sums that make gradient accumulation exact
+(docs/pitfalls.md: "Smoothing and padding" and "Accumulation")."""
 
 from __future__ import annotations
 
@@ -92,7 +93,7 @@ def test_loss_gradient_reaches_only_real_positions() -> None:
 
 
 def test_gradient_accumulation_equals_one_batch() -> None:
-    """Sum of sums over micro-batches / total tokens = one big batch (pitfall 6)."""
+    """Sum of sums over micro-batches / total tokens = one big batch (docs/pitfalls.md: "Accumulation")."""
     torch.manual_seed(0)
     model = Transformer(ModelConfig(vocab_size=30, d_model=16, d_ff=32, n_heads=2, n_layers=1, dropout=0.0, max_len=32))
     g = torch.Generator().manual_seed(1)

@@ -106,7 +106,7 @@ def test_multihead_attention_matches_torch(need_weights: bool, masked: bool) -> 
     k, _ = ours.project_kv(k_in)
     _, v = ours.project_kv(v_in)
     out, weights = ours(q_in, (k, v), padding_mask(keys) if masked else None, need_weights=need_weights)
-    # nn's polarity is the opposite: True = ignore this key (pitfall 2).
+    # nn's polarity is the opposite: True = ignore this key (docs/pitfalls.md: "Mask polarity").
     ref_out, ref_w = ref(
         q_in, k_in, v_in, key_padding_mask=~keys if masked else None, need_weights=True, average_attn_weights=False
     )
@@ -141,7 +141,8 @@ def test_causal_self_attention_matches_torch(need_weights: bool) -> None:
 
 @pytest.mark.parametrize("need_weights", [False, True], ids=["fused", "explicit"])
 def test_causal_flag_combined_with_padding_mask(need_weights: bool) -> None:
-    """is_causal together with a key-padding mask must apply both (pitfall 3); right padding,
+    """is_causal together with a key-padding mask must apply both
+    (docs/pitfalls.md: "Causal and padding masks together"); right padding,
     so every query still sees key 0."""
     ours, ref = mha_pair(seed=2)
     x = torch.randn(2, 6, D, generator=torch.Generator().manual_seed(5))
@@ -154,7 +155,7 @@ def test_causal_flag_combined_with_padding_mask(need_weights: bool) -> None:
 
 def test_causal_flag_with_fewer_queries_than_keys_is_aligned_bottom_right() -> None:
     """The fused and explicit paths must agree for T_q < T_k: the explicit path aligns the
-    causal mask bottom-right (pitfall 4), so must the fused one."""
+    causal mask bottom-right (docs/pitfalls.md: "Causal alignment"), so must the fused one."""
     ours, _ = mha_pair(seed=3)
     g = torch.Generator().manual_seed(6)
     x, source = torch.randn(2, 2, D, generator=g), torch.randn(2, 5, D, generator=g)
@@ -298,7 +299,7 @@ def test_padding_mask_table() -> None:
 
 def test_causal_mask_tables() -> None:
     assert torch.equal(causal_mask(3, 3), torch.tensor([[1, 0, 0], [1, 1, 0], [1, 1, 1]], dtype=torch.bool))
-    # Two new queries after a cache of three keys: aligned bottom-right (pitfall 4).
+    # Two new queries after a cache of three keys: aligned bottom-right (docs/pitfalls.md: "Causal alignment").
     assert torch.equal(causal_mask(2, 5), torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]], dtype=torch.bool))
     assert torch.equal(causal_mask(1, 4), torch.ones(1, 4, dtype=torch.bool))
 
@@ -587,7 +588,7 @@ def test_sinusoid_table_matches_the_formula() -> None:
     }
     for (pos, i), value in hand.items():
         assert table[pos, i].item() == pytest.approx(value, abs=1e-7)
-    # Large positions stay accurate (pitfall 9): the table is computed in float64.
+    # Large positions stay accurate (docs/pitfalls.md: "Sinusoid layout"): the table is computed in float64.
     assert sinusoid_table(1001, 4)[1000, 0].item() == pytest.approx(math.sin(1000.0), abs=1e-6)
     odd = sinusoid_table(3, 5)
     assert odd[2, 4].item() == pytest.approx(math.sin(2 / 10000 ** (4 / 5)), abs=1e-7)
@@ -654,7 +655,7 @@ def test_embedding_tying() -> None:
 
 def test_logits_at_init_are_small_for_base_dims() -> None:
     """Tied embeddings start at N(0, d_model^-0.5): × √d_model gives unit-scale inputs and the
-    tied output layer gives logits of about unit scale, not √d_model (pitfall 8)."""
+    tied output layer gives logits of about unit scale, not √d_model (docs/pitfalls.md: "Tied embedding scale")."""
     torch.manual_seed(0)
     cfg = load_config("base", overrides=["n_layers=2", "dropout=0.0"]).model
     model = Transformer(cfg).eval()

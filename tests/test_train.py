@@ -87,7 +87,7 @@ def test_loss_decreases_and_run_folder_is_complete(toy, tmp_path, capsys):
 
 def test_sigkill_and_resume_is_bit_exact(toy, tmp_path):
     """Kill the run at random moments (several times), resume each time; the final weights
-    must equal those of an uninterrupted run of the same length (pitfall 19)."""
+    must equal those of an uninterrupted run of the same length (docs/pitfalls.md: "Resume")."""
     common = [
         "--data",
         str(toy),
@@ -129,7 +129,7 @@ def test_sigkill_and_resume_is_bit_exact(toy, tmp_path):
 
 def test_two_gloo_ranks_equal_one_process(toy, tmp_path):
     """torchrun with 2 CPU ranks (gloo) vs 1 process accumulating the same 2 batches per update
-    (pitfall 7: the loss is normalised by the global token count)."""
+    (docs/pitfalls.md: "DDP normalisation": the loss is normalised by the global token count)."""
     common = ["--data", str(toy), *TINY, "max_steps=15", "eval_every=1000", "checkpoint_every_steps=15"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     torchrun = [

@@ -14,7 +14,7 @@ with PAD_ID on the right, and masks use the model's one polarity: True = real to
 Batches are cut so that their *padded* size (rows × longest row) stays within ``batch_tokens``
 on both sides; sorting by length first keeps that padding small. The batch list depends only
 on (seed, epoch), so every DDP rank builds the same list and takes its own share, and a
-resumed run rebuilds exactly the epoch it stopped in (pitfalls 18 and 19).
+resumed run rebuilds exactly the epoch it stopped in (docs/pitfalls.md: "Equal batch counts across ranks" and "Resume").
 """
 
 from __future__ import annotations
@@ -142,7 +142,8 @@ def shard(batches: list[list[int]], rank: int, world_size: int) -> list[list[int
     """Rank r's share for DDP: batches r, r + W, r + 2W, …
 
     The tail that does not divide evenly is dropped so every rank runs the same number of
-    steps; with unequal counts the ranks that finish early would hang the others (pitfall 18).
+    steps; with unequal counts the ranks that finish early would hang the others
+    (docs/pitfalls.md: "Equal batch counts across ranks").
     """
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} outside world of size {world_size}")
@@ -155,7 +156,7 @@ class BatchStream:
 
     Pairs longer than ``max_len`` subwords on either side are dropped (``n_dropped`` counts them).
     ``state_dict()`` names the next batch to yield, so a run restored with ``load_state_dict``
-    continues exactly where the saved one stopped instead of repeating data (pitfall 19).
+    continues exactly where the saved one stopped instead of repeating data (docs/pitfalls.md: "Resume").
     """
 
     def __init__(

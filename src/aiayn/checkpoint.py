@@ -102,7 +102,7 @@ def prune_checkpoints(run_dir: Path, keep_last: int) -> None:
 
 def average_state_dicts(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Mean of model weights, accumulated in float64 and cast back; integer buffers are
-    copied from the last state rather than divided (pitfall 20)."""
+    copied from the last state rather than divided (docs/pitfalls.md: "Averaging")."""
     if not states:
         raise AiaynError("no checkpoints to average")
     out = {}

@@ -1,7 +1,7 @@
 """sacreBLEU and chrF of a model's translations, with the signatures that make them comparable.
 
 Scores are computed by sacreBLEU's own tokenizer on *detokenized* hypotheses against the raw
-reference text (pitfall 22): BLEU over SentencePiece pieces or a private tokenization is not
+reference text (docs/pitfalls.md: "BLEU on text"): BLEU over SentencePiece pieces or a private tokenization is not
 comparable across papers or toolkits.
 
     aiayn evaluate --model runs/demo --data data/bible --split test --out runs/demo/eval

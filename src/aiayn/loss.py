@@ -1,10 +1,10 @@
 """§5.4: label-smoothed cross-entropy (ε_ls = 0.1 in the paper).
 
 The target distribution puts 1 − ε on the reference token and spreads ε evenly over the
-other V − 2 tokens: padding gets no mass (pitfall 5, as OpenNMT-py), and padded target
+other V − 2 tokens: padding gets no mass (docs/pitfalls.md: "Smoothing and padding", as OpenNMT-py), and padded target
 positions are left out entirely. Sums are returned, not means, so the trainer can divide by
 the number of target tokens of the whole update, across micro-batches and ranks
-(pitfalls 6 and 7).
+(docs/pitfalls.md: "Accumulation" and "DDP normalisation").
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from aiayn.config import ModelConfig
 def padding_mask(mask: Tensor) -> Tensor:
     """(B, S) True = real token -> (B, 1, 1, S) attention mask.
 
-    A row with no real token at all would make softmax 0/0 = NaN (pitfall 1); such a row
+    A row with no real token at all would make softmax 0/0 = NaN (docs/pitfalls.md: "Fully masked rows"); such a row
     is let attend everywhere instead. Its outputs are padding and never reach the loss.
     """
     mask = mask | ~mask.any(dim=-1, keepdim=True)
@@ -34,7 +34,7 @@ def padding_mask(mask: Tensor) -> Tensor:
 
 def causal_mask(t_q: int, t_k: int, device: torch.device | None = None) -> Tensor:
     """(T_q, T_k): query i may see key j iff j <= i + (T_k - T_q), aligned bottom-right so a
-    few new queries against a longer cache see the whole past (pitfall 4)."""
+    few new queries against a longer cache see the whole past (docs/pitfalls.md: "Causal alignment")."""
     q = torch.arange(t_q, device=device)[:, None]
     k = torch.arange(t_k, device=device)[None, :]
     return k <= q + (t_k - t_q)
@@ -92,7 +92,7 @@ class ScaledDotProductAttention(nn.Module):
         explicit = need_weights or (q.device.type == "cpu" and q.dtype == torch.bfloat16)
         if is_causal and (explicit or mask is not None or t_q != t_k):
             # The fused kernel's own causal mask is top-left aligned and exclusive of attn_mask
-            # (pitfall 4): build the bottom-right aligned one and merge it instead.
+            # (docs/pitfalls.md: "Causal alignment"): build the bottom-right aligned one and merge it instead.
             causal = causal_mask(t_q, t_k, q.device)
             mask, is_causal = (causal if mask is None else mask & causal), False
         if not explicit:
@@ -100,7 +100,7 @@ class ScaledDotProductAttention(nn.Module):
         scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, T_q, T_k)
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
-        # Softmax in at least float32 (pitfall 21), float64 kept for gradcheck.
+        # Softmax in at least float32 (docs/pitfalls.md: "Softmax precision"), float64 kept for gradcheck.
         weights = scores.softmax(dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(v.dtype)
         return weights @ v, (weights if need_weights else None)  # (B, H, T_q, d_v)
 
@@ -175,7 +175,7 @@ class PositionwiseFeedForward(nn.Module):
 def sinusoid_table(max_len: int, d_model: int) -> Tensor:
     """§3.5: PE(pos, 2i) = sin(pos / 10000^(2i/d_model)), PE(pos, 2i+1) = cos(…), interleaved
     as in the paper (not the sin-half | cos-half layout of tensor2tensor, fairseq, Marian).
-    Computed in float64 so large positions stay exact (pitfall 9). Returns (max_len, D)."""
+    Computed in float64 so large positions stay exact (docs/pitfalls.md: "Sinusoid layout"). Returns (max_len, D)."""
     pos = torch.arange(max_len, dtype=torch.float64)[:, None]
     two_i = torch.arange(0, d_model, 2, dtype=torch.float64)
     angle = pos / 10000.0 ** (two_i / d_model)  # (max_len, ⌈D/2⌉)
@@ -383,7 +383,7 @@ class DecoderCache:
         Self-attention K/V: the filled positions of the kept rows are gathered into the spare
         buffers (nothing is copied when ``index`` keeps the first rows in place). Cross-attention
         K/V are per sentence, so they are only gathered when the set of sentences changes
-        (pitfall 16), never copied per beam.
+        (docs/pitfalls.md: "Cache reordering"), never copied per beam.
         """
         n = index.numel()
         if torch.equal(index, torch.arange(n, device=index.device)):
@@ -489,7 +489,7 @@ class Transformer(nn.Module):
     def reset_parameters(self) -> None:
         """The paper does not say. ``init=xavier``: Xavier-uniform projections and zero biases
         (as tensor2tensor and fairseq); embeddings N(0, d_model^-0.5), so that × √d_model gives
-        unit scale and, tied to the output layer, logits start small (pitfall 8).
+        unit scale and, tied to the output layer, logits start small (docs/pitfalls.md: "Tied embedding scale").
         ``init=normal``: every matrix and embedding N(0, init_std), biases zero (BERT, GPT-2,
         Marian): sublayers start small against the residual stream."""
         normal = self.cfg.init == "normal"

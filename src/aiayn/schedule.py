@@ -11,7 +11,7 @@ exactly at the end of the budget — of ``max_steps`` or of ``max_minutes``, whi
 reaches first — as the "budgeted training" literature recommends for fixed budgets.
 
 Every schedule is a plain function of (update number, budget used): both are in each
-checkpoint, so resuming a run needs nothing else (docs/pitfalls.md, "resume").
+checkpoint, so resuming a run needs nothing else (docs/pitfalls.md: "Resume").
 """
 
 from __future__ import annotations

@@ -114,7 +114,8 @@ class Tokenizer:
         return self.sp.encode(list(texts), out_type=int)
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Decode a whole sequence at once (piece by piece would lose the spaces, pitfall 23).
+        """Decode a whole sequence at once (piece by piece would lose the spaces;
+        docs/pitfalls.md: "Whole-sequence decoding").
 
         PAD, BOS and EOS are dropped wherever they sit; UNK decodes to "⁇".
         Accepts lists, tuples, numpy arrays and 1-D tensors.

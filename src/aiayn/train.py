@@ -3,9 +3,10 @@
 One process or many (``torchrun --nproc_per_node=N -m aiayn train …`` uses PyTorch's
 DistributedDataParallel; every rank builds the same batch list and takes its own shard).
 An update sums the label-smoothed loss over all micro-batches of all ranks and divides by
-the update's total number of target tokens (pitfalls 6 and 7). Everything that decides
+the update's total number of target tokens (docs/pitfalls.md: "Accumulation" and "DDP
+normalisation"). Everything that decides
 what happens next — weights, Adam moments, step, data position, RNG states — is in the
-checkpoint, so a killed run resumes exactly (pitfall 19).
+checkpoint, so a killed run resumes exactly (docs/pitfalls.md: "Resume").
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def setup_runtime(threads: int) -> Runtime:
     if threads:
         torch.set_num_threads(threads)
     elif "OMP_NUM_THREADS" not in os.environ:
-        # torchrun sets OMP_NUM_THREADS=1; alone, use this process's cores (pitfall 24).
+        # torchrun sets OMP_NUM_THREADS=1; alone, use this process's cores (docs/pitfalls.md: "Threads").
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // world_size))
     if world_size == 1:
         return Runtime(torch.device("cuda" if torch.cuda.is_available() else "cpu"))

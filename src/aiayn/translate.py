@@ -5,7 +5,8 @@
 
 One sentence's journey: ``Tokenizer.encode_batch`` -> ``batching.source_row`` (subwords + EOS,
 as in training) -> ``Transformer.encode`` -> ``search.beam_search`` calling ``make_step_fn``'s
-step once per output token -> ``Tokenizer.decode`` of the whole id sequence (pitfall 23).
+step once per output token -> ``Tokenizer.decode`` of the whole id sequence
+(docs/pitfalls.md: "Whole-sequence decoding").
 Output length is limited to the source length + ``decode.max_len_offset`` subwords (§6.1: +50).
 """
 
@@ -62,7 +63,7 @@ def make_step_fn(
     With the cache (``model.init_cache``, room for ``capacity`` steps), each step feeds only
     the newest token, whose keys and values are written into the cache; without it, each step
     re-runs the decoder over the whole prefix (slow, kept as the reference the cached path is
-    tested against, pitfall 16).
+    tested against, docs/pitfalls.md: "Cache reordering").
     """
     if use_cache:
 
