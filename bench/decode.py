@@ -28,9 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
 
-from aiayn.batching import source_row
+from aiayn.batching import pad_rows, source_row
 from aiayn.config import BOS_ID, EOS_ID, PAD_ID, AiaynError, Config
 from aiayn.export import ct2_from_aiayn, marian_from_aiayn, token_strings
 from aiayn.model import Transformer
@@ -95,13 +94,6 @@ def forced_translator(model: Transformer, cfg: Config, src_len: int, out_len: in
     return Translator(model, IdTokenizer(cfg.model.vocab_size), cfg, device)
 
 
-def _pad(rows: list[list[int]], device: torch.device) -> tuple[Tensor, Tensor]:
-    src = torch.full((len(rows), max(map(len, rows))), PAD_ID, dtype=torch.long)
-    for b, row in enumerate(rows):
-        src[b, : len(row)] = torch.tensor(row)
-    return src.to(device), (src != PAD_ID).long().to(device)
-
-
 def _output_length(ids: list[int]) -> int:
     """Tokens of an output, BOS/EOS/PAD left out: what every system is credited with."""
     n = 0
@@ -132,7 +124,8 @@ def hf_system(marian: Any, cfg: Config, device: torch.device, autocast: torch.dt
         out = []
         for start in range(0, len(w.rows), batch):
             rows = w.rows[start : start + batch]
-            src, mask = _pad(rows, device)
+            src, mask = pad_rows(rows)
+            src, mask = src.to(device), mask.long().to(device)  # Hugging Face's masks are 0/1 integers
             if w.forced:
                 lengths = dict(min_new_tokens=w.forced, max_new_tokens=w.forced)
             else:

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from aiayn.batching import pad_rows
 from aiayn.config import BOS_ID, EOS_ID, PAD_ID
 
 LR, WARMUP, MAX_TOKENS, TRUNCATE = 1e-3, 300, 6000, 200
@@ -56,9 +57,8 @@ def marian_small(vocab_size: int) -> Any:
     return MarianMTModel(cfg)
 
 
-def pad_rows(rows: list[list[int]]) -> torch.Tensor:
-    width = max(len(r) for r in rows)
-    return torch.tensor([r + [PAD_ID] * (width - len(r)) for r in rows])  # (B, L)
+def padded(rows: list[list[int]]) -> torch.Tensor:
+    return pad_rows(rows)[0]  # (B, L)
 
 
 def token_batches(pairs: list[tuple[list[int], list[int]]], rng: random.Random) -> list[list[int]]:
@@ -114,7 +114,7 @@ def train(
             batches, position, epochs = token_batches(pairs, rng), 0, epochs + 1
         b = batches[position]
         position += 1
-        s, t = pad_rows([pairs[i][0] for i in b]), pad_rows([pairs[i][1] for i in b])
+        s, t = padded([pairs[i][0] for i in b]), padded([pairs[i][1] for i in b])
         dec_in = torch.cat([torch.full((t.size(0), 1), BOS_ID), t[:, :-1]], 1)  # (B, T)
         logits = model(
             input_ids=s, attention_mask=s != PAD_ID, decoder_input_ids=dec_in, decoder_attention_mask=dec_in != PAD_ID
@@ -144,8 +144,8 @@ def valid_nll(model: Any, src_ids: list[list[int]], tgt_ids: list[list[int]]) ->
     order = sorted(range(len(src_ids)), key=lambda i: len(tgt_ids[i]))
     for k in range(0, len(order), 64):
         idx = order[k : k + 64]
-        s = pad_rows([src_ids[i][:TRUNCATE] + [EOS_ID] for i in idx])
-        t = pad_rows([tgt_ids[i][:TRUNCATE] + [EOS_ID] for i in idx])
+        s = padded([src_ids[i][:TRUNCATE] + [EOS_ID] for i in idx])
+        t = padded([tgt_ids[i][:TRUNCATE] + [EOS_ID] for i in idx])
         dec_in = torch.cat([torch.full((t.size(0), 1), BOS_ID), t[:, :-1]], 1)
         logits = model(
             input_ids=s, attention_mask=s != PAD_ID, decoder_input_ids=dec_in, decoder_attention_mask=dec_in != PAD_ID
@@ -164,7 +164,7 @@ def translate(model: Any, tokenizer: Any, sources: list[str], beam: int = 4, bat
     out = [""] * len(sources)
     for k in tqdm(range(0, len(order), batch), desc="marian decode", unit="batch", dynamic_ncols=True):
         idx = order[k : k + batch]
-        s = pad_rows([(tokenizer.encode(sources[i])[:TRUNCATE] or [PAD_ID + 1]) + [EOS_ID] for i in idx])
+        s = padded([(tokenizer.encode(sources[i])[:TRUNCATE] or [PAD_ID + 1]) + [EOS_ID] for i in idx])
         ids = model.generate(
             input_ids=s, attention_mask=s != PAD_ID, num_beams=beam, length_penalty=0.6, max_new_tokens=s.size(1) + 50
         )

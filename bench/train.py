@@ -2,8 +2,8 @@
 
     python -m bench.train [--presets small,base] [--reps 5] [--device cuda] [--compile] [--profile]
 
-aiayn runs ``Trainer.update``, the step ``aiayn train`` runs: the forward under the precision
-``choose_precision`` picks, ``label_smoothed_cross_entropy``, backward, the gradient norm,
+aiayn runs ``TrainingStep.update`` as ``build_training_step`` makes it for ``aiayn train``: the
+forward under the precision ``choose_precision`` picks, ``label_smoothed_cross_entropy``, backward, the gradient norm,
 Adam with the rate of Eq. 3. The reference is what a user of ``torch.nn.Transformer`` writes
 for the same network (same dims, one tied embedding × √d_model plus sinusoids, the tied output
 projection, the same loss, Adam and batches), in fp32 as its users run it and, when aiayn picks
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import gc
 import math
-import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,9 +30,9 @@ from torch import Tensor, nn
 from aiayn.batching import Batch, BatchStream, collate
 from aiayn.config import Config, ModelConfig
 from aiayn.loss import label_smoothed_cross_entropy
-from aiayn.model import Transformer
-from aiayn.schedule import InverseSqrtSchedule, make_schedule
-from aiayn.train import Runtime, Trainer, choose_precision
+from aiayn.runtime import Runtime
+from aiayn.schedule import InverseSqrtSchedule
+from aiayn.step import build_training_step
 from bench.common import (
     PeakMemory,
     Reporter,
@@ -114,33 +113,6 @@ class NNTransformerReference(nn.Module):
 
 
 # ---------------------------------------------------------------------------- the two steps
-
-
-def aiayn_trainer(cfg: Config, device: torch.device) -> Trainer:
-    """A Trainer whose ``update`` is the real one. ``Trainer.__init__`` also reads a data folder
-    and opens a run folder; the lines that build what ``update`` uses are repeated here as is
-    (tests/test_bench.py compares the result with a real Trainer's)."""
-    trainer = Trainer.__new__(Trainer)
-    trainer.cfg, trainer.rt = cfg, Runtime(device)
-    t = cfg.train
-    torch.manual_seed(t.seed)
-    trainer.model = Transformer(cfg.model).to(device)
-    trainer.autocast = choose_precision(
-        t.precision, device, trainer.model, cfg.data.batch_tokens, log=lambda m: print(m, file=sys.stderr)
-    )
-    trainer.ddp = trainer.model
-    trainer.forward = torch.compile(trainer.ddp) if t.compile else trainer.ddp
-    trainer.optimizer = torch.optim.Adam(
-        trainer.model.parameters(),
-        lr=0.0,
-        betas=(t.adam_beta1, t.adam_beta2),
-        eps=t.adam_eps,
-        weight_decay=t.weight_decay,
-        fused=True,
-    )
-    trainer.schedule = make_schedule(t.schedule, cfg.model.d_model, t.warmup_steps, t.lr_scale)
-    trainer.step, trainer.progress = 0, 0.0
-    return trainer
 
 
 def reference_step(
@@ -299,7 +271,7 @@ def run_aiayn(
 ) -> tuple[dict[str, Result], str]:
     """Measure aiayn on every kind of batch (and profile one step); returns the results and the
     precision ``choose_precision`` picked."""
-    trainer = aiayn_trainer(cfg, device)
+    trainer = build_training_step(cfg, Runtime(device))
     precision = "bf16" if trainer.autocast is not None else "fp32"
     ours = {
         kind: measure(lambda b: trainer.update([b]), batches, cfg, args.reps, device) for kind, batches in kinds.items()
@@ -324,12 +296,12 @@ def run_preset(
     peaks: dict[str, float],
 ) -> None:
     if data_dir is not None:
+        from aiayn.batching import tokenized_split
         from aiayn.tokenizer import Tokenizer
-        from aiayn.train import load_split_ids
 
         tokenizer = Tokenizer.load(data_dir / "spm.model")
         cfg = preset_config(name, tokenizer.vocab_size, compile=args.compile)
-        _, _, src, tgt = load_split_ids(data_dir, "train", tokenizer)
+        _, _, src, tgt = tokenized_split(data_dir, "train", tokenizer)
         source = f"bible ({data_dir})"
     else:
         cfg = preset_config(name, compile=args.compile)

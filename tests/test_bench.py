@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,7 +19,7 @@ sys.path.insert(0, str(ROOT))  # bench/ is a top-level folder of the repository,
 from aiayn.batching import collate  # noqa: E402
 from aiayn.config import load_config  # noqa: E402
 from aiayn.model import Transformer, count_parameters  # noqa: E402
-from bench.train import NNTransformerReference, aiayn_trainer, fixed_batch, training_flops  # noqa: E402
+from bench.train import NNTransformerReference, fixed_batch, training_flops  # noqa: E402
 
 KEYS = {"bench", "impl", "preset", "batch", "threads", "device", "torch", "cpu", "median", "min", "max", "reps", "unit"}
 MISSING = "is not installed (the test and bench extras install it)"
@@ -80,27 +79,6 @@ def test_decode_quick_emits_json_lines_with_equal_forced_lengths():
     assert [r["output_len"] for r in growth] == [16, 64]
 
 
-def test_bench_trainer_is_built_like_the_real_trainer_debian_packages(bible_data, tmp_path):
-    """The bench repeats Trainer.__init__'s model, precision and optimizer lines; they must not drift."""
-    from aiayn.train import Runtime, Trainer
-
-    cfg = load_config("tiny", overrides=["precision=fp32", "vocab_size=8000"])
-    real = Trainer(
-        load_config("tiny", overrides=["precision=fp32"]), bible_data, tmp_path, Runtime(torch.device("cpu"))
-    )
-    ours = aiayn_trainer(cfg, torch.device("cpu"))
-    assert type(ours.optimizer) is type(real.optimizer) and ours.optimizer.defaults == real.optimizer.defaults
-    assert (ours.schedule, ours.autocast, ours.step, ours.progress) == (
-        real.schedule,
-        real.autocast,
-        real.step,
-        real.progress,
-    )
-    assert ours.model.cfg == real.model.cfg
-    assert all(torch.equal(a, b) for a, b in zip(ours.model.parameters(), real.model.parameters()))
-    assert ours.forward is ours.model and real.forward is real.model
-
-
 def test_reference_has_aiayns_shape():
     """Same parameters but for the final LayerNorms nn.Transformer adds to the encoder and decoder."""
     cfg = load_config("tiny", overrides=["vocab_size=64"])
@@ -116,7 +94,7 @@ def test_training_flops_agree_with_torch_flop_counter():
     batch = collate(range(3), [[5, 6, 7, 8]] * 3, [[9, 10, 11, 12, 13, 14]] * 3)
     with FlopCounterMode(display=False) as counter:
         memory, _ = model.encode(batch.src, batch.src_mask, need_weights=True)
-        model.decode(batch.tgt_in, memory, batch.src_mask, need_weights=True)
+        model.decode(batch.tgt_in, memory=memory, src_mask=batch.src_mask, need_weights=True)
     assert training_flops(cfg.model, batch) == 3 * counter.get_total_flops()
     assert training_flops(cfg.model, fixed_batch(50, rows=2, length=5)) > 0
 

@@ -11,22 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aiayn.config import BOS_ID, EOS_ID, PAD_ID, ModelConfig, load_config
+from aiayn.attention import MultiHeadAttention, ScaledDotProductAttention, causal_mask, padding_mask
+from aiayn.cache import DecoderCache
+from aiayn.config import BOS_ID, EOS_ID, PAD_ID, AiaynError, ModelConfig, load_config
+from aiayn.layers import Linear, PositionalEncoding, sinusoid_table
 from aiayn.loss import label_smoothed_cross_entropy
-from aiayn.model import (
-    DecoderCache,
-    DecoderLayer,
-    EncoderLayer,
-    Linear,
-    MultiHeadAttention,
-    PositionalEncoding,
-    ScaledDotProductAttention,
-    Transformer,
-    causal_mask,
-    count_parameters,
-    padding_mask,
-    sinusoid_table,
-)
+from aiayn.model import DecoderLayer, EncoderLayer, Transformer, count_parameters
 from aiayn.search import beam_search, greedy_search
 
 D, H, D_FF = 32, 4, 64
@@ -337,7 +327,7 @@ def test_all_padding_source_row_gives_no_nan() -> None:
     tgt, _ = random_batch([4, 4, 2], 4, seed=2)
     for need_weights in (False, True):
         memory, _ = model.encode(src, src_mask, need_weights=need_weights)
-        logits, _, _ = model.decode(tgt, memory, src_mask, need_weights=need_weights)
+        logits, _, _ = model.decode(tgt, memory=memory, src_mask=src_mask, need_weights=need_weights)
         assert torch.isfinite(logits).all()
         loss, _, _ = label_smoothed_cross_entropy(logits, tgt, 0.1)
         model.zero_grad()
@@ -361,7 +351,7 @@ def test_explicit_attention_path_gives_the_same_logits() -> None:
     tgt, _ = random_batch([6, 6], 6, seed=2)
     fused = model(src, tgt, src_mask)
     memory, _ = model.encode(src, src_mask, need_weights=True)
-    explicit, _, _ = model.decode(tgt, memory, src_mask, need_weights=True)
+    explicit, _, _ = model.decode(tgt, memory=memory, src_mask=src_mask, need_weights=True)
     assert max_diff(fused, explicit) < TOL
 
 
@@ -372,7 +362,7 @@ def test_explicit_attention_path_gives_the_same_logits() -> None:
 def full_logits(
     model: Transformer, prefix: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor, need_weights: bool = False
 ):
-    logits, _, weights = model.decode(prefix, memory, src_mask, need_weights=need_weights)
+    logits, _, weights = model.decode(prefix, memory=memory, src_mask=src_mask, need_weights=need_weights)
     return logits, weights
 
 
@@ -474,7 +464,7 @@ class CatCache:
 
     def step(self, prefix: torch.Tensor) -> tuple[torch.Tensor, CatCache]:
         model, kv = self.model, []
-        x = model.decoder.embedding(prefix[:, -1:], self.kv[0][0].size(2))  # (N, 1, D)
+        x = model.decoder.embedding(prefix[:, -1:], offset=self.kv[0][0].size(2))  # (N, 1, D)
         for layer, (past_k, past_v) in zip(model.decoder.layers, self.kv):
             h = layer.res_self.before(x)
             k, v = layer.self_attn.project_kv(h)
@@ -540,7 +530,7 @@ def test_attention_weights_equal_the_explicit_computation() -> None:
     src, src_mask = random_batch([6, 3], 6)
     tgt, _ = random_batch([5, 5], 5, seed=2)
     memory, enc_w = model.encode(src, src_mask, need_weights=True)
-    _, _, dec_w = model.decode(tgt, memory, src_mask, need_weights=True)
+    _, _, dec_w = model.decode(tgt, memory=memory, src_mask=src_mask, need_weights=True)
     assert len(enc_w) == 2 and len(dec_w["self"]) == 2 and len(dec_w["cross"]) == 2
 
     def explicit(attn: MultiHeadAttention, queries, keys, allowed) -> torch.Tensor:
@@ -598,13 +588,13 @@ def test_positional_encoding_offset_and_max_len() -> None:
     pe = PositionalEncoding(10, 6)
     assert torch.equal(pe(3, offset=4), sinusoid_table(10, 6)[4:7])
     assert not list(pe.parameters())
-    with pytest.raises(ValueError, match="max_len"):
+    with pytest.raises(AiaynError, match="max_len"):
         pe(11)
-    with pytest.raises(ValueError, match="max_len"):
+    with pytest.raises(AiaynError, match="max_len"):
         pe(5, offset=6)
     model = make_model(max_len=8)
     ids = torch.full((1, 9), 5)
-    with pytest.raises(ValueError, match="max_len"):
+    with pytest.raises(AiaynError, match="max_len"):
         model.encode(ids, ids != PAD_ID)
 
 
@@ -614,7 +604,7 @@ def test_learned_positions_are_trainable() -> None:
     assert len(params) == 1 and params[0].shape == (10, 6) and params[0].requires_grad
     pe(3, offset=2).sum().backward()
     assert torch.equal(params[0].grad.sum(-1), torch.tensor([0, 0, 6, 6, 6, 0, 0, 0, 0, 0.0]))
-    with pytest.raises(ValueError):
+    with pytest.raises(AiaynError):
         pe(11)
     model = make_model(positional="learned")
     names = [n for n, _ in model.named_parameters() if "positions" in n]
@@ -748,7 +738,7 @@ def test_cpu_bf16_explicit_path_matches_fused_kernel() -> None:
 @pytest.mark.parametrize("bias", [True, False])
 def test_linear_inference_path_equals_nn_linear(bias: bool, monkeypatch) -> None:
     """oneDNN's matmul in inference on ≥ 4 rows, nn.Linear's own path otherwise: the same values."""
-    import aiayn.model as model_module
+    import aiayn.layers as model_module
 
     calls = []
     if model_module.ONEDNN_LINEAR is not None:

@@ -204,6 +204,7 @@ def test_average_is_the_mean_in_float64_and_copies_integers(tmp_path):
 
 
 def test_nan_losses_skip_updates_then_stop_with_checkpoint_intact(toy, tmp_path, monkeypatch):
+    import aiayn.step as step_mod
     import aiayn.train as train_mod
 
     run = tmp_path / "run"
@@ -224,7 +225,7 @@ def test_nan_losses_skip_updates_then_stop_with_checkpoint_intact(toy, tmp_path,
         == 0
     )
     before = weights(run / "checkpoints" / "step_00000010.pt")
-    real = train_mod.label_smoothed_cross_entropy
+    real = step_mod.label_smoothed_cross_entropy
     calls = {"n": 0}
 
     def poisoned(logits, target, epsilon):
@@ -232,7 +233,7 @@ def test_nan_losses_skip_updates_then_stop_with_checkpoint_intact(toy, tmp_path,
         calls["n"] += 1
         return (loss * math.nan, nll, n) if logits.requires_grad else (loss, nll, n)
 
-    monkeypatch.setattr(train_mod, "label_smoothed_cross_entropy", poisoned)
+    monkeypatch.setattr(step_mod, "label_smoothed_cross_entropy", poisoned)
     with pytest.raises(AiaynError, match="NaN/inf"):
         train_mod.train(None, run, overrides=["max_steps=30", "max_bad_steps=3"], resume=True)
     assert max_diff(before, weights(ckpt.list_checkpoints(run)[-1])) == 0.0
@@ -243,7 +244,7 @@ def test_precision_probe_leaves_the_random_stream_alone():
     """choose_precision times real steps with random inputs; the run's dropout stream must not move."""
     from aiayn.config import preset
     from aiayn.model import Transformer
-    from aiayn.train import choose_precision
+    from aiayn.precision import choose_precision
 
     model = Transformer(preset("tiny").model)
     torch.manual_seed(0)
@@ -290,7 +291,8 @@ def test_budget_recipe_decays_to_zero_and_writes_the_tail_checkpoints(toy, tmp_p
 
 def test_time_budget_progress_and_tail_marks():
     from aiayn.config import load_config
-    from aiayn.train import budget_progress, tail_marks
+    from aiayn.schedule import budget_progress
+    from aiayn.train import tail_marks
 
     t = load_config("small", overrides=["max_minutes=20", "max_steps=1000"]).train
     assert budget_progress(100, 5.0, t) == 0.25  # time runs out first

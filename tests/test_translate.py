@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from aiayn.cli import main
 from aiayn.config import BOS_ID, EOS_ID, PAD_ID, AiaynError, Config, preset
 from aiayn.model import Transformer
 from aiayn.tokenizer import Tokenizer
-from aiayn.translate import Translator, arriving_chunks, format_translations, length_batches, make_step_fn
+from aiayn.translate import BANNED, Translator, arriving_chunks, format_translations, length_batches, make_step_fn
 
 LINES = [
     "en el principio",
@@ -67,14 +68,37 @@ def encoded(model: Transformer, rows: list[list[int]]):
     return model.encode(src, mask)[0], mask, lengths
 
 
+@dataclass
+class Encoded:
+    """The reference's search state: the encoder output, one row per decoder row."""
+
+    memory: torch.Tensor  # (N, S, D)
+    src_mask: torch.Tensor  # (N, S)
+
+    def reorder(self, index: torch.Tensor) -> Encoded:
+        return Encoded(self.memory.index_select(0, index), self.src_mask.index_select(0, index))
+
+
+def uncached_step_fn(model: Transformer, memory: torch.Tensor, mask: torch.Tensor):
+    """The reference for the cached step: re-run the decoder over the whole prefix every step."""
+
+    def step(prefix: torch.Tensor, enc: Encoded) -> tuple[torch.Tensor, Encoded]:
+        logits, _, _ = model.decode(prefix, memory=enc.memory, src_mask=enc.src_mask)  # (N, t, V)
+        log_probs = logits[:, -1].float().log_softmax(dim=-1)
+        log_probs[:, list(BANNED)] = -float("inf")
+        return log_probs, enc
+
+    return step, Encoded(memory, mask)
+
+
 @torch.inference_mode()
 def test_cached_and_uncached_decoding_agree():
     model, _ = tiny()
     g = torch.Generator().manual_seed(1)
     rows = [torch.randint(4, 64, (n,), generator=g).tolist() + [EOS_ID] for n in (3, 9, 6)]
     memory, mask, lengths = encoded(model, rows)
-    cached, cache = make_step_fn(model, memory, mask, use_cache=True)
-    full, state = make_step_fn(model, memory, mask, use_cache=False)
+    cached, cache = make_step_fn(model, memory, mask)
+    full, state = uncached_step_fn(model, memory, mask)
     prefix = torch.full((3, 1), BOS_ID)
     for _ in range(12):  # teacher-forced random prefixes: the same log-probs at every step
         a, cache = cached(prefix, cache)
@@ -88,8 +112,8 @@ def test_cached_and_uncached_decoding_agree():
         lambda f, s: search.beam_search(f, s, 3, BOS_ID, EOS_ID, max_len, beam_size=4, nbest=4),
         lambda f, s: [[h] for h in search.greedy_search(f, s, 3, BOS_ID, EOS_ID, max_len)],
     ):
-        with_cache = run(*make_step_fn(model, memory, mask, use_cache=True))
-        without = run(*make_step_fn(model, memory, mask, use_cache=False))
+        with_cache = run(*make_step_fn(model, memory, mask))
+        without = run(*uncached_step_fn(model, memory, mask))
         for x, y in zip(with_cache, without):
             assert [h.tokens for h in x] == [h.tokens for h in y]
             assert [h.score for h in x] == pytest.approx([h.score for h in y], abs=1e-5)

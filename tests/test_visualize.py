@@ -205,7 +205,7 @@ def test_schedule_follows_eq3_and_marks_the_warmup(tmp_path):
 
 
 def write_metrics(run: Path, rows: list[dict]) -> None:
-    from aiayn.train import METRICS
+    from aiayn.runlog import METRICS
 
     run.mkdir(parents=True, exist_ok=True)
     lines = [",".join(METRICS)] + [",".join(str(r.get(k, "")) for k in METRICS) for r in rows]

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 
 from aiayn.config import BOS_ID, EOS_ID, PAD_ID, AiaynError, DataConfig
+from aiayn.corpus import read_split
+from aiayn.tokenizer import Tokenizer
 
 
 def source_row(ids: Sequence[int], max_len: int | None = None) -> list[int]:
@@ -49,39 +51,31 @@ class Batch:
     src_mask: torch.Tensor  # (B, S) bool: True = real token
     tgt_mask: torch.Tensor  # (B, T) bool: True = real token (same positions for tgt_in and tgt_out)
     ids: torch.Tensor  # (B,) long: the pairs' indices in their split
-    _counts: tuple[int, int] | None = field(default=None, repr=False, compare=False)
-
-    def _token_counts(self) -> tuple[int, int]:
-        # Counted once, on the host: a loss normalised by tokens then never waits on the GPU.
-        if self._counts is None:
-            self._counts = (int(self.src_mask.sum()), int(self.tgt_mask.sum()))
-        return self._counts
-
-    @property
-    def n_src_tokens(self) -> int:
-        """Real source positions (EOS included)."""
-        return self._token_counts()[0]
+    _n_tgt: int | None = field(default=None, repr=False, compare=False)
 
     @property
     def n_tgt_tokens(self) -> int:
-        """Real target positions on the ``tgt_out`` side (EOS included): the tokens the loss sees."""
-        return self._token_counts()[1]
+        """Real target positions on the ``tgt_out`` side (EOS included): the tokens the loss sees.
+        Counted once, on the host: a loss normalised by tokens then never waits on the GPU."""
+        if self._n_tgt is None:
+            self._n_tgt = int(self.tgt_mask.sum())
+        return self._n_tgt
 
     @property
     def size(self) -> int:
         return self.src.size(0)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
-        counts = self._token_counts()
+        n_tgt = self.n_tgt_tokens
         moved = (
             t.to(device, non_blocking=non_blocking)
             for t in (self.src, self.tgt_in, self.tgt_out, self.src_mask, self.tgt_mask, self.ids)
         )
-        return Batch(*moved, _counts=counts)
+        return Batch(*moved, _n_tgt=n_tgt)
 
 
-def _pad(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad rows with PAD_ID; return (ids (B, L), mask (B, L))."""
+def pad_rows(rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad rows of ids with PAD_ID: ids (B, L) long and mask (B, L) bool, True = real token."""
     lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
     out = np.full((len(rows), int(lengths.max())), PAD_ID, dtype=np.int64)
     for b, row in enumerate(rows):
@@ -92,9 +86,9 @@ def _pad(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
 
 def collate(indices: Sequence[int], src_ids: Sequence[Sequence[int]], tgt_ids: Sequence[Sequence[int]]) -> Batch:
     """Build the batch of pairs ``indices`` from tokenized sentences (no BOS/EOS in the inputs)."""
-    src, src_mask = _pad([source_row(src_ids[i]) for i in indices])
-    tgt_in, tgt_mask = _pad([[BOS_ID, *tgt_ids[i]] for i in indices])
-    tgt_out, _ = _pad([[*tgt_ids[i], EOS_ID] for i in indices])
+    src, src_mask = pad_rows([source_row(src_ids[i]) for i in indices])
+    tgt_in, tgt_mask = pad_rows([[BOS_ID, *tgt_ids[i]] for i in indices])
+    tgt_out, _ = pad_rows([[*tgt_ids[i], EOS_ID] for i in indices])
     return Batch(src, tgt_in, tgt_out, src_mask, tgt_mask, torch.tensor(list(indices), dtype=torch.long))
 
 
@@ -136,6 +130,24 @@ def make_batches(
     if rng is not None:
         batches = [batches[i] for i in rng.permutation(len(batches))]
     return batches
+
+
+def fixed_batches(
+    src_ids: Sequence[Sequence[int]], tgt_ids: Sequence[Sequence[int]], batch_tokens: int, max_len: int
+) -> list[Batch]:
+    """The pairs that fit ``max_len`` on both sides, batched once in length order: validation
+    sees the same batches at every evaluation, so its losses compare across steps."""
+    keep = [i for i, (x, y) in enumerate(zip(src_ids, tgt_ids)) if len(x) <= max_len and len(y) <= max_len]
+    order = make_batches([len(src_ids[i]) for i in keep], [len(tgt_ids[i]) for i in keep], batch_tokens, shuffle=False)
+    return [collate([keep[j] for j in b], src_ids, tgt_ids) for b in order]
+
+
+def tokenized_split(
+    data_dir: Path, split: str, tokenizer: Tokenizer
+) -> tuple[list[str], list[str], list[list[int]], list[list[int]]]:
+    """A prepared split as text and as subword ids: (sources, targets, source ids, target ids)."""
+    src, tgt = read_split(data_dir, split)
+    return src, tgt, tokenizer.encode_batch(src), tokenizer.encode_batch(tgt)
 
 
 def shard(batches: list[list[int]], rank: int, world_size: int) -> list[list[int]]:
@@ -226,9 +238,6 @@ def padding_report(
 
     ``padding_efficiency`` = real positions / padded positions, source and target together.
     """
-    from aiayn.corpus import read_split
-    from aiayn.tokenizer import Tokenizer
-
     data_dir = Path(data_dir)
     if batch_tokens <= 0:
         raise AiaynError(f"--batch-tokens must be positive, got {batch_tokens}")

@@ -24,6 +24,8 @@ from typing import Any
 import torch
 
 from aiayn.config import AiaynError, Config, from_dict
+from aiayn.model import Transformer
+from aiayn.tokenizer import Tokenizer
 
 FORMAT = "aiayn-checkpoint-1"
 DECODING_FILE = "decoding.json"  # decoding settings chosen on valid by `aiayn tune-decoding`
@@ -205,9 +207,6 @@ def load_for_inference(path: str | Path, device: str | torch.device = "cpu", use
     """Model (eval mode), config and tokenizer from a run folder or a checkpoint file. The
     decoding settings ``aiayn tune-decoding`` chose on valid replace the config's, unless
     ``use_tuned`` is False."""
-    from aiayn.model import Transformer
-    from aiayn.tokenizer import Tokenizer
-
     model_path = resolve_model_path(Path(path))
     state = load_checkpoint(model_path)
     if "config" not in state:

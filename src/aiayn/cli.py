@@ -281,15 +281,28 @@ def _add_showcase(sub) -> None:
     p.set_defaults(func=_showcase)
 
 
+def _print_padding(out: Path, meta: dict | None) -> None:
+    """The last line of ``aiayn prepare``'s report (``meta`` is what it wrote): how well the new
+    folder batches."""
+    from aiayn.batching import padding_report
+    from aiayn.config import DataConfig
+
+    if not meta:
+        return
+    report = padding_report(out, DataConfig.batch_tokens)
+    print(f"  padding efficiency {report['padding_efficiency']:.3f} at {DataConfig.batch_tokens} tokens a batch")
+
+
 def _prepare_bible(args: argparse.Namespace) -> None:
     from aiayn.bible import prepare_bible
 
-    prepare_bible(
+    meta = prepare_bible(
         Path(args.out),
         None if args.sword_dir is None else Path(args.sword_dir),
         args.vocab_size,
         apt_update=args.apt_update,
     )
+    _print_padding(Path(args.out), meta)
 
 
 def _prepare_files(args: argparse.Namespace) -> None:
@@ -298,7 +311,7 @@ def _prepare_files(args: argparse.Namespace) -> None:
     def path(value: str | None) -> Path | None:
         return None if value is None else Path(value)
 
-    prepare_files(
+    meta = prepare_files(
         Path(args.out),
         src=path(args.src),
         tgt=path(args.tgt),
@@ -311,6 +324,7 @@ def _prepare_files(args: argparse.Namespace) -> None:
         vocab_size=args.vocab_size,
         seed=args.seed,
     )
+    _print_padding(Path(args.out), meta)
 
 
 def _add_prepare(sub) -> None:

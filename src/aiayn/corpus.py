@@ -22,7 +22,8 @@ import unicodedata
 from collections import Counter
 from pathlib import Path
 
-from aiayn.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID, AiaynError, DataConfig
+from aiayn.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID, AiaynError
+from aiayn.tokenizer import Tokenizer
 
 SPLITS = ("train", "valid", "test")
 META_NAME = "meta.json"
@@ -134,8 +135,6 @@ def write_data(
     extra: dict | None = None,
 ) -> dict:
     """Write the splits, train the joint tokenizer on the training text, write ``meta.json``, report."""
-    from aiayn.tokenizer import Tokenizer
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / META_NAME).unlink(missing_ok=True)  # the folder is incomplete until the new one exists
@@ -162,18 +161,13 @@ def write_data(
 
 
 def print_report(out: Path, meta: dict) -> None:
-    from aiayn.batching import padding_report
-
     print(f"{meta['source']} ({meta['src_lang']}->{meta['tgt_lang']}) in {out}")
     print(f"  pairs read     {meta['pairs_read']:,}")
     for reason, n in meta["dropped"].items():
         print(f"  dropped        {n:,} ({reason})")
     for split, n in meta["counts"].items():
         print(f"  {split:<14} {n:,} pairs")
-    batch_tokens = DataConfig.batch_tokens
-    report = padding_report(out, batch_tokens)
     print(f"  vocabulary     {meta['vocab_size']:,} (joint SentencePiece BPE)")
-    print(f"  padding efficiency {report['padding_efficiency']:.3f} at {batch_tokens} tokens a batch")
 
 
 def _lang_from_name(path: Path) -> str | None:

@@ -17,13 +17,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sacrebleu.metrics import BLEU, CHRF
+
 from aiayn.config import AiaynError
+from aiayn.corpus import load_meta, read_lines, read_split
+from aiayn.translate import Translator
 
 
 def corpus_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, Any]:
     """Corpus BLEU and chrF (sacreBLEU defaults: 13a tokenization, exp smoothing; chrF2)."""
-    from sacrebleu.metrics import BLEU, CHRF
-
     if len(hypotheses) != len(references):
         raise AiaynError(f"{len(hypotheses)} hypotheses but {len(references)} references")
     bleu, chrf = BLEU(), CHRF()
@@ -55,6 +57,15 @@ def evaluate(
     return hypotheses, scores
 
 
+def model_bleu(
+    model: Any, tokenizer: Any, config: Any, sources: Sequence[str], references: Sequence[str], *, beam_size: int
+) -> float:
+    """BLEU of ``model`` as it is now (training's validation), decoded with ``beam_size`` on the
+    model's device."""
+    translator = Translator(model, tokenizer, config)
+    return evaluate(translator, sources, references, progress=False, beam_size=beam_size)[1]["bleu"]
+
+
 def format_scores(scores: dict[str, Any]) -> str:
     return (
         f"{scores['bleu_detail']}\n  signature: {scores['bleu_signature']}\n"
@@ -66,8 +77,6 @@ def format_scores(scores: dict[str, Any]) -> str:
 
 def _read_inputs(args: Any) -> tuple[list[str], list[str], str]:
     """(sources, references, what) from --src/--ref or --data/--split."""
-    from aiayn.corpus import load_meta, read_lines, read_split
-
     if args.data:
         if args.src or args.ref:
             raise AiaynError("give either --data (with --split) or --src and --ref, not both")
@@ -91,8 +100,6 @@ def _read_inputs(args: Any) -> tuple[list[str], list[str], str]:
 
 def run(args: Any) -> None:
     """``aiayn evaluate``: translate, score, print the scores, write hypotheses and scores.json."""
-    from aiayn.translate import Translator
-
     sources, references, tgt_lang = _read_inputs(args)
     translator = Translator.load(args.model, args.device, quantize=args.quantize)
     hypotheses, scores = evaluate(
@@ -127,8 +134,6 @@ FAMOUS = ("Gen.1.1", "Ps.23.1", "John.3.16", "Matt.5.9", "John.15.13", "Prov.3.5
 def showcase_examples(data_dir: Path, refs: Sequence[str] = FAMOUS, fallback: int = 5) -> list[dict[str, str]]:
     """Examples to show side by side: the named verse references found in the data folder's
     ``{split}.tsv`` files, or else the first lines of its test split."""
-    from aiayn.corpus import read_split
-
     found: dict[str, dict[str, str]] = {}
     for split in ("train", "valid", "test"):
         path = Path(data_dir) / f"{split}.tsv"
@@ -149,9 +154,6 @@ def showcase_examples(data_dir: Path, refs: Sequence[str] = FAMOUS, fallback: in
 
 def run_showcase(args: Any) -> None:
     """``aiayn showcase``: translate a few well-known sentences and print them beside the reference."""
-    from aiayn.corpus import load_meta
-    from aiayn.translate import Translator
-
     meta = load_meta(Path(args.data))
     refs = tuple(args.refs.split(",")) if args.refs else FAMOUS
     examples = showcase_examples(Path(args.data), refs)

@@ -18,6 +18,8 @@ log-probabilities on Bible verses):
 
 A configuration a target cannot express is refused with one line naming the setting, and
 nothing is written: the folder is assembled under a temporary name and renamed when complete.
+Transformers and CTranslate2 are imported inside the functions that use them: they are
+optional dependencies (``pip install 'aiayn[export]'``), and ``export`` checks for them first.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import torch
 from torch import Tensor
 
 from aiayn import __version__
+from aiayn.checkpoint import find_tokenizer, load_for_inference
 from aiayn.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID, AiaynError, Config, ModelConfig
 from aiayn.model import Transformer
 
@@ -338,8 +341,6 @@ def export(
     """Write the model at ``model_path`` (a run folder or checkpoint) for ``target`` into the new
     folder ``out``, with its tokenizer and a README.md model card. Every check runs before
     anything is written; the folder appears only when complete."""
-    from aiayn.checkpoint import find_tokenizer, load_for_inference
-
     out = Path(out)
     check_target(target, quantization)
     if out.exists():

@@ -74,3 +74,12 @@ def make_schedule(name: str, d_model: int, warmup_steps: int, scale: float) -> I
     if name in ("linear", "cosine"):
         return BudgetSchedule(eq3_peak(d_model, warmup_steps, scale), warmup_steps, name)
     raise ValueError(f"unknown schedule '{name}' (choose from {', '.join(SCHEDULES)})")
+
+
+def budget_progress(step: int, minutes: float, t) -> float:
+    """Fraction of the run's budget used: of ``max_steps``, or of ``max_minutes`` when that
+    comes first. The budgeted schedules reach zero, and training stops, at 1."""
+    done = step / t.max_steps
+    if t.max_minutes:
+        done = max(done, minutes / t.max_minutes)
+    return min(done, 1.0)

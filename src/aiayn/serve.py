@@ -42,7 +42,9 @@ from typing import Any
 
 import numpy as np
 
+from aiayn.checkpoint import load_for_inference
 from aiayn.config import AiaynError
+from aiayn.runtime import resolve_device
 from aiayn.serve_http import ExplorerServer
 from aiayn.serve_limits import (
     CHUNK_SENTENCES,
@@ -62,6 +64,8 @@ from aiayn.serve_limits import (
     parse_origin,
     sentence,
 )
+from aiayn.translate import Translator
+from aiayn.visualize import sentence_attention
 
 
 def model_name(path: Path) -> str:
@@ -83,10 +87,7 @@ class Explorer:
 
     @classmethod
     def load(cls, model: str | Path, device: str | None = None, *, quantize: str | None = None) -> Explorer:
-        from aiayn.checkpoint import load_for_inference
-        from aiayn.translate import Translator
-
-        loaded = load_for_inference(model, device or "cpu")
+        loaded = load_for_inference(model, resolve_device(device, cpu_only=quantize is not None))
         return cls(
             Translator(loaded.model, loaded.tokenizer, loaded.config, quantize=quantize), loaded.path, loaded.step
         )
@@ -185,8 +186,6 @@ class Explorer:
         return {"translations": [[{"text": t.text, "score": round(t.score, 4)} for t in nb] for nb in found]}
 
     def attention(self, body: dict, client_gone: Callable[[], bool] = lambda: False) -> dict[str, Any]:
-        from aiayn.visualize import sentence_attention
-
         deadline = time.monotonic() + self.decode_seconds
         only(body, ("sentence", "beam"))
         text = sentence(body.get("sentence"), "'sentence'")

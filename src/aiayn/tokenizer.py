@@ -122,9 +122,6 @@ class Tokenizer:
         """
         return self.sp.decode([i for i in map(int, ids) if i not in SPECIAL_IDS])
 
-    def decode_batch(self, batch: Iterable[Iterable[int]]) -> list[str]:
-        return [self.decode(ids) for ids in batch]
-
     def pieces(self, text: str) -> list[str]:
         """Subword labels, e.g. ``['▁En', '▁el', '▁princip', 'io']``, for attention plots."""
         return self.sp.encode(text, out_type=str)

@@ -12,6 +12,7 @@ Output length is limited to the source length + ``decode.max_len_offset`` subwor
 
 from __future__ import annotations
 
+import json
 import queue
 import sys
 import threading
@@ -22,11 +23,19 @@ from typing import Any, TextIO
 
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from aiayn import search
-from aiayn.batching import source_row
-from aiayn.config import BOS_ID, EOS_ID, PAD_ID, AiaynError, Config
+from aiayn.batching import pad_rows, source_row
+from aiayn.cache import DecoderCache
+from aiayn.checkpoint import load_for_inference
+from aiayn.config import BOS_ID, EOS_ID, PAD_ID, AiaynError, Config, from_dict
+from aiayn.corpus import read_lines
+from aiayn.model import Transformer
+from aiayn.quantize import check_quantization, quantize_model
+from aiayn.runtime import resolve_device
 from aiayn.search import Hypothesis
+from aiayn.tokenizer import Tokenizer
 
 # Tokens a target can never contain: PAD only fills rows, BOS only starts them.
 BANNED = (PAD_ID, BOS_ID)
@@ -37,17 +46,6 @@ class Translation(Hypothesis):
     text: str  # detokenized tokens
 
 
-@dataclass
-class _Encoded:
-    """Search state for decoding without a cache: the encoder output, one row per decoder row."""
-
-    memory: Tensor  # (N, S, D)
-    src_mask: Tensor  # (N, S)
-
-    def reorder(self, index: Tensor) -> _Encoded:
-        return _Encoded(self.memory.index_select(0, index), self.src_mask.index_select(0, index))
-
-
 def _log_probs(logits: Tensor) -> Tensor:
     """(N, V) logits of the newest position -> float32 log-probabilities, banned tokens at -inf."""
     log_probs = logits.float().log_softmax(dim=-1)
@@ -56,28 +54,17 @@ def _log_probs(logits: Tensor) -> Tensor:
 
 
 def make_step_fn(
-    model: Any, memory: Tensor, src_mask: Tensor, use_cache: bool = True, *, capacity: int = 0
-) -> tuple[Callable[[Tensor, Any], tuple[Tensor, Any]], Any]:
-    """A ``search`` step function and its initial state for one encoded batch.
+    model: Any, memory: Tensor, src_mask: Tensor, *, capacity: int = 0
+) -> tuple[Callable[[Tensor, DecoderCache], tuple[Tensor, DecoderCache]], DecoderCache]:
+    """A ``search`` step function and its initial state, the decoder cache of one encoded batch
+    (``model.init_cache``, room for ``capacity`` steps): each step feeds only the newest token,
+    whose keys and values are written into the cache."""
 
-    With the cache (``model.init_cache``, room for ``capacity`` steps), each step feeds only
-    the newest token, whose keys and values are written into the cache; without it, each step
-    re-runs the decoder over the whole prefix (slow, kept as the reference the cached path is
-    tested against, docs/pitfalls.md: "Cache reordering").
-    """
-    if use_cache:
+    def step(prefix: Tensor, cache: DecoderCache) -> tuple[Tensor, DecoderCache]:
+        logits, cache, _ = model.decode(prefix[:, -1:], cache=cache)  # (N, 1, V)
+        return _log_probs(logits[:, -1]), cache
 
-        def cached_step(prefix: Tensor, cache: Any) -> tuple[Tensor, Any]:
-            logits, cache, _ = model.decode(prefix[:, -1:], cache=cache)  # (N, 1, V)
-            return _log_probs(logits[:, -1]), cache
-
-        return cached_step, model.init_cache(memory, src_mask, capacity=capacity)
-
-    def full_step(prefix: Tensor, enc: _Encoded) -> tuple[Tensor, Any]:
-        logits, _, _ = model.decode(prefix, enc.memory, enc.src_mask)  # (N, t, V)
-        return _log_probs(logits[:, -1]), enc
-
-    return full_step, _Encoded(memory, src_mask)
+    return step, model.init_cache(memory, src_mask, capacity=capacity)
 
 
 def length_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
@@ -91,19 +78,6 @@ def length_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]
         else:
             batches.append([i])
     return batches
-
-
-def resolve_device(name: str | torch.device | None = None) -> torch.device:
-    """``name``, or the GPU when there is one; a device that is not there is a user error."""
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise AiaynError(f"unknown device '{name}' (use cpu, cuda or cuda:N)") from None
-    if device.type == "cuda" and not (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()):
-        raise AiaynError(f"device '{name}' is not available here; use --device cpu")
-    return device
 
 
 class Translator:
@@ -126,8 +100,6 @@ class Translator:
             )
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         if quantize is not None:
-            from aiayn.quantize import check_quantization, quantize_model
-
             check_quantization(quantize, self.device)
             model = quantize_model(model, quantize)
         self.model = model.to(self.device)
@@ -148,10 +120,7 @@ class Translator:
         The decoding settings that ``aiayn tune-decoding`` chose on valid (RUN/decoding.json)
         replace the config's, unless ``use_tuned`` is False. ``quantize="int8"``: int8 linear
         layers, on the CPU (the default device then)."""
-        from aiayn.checkpoint import load_for_inference
-        from aiayn.quantize import check_quantization
-
-        device = resolve_device("cpu" if device is None and quantize is not None else device)
+        device = resolve_device(device, cpu_only=quantize is not None)
         check_quantization(quantize, device)
         loaded = load_for_inference(path, device, use_tuned=use_tuned)
         return cls(loaded.model, loaded.tokenizer, loaded.config, quantize=quantize)
@@ -161,12 +130,6 @@ class Translator:
         cls, weights: dict[str, Tensor], config_json: str, run_dir: Path, device: str | torch.device | None = None
     ) -> Translator:
         """From weights in memory (e.g. an average not yet written) and the run's tokenizer."""
-        import json
-
-        from aiayn.config import from_dict
-        from aiayn.model import Transformer
-        from aiayn.tokenizer import Tokenizer
-
         config = from_dict(json.loads(config_json))
         model = Transformer(config.model)
         model.load_state_dict(weights)
@@ -234,8 +197,6 @@ class Translator:
             generator=generator,
         )
 
-        from tqdm import tqdm
-
         was_training = self.model.training
         self.model.eval()
         try:
@@ -267,11 +228,8 @@ class Translator:
         generator: torch.Generator | None,
     ) -> list[list[Hypothesis]]:
         d, limit = self.config.decode, self.config.model.max_len
-        lengths = torch.tensor([len(r) for r in rows])
-        src = torch.full((len(rows), int(lengths.max())), PAD_ID, dtype=torch.long)  # (B, S)
-        for b, row in enumerate(rows):
-            src[b, : len(row)] = torch.tensor(row)
-        src_mask = torch.arange(src.size(1)) < lengths[:, None]  # (B, S) True = real token
+        src, src_mask = pad_rows(rows)  # (B, S) ids, (B, S) True = real token
+        lengths = src_mask.sum(dim=1)  # (B,)
         src, src_mask = src.to(self.device), src_mask.to(self.device)
         # Steps count EOS: at most (source subwords) + offset tokens, then EOS.
         max_len = (lengths + d.max_len_offset).clamp(max=limit).to(self.device)
@@ -360,8 +318,6 @@ def _open_output(path: str | None) -> TextIO:
 
 def run(args: Any) -> None:
     """``aiayn translate``: files or stdin to files or stdout (see cli.py for the options)."""
-    from aiayn.corpus import read_lines
-
     lines = read_lines(Path(args.input)) if args.input else None
     translator = Translator.load(args.model, args.device, quantize=args.quantize)
     nbest = args.nbest if args.nbest is not None else (1 if args.sample else translator.config.decode.nbest)

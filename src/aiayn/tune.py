@@ -19,7 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sacrebleu.metrics import BLEU
+from tqdm import tqdm
+
+from aiayn import checkpoint as ckpt
+from aiayn.checkpoint import DECODING_FILE, resolve_model_path
 from aiayn.config import AiaynError
+from aiayn.corpus import read_split
+from aiayn.evaluate import corpus_scores
+from aiayn.translate import Translator
 
 DEFAULT_BEAMS = (4, 6)
 DEFAULT_ALPHAS = (0.6, 1.0, 1.4)
@@ -29,8 +37,6 @@ DEFAULT_SENTENCES = 500
 
 def valid_split(data_dir: Path, sentences: int) -> tuple[list[str], list[str]]:
     """The first ``sentences`` pairs of the valid split (0: all of them)."""
-    from aiayn.corpus import read_split
-
     src, ref = read_split(Path(data_dir), "valid")
     if not src:
         raise AiaynError(f"{data_dir}: the valid split is empty; choices are made on valid, never on test")
@@ -49,15 +55,11 @@ def run_data_dir(run_dir: Path, data: str | Path | None) -> Path:
 
 def length_ratio(hypotheses: list[str], references: list[str]) -> float:
     """Hypothesis length / reference length in sacreBLEU's 13a tokens (BLEU's brevity inputs)."""
-    from sacrebleu.metrics import BLEU
-
     stats = BLEU().corpus_score(hypotheses, [references])
     return stats.sys_len / max(stats.ref_len, 1)
 
 
 def score(translator: Any, sources: list[str], references: list[str], **options: Any) -> dict[str, float]:
-    from aiayn.evaluate import corpus_scores
-
     hyps = [n[0].text for n in translator.translate(sources, progress=False, **options)]
     found = corpus_scores(hyps, references)
     return {
@@ -83,9 +85,6 @@ def choose_average(
     """Average the last ``last`` checkpoints; keep the average only where it beats the last
     checkpoint in valid BLEU (the run's decoding settings). Writes RUN/averaged.pt either way:
     the winner's weights, with ``selected`` saying which it is."""
-    from aiayn import checkpoint as ckpt
-    from aiayn.translate import Translator
-
     run_dir = Path(run_dir)
     paths = ckpt.list_checkpoints(run_dir)
     if not paths:
@@ -160,11 +159,6 @@ def tune_decoding(
 ) -> dict[str, Any]:
     """Sweep the grid on valid; the best BLEU wins (ties: the smaller beam, then the paper's
     settings). With ``write``, RUN/decoding.json stores it for translate/evaluate/serve."""
-    from tqdm import tqdm
-
-    from aiayn.checkpoint import DECODING_FILE, resolve_model_path
-    from aiayn.translate import Translator
-
     for beam in beams:
         if beam < 1:
             raise AiaynError(f"--beams: a beam size must be positive, got {beam}")

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from matplotlib import colormaps
 from matplotlib.collections import LineCollection
 from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
@@ -31,7 +32,10 @@ from matplotlib.lines import Line2D
 from PIL import Image  # a dependency of matplotlib
 
 from aiayn.batching import source_row
-from aiayn.config import BOS_ID, PAD_ID, AiaynError
+from aiayn.config import BOS_ID, PAD_ID, AiaynError, load_config
+from aiayn.layers import sinusoid_table
+from aiayn.schedule import InverseSqrtSchedule
+from aiayn.translate import Translator
 
 KINDS = {
     "encoder": "Encoder self-attention",
@@ -94,7 +98,7 @@ def attention_weights(
     try:
         with torch.inference_mode():
             memory, enc = model.encode(src, src_mask, need_weights=True)
-            _, _, dec = model.decode(tgt_in.to(device), memory, src_mask, need_weights=True)
+            _, _, dec = model.decode(tgt_in.to(device), memory=memory, src_mask=src_mask, need_weights=True)
     finally:
         model.train(was_training)
     return {"encoder": _stack(enc), "decoder": _stack(dec["self"]), "cross": _stack(dec["cross"])}
@@ -157,8 +161,6 @@ def attention_grid(weights: np.ndarray, rows: list[str], cols: list[str], title:
 
 
 def head_colours(n_heads: int) -> list[tuple[float, float, float, float]]:
-    from matplotlib import colormaps
-
     cmap = colormaps["tab10" if n_heads <= 10 else "tab20"]
     return [cmap(h % cmap.N) for h in range(n_heads)]
 
@@ -234,8 +236,6 @@ def attention_figures(maps: AttentionMaps, layer: int | None = None, kind: str =
 
 def positions_figure(d_model: int = 512, max_len: int = 100) -> Figure:
     """§3.5's sinusoids as a heatmap, position × dimension (The Illustrated Transformer's picture)."""
-    from aiayn.model import sinusoid_table
-
     if d_model < 2 or max_len < 1:
         raise AiaynError(f"--d-model must be at least 2 and --max-len positive, got {d_model} and {max_len}")
     fig = Figure(figsize=(9, 5.5), layout="constrained")
@@ -252,8 +252,6 @@ def positions_figure(d_model: int = 512, max_len: int = 100) -> Figure:
 
 def schedule_figure(d_model: int, warmup_steps: int, scale: float = 1.0, steps: int = 100_000) -> Figure:
     """Eq. 3: lrate = scale · d_model^-0.5 · min(step^-0.5, step · warmup^-1.5), warmup marked."""
-    from aiayn.schedule import InverseSqrtSchedule
-
     if steps < 1:
         raise AiaynError(f"--steps must be positive, got {steps}")
     schedule = InverseSqrtSchedule(d_model, warmup_steps, scale)
@@ -366,9 +364,7 @@ def save_figure(fig: Figure, out: Path, stem: str) -> list[Path]:
 
 def run_attention(args: Any) -> None:
     """``aiayn attention``: translate a sentence, draw its attention, print the files written."""
-    from aiayn.translate import Translator
-
-    translator = Translator.load(args.model, args.device or "cpu")
+    translator = Translator.load(args.model, args.device)
     m = translator.config.model
     check_layer(args.layer, m.n_layers if args.kind == "encoder" else m.decoder_layers, args.kind)
     maps = sentence_attention(translator, args.sentence, args.beam)
@@ -384,8 +380,6 @@ def run_plot(args: Any) -> None:
     if args.what == "positions":
         fig, stem, out = positions_figure(args.d_model, args.max_len), "positions", args.out or "."
     elif args.what == "schedule":
-        from aiayn.config import load_config
-
         cfg = load_config(args.preset, args.config, args.overrides)
         steps = args.steps or cfg.train.max_steps
         fig = schedule_figure(cfg.model.d_model, cfg.train.warmup_steps, cfg.train.lr_scale, steps)

@@ -1,0 +1,72 @@
+"""Where a process runs: its device, its threads, its rank in a torchrun job, its random state."""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from aiayn.config import AiaynError
+
+
+def resolve_device(name: str | torch.device | None = None, *, cpu_only: bool = False) -> torch.device:
+    """``name``, or by default the GPU when there is one (the CPU when ``cpu_only``, as int8
+    inference is); a device that is not there is a user error. Every command defaults this way."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() and not cpu_only else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise AiaynError(f"unknown device '{name}' (use cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()):
+        raise AiaynError(f"device '{name}' is not available here; use --device cpu")
+    return device
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_runtime(threads: int) -> Runtime:
+    """One process, or one rank of a torchrun job (RANK/WORLD_SIZE/LOCAL_RANK set)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if threads:
+        torch.set_num_threads(threads)
+    elif "OMP_NUM_THREADS" not in os.environ:
+        # torchrun sets OMP_NUM_THREADS=1; alone, use this process's cores (docs/pitfalls.md: "Threads").
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // world_size))
+    if world_size == 1:
+        return Runtime(resolve_device())
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        device, backend = torch.device("cuda", local_rank), "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend)
+    return Runtime(device, dist.get_rank(), dist.get_world_size())
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
