@@ -52,6 +52,7 @@ BATCH, SINGLE = 32, 8  # sentences in the batched run; sentences translated one 
 FORCED_LEN = 32  # source and output length of the forced-length workload
 GROWTH_LENGTHS = (16, 64, 256)
 SEARCHES = (("greedy", 1), ("beam 4", 4))
+FINISHED = ", stop=finished"  # aiayn with CTranslate2's stopping rule: the same work as that peer
 
 
 # ---------------------------------------------------------------------------- workloads and systems
@@ -107,12 +108,13 @@ def _output_length(ids: list[int]) -> int:
 System = Callable[[Workload, int, int], list[int]]  # (workload, batch size, beam) -> output lengths
 
 
-def aiayn_system(translator: Translator, autocast: torch.dtype | None) -> System:
+def aiayn_system(translator: Translator, autocast: torch.dtype | None, stop: str | None = None) -> System:
     def run(w: Workload, batch: int, beam: int) -> list[int]:
         out = []
         for start in range(0, len(w.lines), batch):
             with torch.autocast(translator.device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
-                found = translator.translate(w.lines[start : start + batch], beam_size=beam, batch_tokens=10**9)
+                lines = w.lines[start : start + batch]
+                found = translator.translate(lines, beam_size=beam, stop=stop, batch_tokens=10**9)
             out += [len(t[0].tokens) for t in found]
         return out
 
@@ -254,27 +256,32 @@ def measure(
     device: torch.device,
     **extra: Any,
 ) -> None:
-    """Time every implementation on ``w`` and emit one line each; the speedup is aiayn's rate
-    over the line's. The first (warm-up) run also gives the output lengths."""
-    ours = ours_int8 = None
+    """Time every implementation on ``w`` and emit one line each; the speedups are the rates of
+    aiayn's variants (float32, int8; each with the default stopping rule and with CTranslate2's,
+    ``FINISHED``) over the line's. The first (warm-up) run also gives the output lengths."""
+    ours: dict[str, dict] = {}
     for label, run in impls.items():
+        if beam == 1 and label.endswith(FINISHED):  # greedy search has no stopping rule to choose
+            continue
         lengths = run(w, batch, beam)
         times = repeat(functools.partial(run, w, batch, beam), args.reps, device, warmup=0)
         tokens = sum(lengths)
         stats = rate_stats(tokens, times)
-        ours = ours or stats
-        if label == "aiayn int8":
-            ours_int8 = stats
+        if label.startswith("aiayn"):
+            ours[label] = stats
         rate = stats["median"] or None  # a barely trained model may emit only empty outputs
-        int8_speedup = rate and ours_int8 and label != "aiayn int8" and ours_int8["median"] / rate
+        speedups = {
+            variant.replace(FINISHED, " finished").replace(" ", "_") + "_speedup": ours[variant]["median"] / rate
+            for variant in ours
+            if rate and not label.startswith("aiayn")
+        }
         report.emit(
             impl=label,
             batch=batch,
             search=search,
             **stats,
             unit="tgt tokens/s",
-            aiayn_speedup=rate and ours["median"] / rate,
-            aiayn_int8_speedup=int8_speedup or None,
+            **speedups,
             ms_per_token=rate and 1e3 / rate,
             sentences=len(w.rows),
             sentences_per_s=rate_stats(len(w.rows), times)["median"],
@@ -368,6 +375,9 @@ def main(argv: list[str] | None = None) -> None:
                     impls["aiayn bf16"] = aiayn_system(translator, torch.bfloat16)
                 else:
                     impls["aiayn int8"] = aiayn_system(int8(translator), None)
+                impls["aiayn" + FINISHED] = aiayn_system(translator, None, "finished")
+                if device.type == "cpu":
+                    impls["aiayn int8" + FINISHED] = aiayn_system(int8(translator), None, "finished")
                 impls.update(peers)
                 extra = {"preset": preset, "model": subject.label, "data": data, "vocab": subject.cfg.model.vocab_size}
                 for search, beam in SEARCHES:
@@ -401,7 +411,9 @@ def main(argv: list[str] | None = None) -> None:
                 top_ops=top,
                 model=subject.label,
             )
-    report.summary(extra=("search", "data", "aiayn_int8_speedup", "ms_per_token", "mean_output_len"))
+    report.summary(
+        extra=("search", "data", "aiayn_int8_speedup", "aiayn_finished_speedup", "ms_per_token", "mean_output_len")
+    )
 
 
 if __name__ == "__main__":

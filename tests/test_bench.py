@@ -67,11 +67,16 @@ def test_decode_quick_emits_json_lines_with_equal_forced_lengths():
     assert {r["impl"] for r in decode} == {
         "aiayn",
         "aiayn int8",
+        "aiayn, stop=finished",
+        "aiayn int8, stop=finished",
         "transformers Marian",
         "ctranslate2 fp32",
         "ctranslate2 int8",
     }
     assert all(r["aiayn_int8_speedup"] > 0 for r in decode if r["impl"].startswith("ctranslate2"))
+    beam = [r for r in decode if r["impl"].startswith("ctranslate2") and r["search"] == "beam 4"]
+    assert beam and all(r["aiayn_finished_speedup"] > 0 and r["aiayn_int8_finished_speedup"] > 0 for r in beam)
+    assert not any(r["impl"].endswith("stop=finished") for r in decode if r["search"] == "greedy")
     assert {(r["search"], r["batch"]) for r in decode} == {("greedy", 1), ("greedy", 32), ("beam 4", 1), ("beam 4", 32)}
     # random weights: every system is forced to the same number of output tokens
     assert all(r["mean_output_len"] == r["forced_len"] == 8 for r in decode)

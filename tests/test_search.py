@@ -131,6 +131,34 @@ def test_longer_hypothesis_wins_after_the_first_eos():
     assert len(step.calls) == 6
 
 
+def test_the_finished_rule_stops_once_beam_size_hypotheses_ended():
+    """fairseq's and CTranslate2's rule: two hypotheses ended at step 2, so a beam of two stops
+    there and misses the late winner that the bound rule finds."""
+    step = scripted(LATE_WINNER)
+    state = Rows(torch.zeros(1, dtype=torch.long))
+    hyps = beam_search(step, state, 1, BOS, EOS, torch.tensor([50]), beam_size=2, nbest=2, stop="finished")[0]
+    assert [h.tokens for h in hyps] == [[b], [a]]
+    assert [h.score for h in hyps] == pytest.approx(
+        [math.log(0.35 * 0.97) / gnmt(2), math.log(0.65 * 0.52) / gnmt(2)], abs=1e-6
+    )
+    assert len(step.calls) == 2
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_finished_rule_never_outscores_the_bound_rule(seed):
+    """Both rules rank the same candidates; the bound rule only searches longer, so its best
+    hypothesis scores at least as high, sentence by sentence."""
+    max_len = torch.tensor([9, 6, 12])
+    runs = {
+        stop: beam_search(
+            random_tables(seed), Rows(torch.arange(3)), 3, BOS, EOS, max_len, beam_size=3, nbest=2, stop=stop
+        )
+        for stop in ("bound", "finished")
+    }
+    for exact, quick in zip(runs["bound"], runs["finished"]):
+        assert exact[0].score >= quick[0].score - 1e-9
+
+
 def test_eos_best_at_step_zero_does_not_fill_the_beam_with_copies():
     table = {(): {EOS: 0.5, a: 0.3, b: 0.2}, (a,): {EOS: 0.9, c: 0.1}, (b,): {EOS: 0.9, c: 0.1}}
     hyps = run_beam(table, beam_size=3, nbest=3, alpha=0.0)
@@ -297,6 +325,8 @@ def test_bad_arguments_are_user_errors():
         beam_search(step, Rows(torch.arange(1)), 1, BOS, EOS, torch.tensor([5]), length_penalty="hf")
     with pytest.raises(AiaynError, match="nbest"):
         beam_search(step, Rows(torch.arange(1)), 1, BOS, EOS, torch.tensor([5]), beam_size=2, nbest=3)
+    with pytest.raises(AiaynError, match="stopping rule"):
+        beam_search(step, Rows(torch.arange(1)), 1, BOS, EOS, torch.tensor([5]), stop="first")
     with pytest.raises(AiaynError, match="temperature"):
         sample(step, Rows(torch.arange(1)), 1, BOS, EOS, torch.tensor([5]), temperature=0.0)
     with pytest.raises(AiaynError, match="max_len"):

@@ -193,6 +193,12 @@ def _add_decoding(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--beam", type=int, help="beam size (default: the config's, 4 as in the paper); 1 = greedy")
     p.add_argument("--alpha", type=float, help="length penalty α (default: the config's, 0.6 as in the paper)")
+    p.add_argument(
+        "--stop",
+        choices=("bound", "finished"),
+        help="when beam search ends a sentence: bound = once no live beam can still win (the default, "
+        "tensor2tensor's rule); finished = once beam-size hypotheses have ended (fairseq's, CTranslate2's: faster)",
+    )
     p.add_argument("--batch-tokens", type=int, help="padded source tokens per batch (default: data.batch_tokens)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     _add_quantize(p)

@@ -109,6 +109,7 @@ class DecodeConfig:
     max_len_offset: int = 50  # output length limit = source length + this
     min_len: int = 0
     nbest: int = 1
+    stop: str = "bound"  # bound: no live beam can still win (tensor2tensor) | finished: beam_size ended (fairseq)
 
 
 @dataclass

@@ -103,7 +103,13 @@ def run(args: Any) -> None:
     sources, references, tgt_lang = _read_inputs(args)
     translator = Translator.load(args.model, args.device, quantize=args.quantize)
     hypotheses, scores = evaluate(
-        translator, sources, references, beam_size=args.beam, alpha=args.alpha, batch_tokens=args.batch_tokens
+        translator,
+        sources,
+        references,
+        beam_size=args.beam,
+        alpha=args.alpha,
+        stop=args.stop,
+        batch_tokens=args.batch_tokens,
     )
     d = translator.config.decode
     scores.update(
@@ -112,6 +118,7 @@ def run(args: Any) -> None:
         beam_size=args.beam or d.beam_size,
         alpha=d.alpha if args.alpha is None else args.alpha,
         length_penalty=d.length_penalty,
+        stop=args.stop or d.stop,
         quantize=args.quantize,
     )
     text = "".join(h + "\n" for h in hypotheses)
@@ -162,6 +169,7 @@ def run_showcase(args: Any) -> None:
         [e["src"] for e in examples],
         beam_size=args.beam,
         alpha=args.alpha,
+        stop=args.stop,
         batch_tokens=args.batch_tokens,
         progress=False,
     )

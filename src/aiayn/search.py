@@ -31,6 +31,12 @@ from aiayn.config import AiaynError
 
 StepFn = Callable[[torch.Tensor, Any], tuple[torch.Tensor, Any]]
 PENALTIES = ("gnmt", "fairseq", "none")
+# When beam search ends a sentence. "bound" (tensor2tensor's rule, the default): once no live
+# beam can beat the n-best finished ones even at the most favourable length, so no longer search
+# would change the result. "finished" (fairseq's and CTranslate2's): once beam_size hypotheses
+# have ended; faster, since it need not wait for the live beams to fall below the bound, but a
+# longer hypothesis that would have won can be missed.
+STOPS = ("bound", "finished")
 
 
 @dataclass
@@ -81,6 +87,8 @@ def beam_search(
     length_penalty: str = "gnmt",
     min_len: int = 0,
     nbest: int = 1,
+    *,
+    stop: str = "bound",
 ) -> list[list[Hypothesis]]:
     """Beam search with the paper's settings (§6.1: beam 4, α = 0.6, stop early when possible).
 
@@ -89,13 +97,16 @@ def beam_search(
     sentence always has K live beams. A sentence stops once no live beam can beat the worst
     of its n-best finished ones even at the most favourable length (the penalty grows with
     length and log-probs are ≤ 0, so that is ``max_len``), or at ``max_len``; then its rows
-    leave the batch. Returns, per sentence, up to ``nbest`` hypotheses, best first; where
+    leave the batch. ``stop="finished"`` ends a sentence once ``beam_size`` hypotheses have
+    finished instead (see ``STOPS``). Returns, per sentence, up to ``nbest`` hypotheses, best first; where
     fewer than ``nbest`` finished, live ones cut off at ``max_len`` fill up (finished=False).
     """
     max_len = _check(batch_size, max_len, min_len)
     if not 1 <= nbest <= beam_size:
         raise AiaynError(f"nbest must be between 1 and the beam size ({beam_size}), got {nbest}")
     lp(1, alpha, length_penalty)  # rejects an unknown kind before any compute
+    if stop not in STOPS:
+        raise AiaynError(f"unknown stopping rule '{stop}' (choose from {', '.join(STOPS)})")
     device, K, inf = max_len.device, beam_size, float("inf")
     results: list[list[Hypothesis]] = [[] for _ in range(batch_size)]
     if batch_size == 0:
@@ -110,6 +121,7 @@ def beam_search(
     if state is not None:
         state = state.reorder(torch.arange(batch_size, device=device).repeat_interleave(K))
     worst_kept = torch.full((batch_size,), -inf, dtype=torch.double, device=device)  # (A,) -inf until n-best full
+    n_finished = torch.zeros(batch_size, dtype=torch.long, device=device)  # (A,) hypotheses ended so far
     beam_offset = torch.arange(2 * K, device=device)
 
     for step in range(int(max_len.max())):
@@ -126,6 +138,7 @@ def beam_search(
 
         finishing = is_eos[:, :K] & top[:, :K].isfinite()
         if finishing.any():
+            n_finished += finishing.sum(dim=1)
             norm = (top[:, :K].double() / lp(length, alpha, length_penalty)).tolist()
             for a, j in finishing.nonzero().tolist():
                 row = a * K + int(beam[a, j])
@@ -141,9 +154,11 @@ def beam_search(
         rows = (torch.arange(A, device=device) * K).unsqueeze(1) + beam.gather(1, live)  # (A, K) old rows
         prefix = torch.cat([prefix[rows.view(-1)], token.gather(1, live).view(-1, 1)], dim=1)
 
-        bound = scores.max(dim=1).values.double() / lp_max[sent]
         at_limit = max_len[sent] <= length
-        done = at_limit | (bound <= worst_kept)
+        if stop == "finished":
+            done = at_limit | (n_finished >= K)
+        else:
+            done = at_limit | (scores.max(dim=1).values.double() / lp_max[sent] <= worst_kept)
         if not done.any():
             if state is not None:
                 state = state.reorder(rows.view(-1))
@@ -161,7 +176,7 @@ def beam_search(
         keep = ~done
         if not keep.any():
             break
-        sent, scores, worst_kept = sent[keep], scores[keep], worst_kept[keep]
+        sent, scores, worst_kept, n_finished = sent[keep], scores[keep], worst_kept[keep], n_finished[keep]
         prefix = prefix.view(A, K, -1)[keep].view(-1, prefix.size(1))
         if state is not None:
             state = state.reorder(rows[keep].view(-1))

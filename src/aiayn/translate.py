@@ -142,6 +142,7 @@ class Translator:
         alpha: float | None = None,
         length_penalty: str | None = None,
         nbest: int | None = None,
+        stop: str | None = None,
         sample: bool = False,
         temperature: float = 1.0,
         top_k: int = 0,
@@ -152,7 +153,8 @@ class Translator:
     ) -> list[list[Translation]]:
         """Translate ``lines``; per line, ``nbest`` translations, best first, in input order.
 
-        ``beam_size`` 1 means greedy search. ``sample`` draws ``nbest`` samples per line instead
+        ``beam_size`` 1 means greedy search; ``stop`` is beam search's stopping rule
+        (``search.STOPS``). ``sample`` draws ``nbest`` samples per line instead
         (``seed`` makes them repeatable). ``batch_tokens`` bounds rows × longest source per batch.
         Empty lines give an empty translation; lines longer than the model's positions are
         truncated with a warning.
@@ -162,6 +164,7 @@ class Translator:
         alpha = d.alpha if alpha is None else alpha
         length_penalty = d.length_penalty if length_penalty is None else length_penalty
         nbest = d.nbest if nbest is None else nbest
+        stop = d.stop if stop is None else stop
         if beam_size < 1 or nbest < 1:
             raise AiaynError(f"beam size and nbest must be positive, got beam {beam_size}, nbest {nbest}")
         if sample:
@@ -190,6 +193,7 @@ class Translator:
             alpha=alpha,
             length_penalty=length_penalty,
             nbest=nbest,
+            stop=stop,
             sample=sample,
             temperature=temperature,
             top_k=top_k,
@@ -221,6 +225,7 @@ class Translator:
         alpha: float,
         length_penalty: str,
         nbest: int,
+        stop: str,
         sample: bool,
         temperature: float,
         top_k: int,
@@ -248,7 +253,7 @@ class Translator:
         if beam_size == 1:
             return [[h] for h in search.greedy_search(step_fn, state, B, BOS_ID, EOS_ID, max_len, d.min_len)]
         return search.beam_search(
-            step_fn, state, B, BOS_ID, EOS_ID, max_len, beam_size, alpha, length_penalty, d.min_len, nbest
+            step_fn, state, B, BOS_ID, EOS_ID, max_len, beam_size, alpha, length_penalty, d.min_len, nbest, stop=stop
         )
 
 
@@ -324,6 +329,7 @@ def run(args: Any) -> None:
     options = dict(
         beam_size=args.beam,
         alpha=args.alpha,
+        stop=args.stop,
         nbest=nbest,
         sample=args.sample,
         temperature=args.temperature,
