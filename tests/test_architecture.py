@@ -1,6 +1,6 @@
-"""docs/architecture.md's import rule, checked on the source: a module imports only the modules
-listed above it in the table, and imports inside functions are only cli's, the optional
-dependencies', and readline's."""
+"""The docs checked against the source: docs/architecture.md's import rule (a module imports only
+the modules listed above it in the table; imports inside functions are only cli's, the optional
+dependencies' and readline's), and docs/pitfalls.md's tests exist."""
 
 from __future__ import annotations
 
@@ -65,3 +65,14 @@ def test_imports_inside_functions_are_only_where_they_buy_something():
         _, inner = imports(PACKAGE / f"{name}.py")
         unexpected = sorted(m for m in inner if not any(m == p or m.startswith(p + ".") for p in LAZY_PACKAGES))
         assert not unexpected, f"{name}.py imports {unexpected} inside a function"
+
+
+def test_every_test_named_in_the_pitfalls_exists():
+    """docs/pitfalls.md names the test that guards each item; a renamed or moved test must not
+    leave the page pointing nowhere."""
+    text = (ROOT / "docs" / "pitfalls.md").read_text(encoding="utf-8")
+    named = re.findall(r"`(test_\w+\.py)::(test_\w+)`", text)
+    assert len(named) >= 20
+    for file, test in named:
+        source = (ROOT / "tests" / file).read_text(encoding="utf-8")
+        assert re.search(rf"^def {test}\(", source, re.M), f"docs/pitfalls.md names {file}::{test}, which is not there"

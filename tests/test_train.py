@@ -240,20 +240,6 @@ def test_nan_losses_skip_updates_then_stop_with_checkpoint_intact(toy, tmp_path,
     assert ckpt.list_checkpoints(run)[-1].name == "step_00000010.pt"
 
 
-def test_precision_probe_leaves_the_random_stream_alone():
-    """choose_precision times real steps with random inputs; the run's dropout stream must not move."""
-    from aiayn.config import preset
-    from aiayn.model import Transformer
-    from aiayn.precision import choose_precision
-
-    model = Transformer(preset("tiny").model)
-    torch.manual_seed(0)
-    expected = torch.rand(4)
-    torch.manual_seed(0)
-    choose_precision("auto", torch.device("cpu"), model, 256, log=lambda _: None)
-    assert torch.equal(torch.rand(4), expected)
-
-
 def test_budget_recipe_decays_to_zero_and_writes_the_tail_checkpoints(toy, tmp_path):
     """recipe=budget: the rate follows warmup then a linear fall to zero at max_steps, and the
     last five checkpoints sit in the last 10 % of the budget (what `aiayn average` averages)."""
