@@ -2,7 +2,7 @@
 
     python -m bench.decode [--presets small] [--model runs/demo] [--reps 5] [--device cuda] [--profile]
 
-The peers run aiayn's own network, converted by ``aiayn export``'s functions (aiayn/export.py):
+The peers run aiayn's own network, converted by ``aiayn export``'s functions (aiayn/export/):
 ``marian_from_aiayn`` builds a ``MarianMTModel`` of the same shape holding aiayn's weights (model
 dimensions permuted to Marian's sin-half | cos-half sinusoids), ``ct2_from_aiayn`` writes a
 CTranslate2 model from them, loaded in fp32 and int8; tests/test_export.py checks that both
@@ -31,7 +31,9 @@ import torch
 
 from aiayn.batching import pad_rows, source_row
 from aiayn.config import BOS_ID, EOS_ID, PAD_ID, AiaynError, Config
-from aiayn.export import ct2_from_aiayn, marian_from_aiayn, token_strings
+from aiayn.export.common import token_strings
+from aiayn.export.ct2 import ct2_from_aiayn
+from aiayn.export.huggingface import marian_from_aiayn
 from aiayn.model import Transformer
 from aiayn.translate import BANNED, Translator
 from bench.common import (

@@ -6,13 +6,25 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "aiayn"
 # Imported inside functions on purpose: cli's handlers (a fast --help) and optional dependencies.
-LAZY_OK = {"cli"}
+LAZY_OK = {"cli", "cli.data", "cli.training", "cli.inference"}
 LAZY_PACKAGES = {"transformers", "ctranslate2", "torch.utils.tensorboard", "readline"}
+
+
+def module_name(path: Path) -> str:
+    """src/aiayn/export/ct2.py -> "export.ct2"; a package's __init__.py is the package."""
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+# Every module of the package but __init__ and __main__ (the package itself, python -m aiayn).
+MODULES = {module_name(p): p for p in PACKAGE.rglob("*.py") if module_name(p) not in ("", "__main__")}
 
 
 def table_order() -> list[str]:
@@ -20,7 +32,7 @@ def table_order() -> list[str]:
     text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
     order = []
     for row in re.findall(r"^\| (`[^|]+`) \|", text, re.M):
-        order += re.findall(r"`(\w+)\.py`", row)
+        order += [module_name(PACKAGE / f"{name}.py") for name in re.findall(r"`([\w/]+)\.py`", row)]
     return order
 
 
@@ -35,25 +47,24 @@ def imports(path: Path) -> tuple[set[str], set[str]]:
             names = [a.name for a in node.names]
         else:
             continue
-        found = {n.split(".")[1] for n in names if n.startswith("aiayn.") and len(n.split(".")) > 1}
-        (top if node.col_offset == 0 else inner).update(found if found else set())
+        found = {n.removeprefix("aiayn.") for n in names if n.startswith("aiayn.")} & set(MODULES)
+        (top if node.col_offset == 0 else inner).update(found)
         if node.col_offset:
             inner.update(n for n in names if not n.startswith("aiayn"))
-    modules = {p.stem for p in PACKAGE.glob("*.py")}
-    return {m for m in top if m in modules}, inner
+    return top, inner
 
 
 def test_every_module_is_in_the_table_once():
     order = table_order()
     assert len(order) == len(set(order))
-    assert set(order) == {p.stem for p in PACKAGE.glob("*.py")} - {"__init__", "__main__"}
+    assert set(order) == set(MODULES)
 
 
 def test_imports_run_one_way_down_the_table():
     order = table_order()
     rank = {m: i for i, m in enumerate(order)}
     for name in order:
-        top, _ = imports(PACKAGE / f"{name}.py")
+        top, _ = imports(MODULES[name])
         upward = sorted(m for m in top if m != name and rank[m] > rank[name])
         assert not upward, f"{name}.py imports {upward}, listed below it in docs/architecture.md"
 
@@ -62,7 +73,7 @@ def test_imports_inside_functions_are_only_where_they_buy_something():
     for name in table_order():
         if name in LAZY_OK:
             continue
-        _, inner = imports(PACKAGE / f"{name}.py")
+        _, inner = imports(MODULES[name])
         unexpected = sorted(m for m in inner if not any(m == p or m.startswith(p + ".") for p in LAZY_PACKAGES))
         assert not unexpected, f"{name}.py imports {unexpected} inside a function"
 
@@ -76,3 +87,10 @@ def test_every_test_named_in_the_pitfalls_exists():
     for file, test in named:
         source = (ROOT / "tests" / file).read_text(encoding="utf-8")
         assert re.search(rf"^def {test}\(", source, re.M), f"docs/pitfalls.md names {file}::{test}, which is not there"
+
+
+def test_help_loads_no_pytorch():
+    """cli imports each command's module only when it runs: ``aiayn --help`` must not pay for torch."""
+    code = "import sys; from aiayn.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -1,4 +1,4 @@
-"""export.py: the exported folders, loaded by their own libraries, compute aiayn's function (greedy
+"""export/: the exported folders, loaded by their own libraries, compute aiayn's function (greedy
 tokens identical, log-probabilities within 1e-4); Marian and CTranslate2 twins of every shape the
 targets express; bad settings give one-line errors and write nothing."""
 
@@ -17,7 +17,9 @@ from toydata import save_run, train_toy_tokenizer
 from aiayn.cli import main
 from aiayn.config import BOS_ID, EOS_ID, PAD_ID, load_config, preset
 from aiayn.corpus import read_split
-from aiayn.export import ct2_from_aiayn, marian_from_aiayn, token_strings
+from aiayn.export.common import token_strings
+from aiayn.export.ct2 import ct2_from_aiayn
+from aiayn.export.huggingface import marian_from_aiayn
 from aiayn.model import Transformer
 from aiayn.translate import Translator
 
@@ -349,13 +351,14 @@ def test_existing_folder_and_missing_package_are_refused(tmp_path, capsys, monke
 @needs_ct2
 def test_a_failed_write_leaves_nothing_behind(tmp_path, monkeypatch):
     import aiayn.export as export
+    from aiayn.export import ct2
 
     run = toy_run(tmp_path / "run")
 
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(export, "_write_ctranslate2", broken)
+    monkeypatch.setattr(ct2, "write_folder", broken)
     with pytest.raises(OSError):
         export.export(run, "ctranslate2", tmp_path / "exports" / "ct2")
     assert list((tmp_path / "exports").iterdir()) == []

@@ -112,6 +112,14 @@ class DecodeConfig:
     stop: str = "bound"  # bound: no live beam can still win (tensor2tensor) | finished: beam_size ended (fairseq)
 
 
+# The grid ``aiayn tune-decoding`` searches on the valid split by default (§6.1's beam and α
+# "chosen after experimentation on the development set").
+TUNE_BEAMS = (4, 6)
+TUNE_ALPHAS = (0.6, 1.0, 1.4)
+TUNE_PENALTIES = ("gnmt", "fairseq")
+TUNE_SENTENCES = 500
+
+
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)

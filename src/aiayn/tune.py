@@ -24,15 +24,10 @@ from tqdm import tqdm
 
 from aiayn import checkpoint as ckpt
 from aiayn.checkpoint import DECODING_FILE, resolve_model_path
-from aiayn.config import AiaynError
+from aiayn.config import TUNE_ALPHAS, TUNE_BEAMS, TUNE_PENALTIES, TUNE_SENTENCES, AiaynError
 from aiayn.corpus import read_split
 from aiayn.evaluate import corpus_scores
 from aiayn.translate import Translator
-
-DEFAULT_BEAMS = (4, 6)
-DEFAULT_ALPHAS = (0.6, 1.0, 1.4)
-DEFAULT_PENALTIES = ("gnmt", "fairseq")
-DEFAULT_SENTENCES = 500
 
 
 def valid_split(data_dir: Path, sentences: int) -> tuple[list[str], list[str]]:
@@ -149,10 +144,10 @@ def tune_decoding(
     model: str | Path,
     *,
     data: str | Path | None = None,
-    beams=DEFAULT_BEAMS,
-    penalties=DEFAULT_PENALTIES,
-    alphas=DEFAULT_ALPHAS,
-    sentences: int = DEFAULT_SENTENCES,
+    beams=TUNE_BEAMS,
+    penalties=TUNE_PENALTIES,
+    alphas=TUNE_ALPHAS,
+    sentences: int = TUNE_SENTENCES,
     device: str | None = None,
     write: bool = True,
     log=print,
