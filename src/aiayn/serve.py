@@ -216,8 +216,6 @@ def run(args: Any) -> None:
             raise AiaynError(
                 f"--allow-origin {origin!r}: expected scheme://host[:port], e.g. http://gpu-box:8000"
             ) from None
-    if args.workers < 1 or args.queue < 1:
-        raise AiaynError(f"--workers and --queue must be at least 1, got {args.workers} and {args.queue}")
     explorer = Explorer.load(args.model, args.device, quantize=args.quantize)
     try:
         server = ExplorerServer(

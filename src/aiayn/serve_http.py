@@ -256,6 +256,8 @@ class ExplorerServer(HTTPServer):
         allow_origins: list[str] | tuple[str, ...] = (),
         read_seconds: float = READ_SECONDS,
     ):
+        if workers < 1 or queue_size < 1:  # a queue of 0 would be unbounded, 0 workers would answer nobody
+            raise AiaynError(f"--workers and --queue must be at least 1, got {workers} and {queue_size}")
         self.explorer, self.quiet, self.read_seconds = explorer, quiet, read_seconds
         self.workers, self.queue_size = workers, queue_size
         self.page = resources.files("aiayn").joinpath("static/explorer.html").read_bytes()
