@@ -29,6 +29,7 @@ from tqdm import tqdm
 from aiayn import checkpoint as ckpt
 from aiayn.batching import Batch, BatchStream, collate, make_batches
 from aiayn.config import AiaynError, Config, from_dict, load_config
+from aiayn.kernel_caches import bound_kernel_caches
 from aiayn.loss import label_smoothed_cross_entropy
 from aiayn.model import Transformer, count_parameters
 from aiayn.schedule import make_schedule
@@ -552,6 +553,8 @@ def train(
     data_dir = Path(data_dir)
     if not (data_dir / "spm.model").is_file():
         raise AiaynError(f"{data_dir}: not a prepared data folder (no spm.model); run `aiayn prepare` first")
+    # -- training memory (issue 13): before any bf16 matmul, or per-shape kernels pile up
+    bound_kernel_caches()
     runtime = setup_runtime(cfg.train.threads)
     if runtime.is_main and not resume:
         prepare_run_dir(cfg, data_dir, run_dir)
