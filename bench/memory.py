@@ -54,23 +54,21 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _vmrss_kib(pid: int) -> int | None:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    found = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
+    return int(found.group(1)) if found else None  # a zombie (exited, not yet reaped) has none
+
+
 def rss_mb(pid: int) -> float | None:
     """Resident set of ``pid`` and its children in MB; None once ``pid`` has exited."""
-    total = 0
-    for i, p in enumerate([pid, *_children(pid)]):
-        try:
-            status = Path(f"/proc/{p}/status").read_text()
-        except OSError:
-            if i == 0:
-                return None
-            continue
-        found = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
-        if found is None:  # a zombie: exited, not yet reaped
-            if i == 0:
-                return None
-            continue
-        total += int(found.group(1))
-    return total / 1024
+    own = _vmrss_kib(pid)
+    if own is None:
+        return None
+    return (own + sum(_vmrss_kib(child) or 0 for child in _children(pid))) / 1024
 
 
 class Watched:
