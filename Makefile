@@ -9,7 +9,7 @@ DEMO_MINUTES ?= 30
 # The CPU wheel of torch 2.13.0; an unpinned torch would pull a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo test test-slow bench bench-quality bench-load clean
+.PHONY: setup demo test test-slow bench bench-quality bench-load bench-memory clean
 
 $(STAMP): pyproject.toml
 	@# Debian's python3 lacks ensurepip (and so venv) until python3-venv is installed.
@@ -74,6 +74,17 @@ bench-load: $(STAMP)
 	@mkdir -p $(BENCH_OUT)
 	$(BIN)/python -m bench.load $(LOAD_ARGS) > $(BENCH_OUT)/load.jsonl
 	@echo "JSON lines: $(BENCH_OUT)/load.jsonl"
+
+# Resident memory of `aiayn train --preset small max_minutes=MEMORY_MINUTES`, sampled every 5 s, in
+# fp32 then bf16, one run after the other (docs/performance.md, "Training memory"). About
+# 2 x (MEMORY_MINUTES + 5) minutes: the end of each run translates the valid split.
+MEMORY_MINUTES ?= 30
+bench-memory: $(STAMP)
+	@[ -f $(DATA)/meta.json ] || $(BIN)/aiayn prepare bible --out $(DATA) --apt-update
+	@mkdir -p $(BENCH_OUT)
+	$(BIN)/python -m bench.memory --data $(DATA) --minutes $(MEMORY_MINUTES) --precisions fp32,bf16 \
+		$(MEMORY_ARGS) > $(BENCH_OUT)/memory.jsonl
+	@echo "JSON lines: $(BENCH_OUT)/memory.jsonl"
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

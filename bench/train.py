@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from aiayn.batching import Batch, BatchStream, collate
 from aiayn.config import Config, ModelConfig
+from aiayn.kernel_caches import bound_kernel_caches
 from aiayn.loss import label_smoothed_cross_entropy
 from aiayn.runtime import Runtime
 from aiayn.schedule import InverseSqrtSchedule
@@ -339,6 +340,7 @@ def main(argv: list[str] | None = None) -> None:
         "--batches", type=int, default=0, help="bucketed batches per timed pass (default 3 for small, 2 for base)"
     )
     args = p.parse_args(argv)
+    bound_kernel_caches()  # as `aiayn train` does, before the first bf16 matmul: time what training runs
     device = setup(args)
     data_dir = find_data(args.data)
     report = Reporter("train", device, args.threads)

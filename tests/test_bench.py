@@ -181,3 +181,33 @@ def test_load_bench_serves_a_short_load_without_errors():
     assert record["latency_p50_ms"] <= record["latency_p99_ms"]
     assert record["rss_peak_mb"] >= record["rss_end_mb"] > 0 and record["rss_peak_mb"] >= record["rss_loaded_mb"]
     assert "5xx answers" in done.stderr
+
+
+def test_memory_bench_samples_a_short_training_run(tmp_path):
+    """bench.memory on a toy folder, a few seconds of the tiny preset per precision: one JSON line
+    each, with the updates made and RSS figures in order, and the table."""
+    from toydata import make_toy_data
+
+    data = make_toy_data(tmp_path / "toy", pairs=600)
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "bench.memory", "--data", str(data), "--preset", "tiny"),
+            *("--minutes", "0.05", "--interval", "0.2", "--threads", "1", "--precisions", "fp32,bf16"),
+            *("--set", "valid_bleu_sentences=0", "--work", str(tmp_path / "runs")),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [json.loads(line) for line in done.stdout.splitlines()]  # nothing but JSON lines on stdout
+    assert [(r["bench"], r["precision"], r["chosen"]) for r in rows] == [
+        ("train-memory", "fp32", "fp32"),
+        ("train-memory", "bf16", "bf16"),
+    ]
+    for r in rows:
+        assert r["updates"] > 0 and r["samples"] >= 1 and r["threads"] == 1
+        assert 0 < r["rss_start_mb"] <= r["rss_peak_mb"] and r["rss_p50_mb"] <= r["rss_peak_mb"]
+        assert 0 < r["rss_final_mb"] <= r["rss_peak_mb"] and r["rss_trace"][-1][1] > 0
+    assert "RSS start" in done.stderr  # the table

@@ -286,3 +286,15 @@ def test_time_budget_progress_and_tail_marks():
     assert budget_progress(100, 25.0, t) == 1.0
     assert tail_marks(0.1, 5) == pytest.approx([0.9, 0.925, 0.95, 0.975])
     assert tail_marks(0.0, 5) == [] and tail_marks(0.1, 1) == []
+
+
+def test_kernel_caches_are_bounded_unless_the_user_set_them(monkeypatch):
+    """bf16 on a CPU: oneDNN kernels made per batch shape must not pile up (docs/performance.md)."""
+    from aiayn.kernel_caches import LIMITS, bound_kernel_caches
+
+    for name in LIMITS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LRU_CACHE_CAPACITY", "3")
+    bound_kernel_caches()
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == LIMITS["ONEDNN_PRIMITIVE_CACHE_CAPACITY"]
+    assert os.environ["LRU_CACHE_CAPACITY"] == "3" and int(LIMITS["ONEDNN_PRIMITIVE_CACHE_CAPACITY"]) <= 64

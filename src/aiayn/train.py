@@ -25,6 +25,7 @@ from aiayn import checkpoint as ckpt
 from aiayn.batching import BatchStream, fixed_batches, tokenized_split
 from aiayn.config import AiaynError, Config, apply_override, from_dict, load_config
 from aiayn.evaluate import model_bleu
+from aiayn.kernel_caches import bound_kernel_caches
 from aiayn.model import count_parameters
 from aiayn.runlog import MetricsLog, RateMeter
 from aiayn.runtime import Runtime, rng_state, set_rng_state, setup_runtime
@@ -296,6 +297,8 @@ def train(
     data_dir = Path(data_dir)
     if not (data_dir / "spm.model").is_file():
         raise AiaynError(f"{data_dir}: not a prepared data folder (no spm.model); run `aiayn prepare` first")
+    # Before the first bf16 matmul (the precision probe's): later, oneDNN's caches are already sized.
+    bound_kernel_caches()
     runtime = setup_runtime(cfg.train.threads)
     if runtime.is_main and not resume:
         prepare_run_dir(cfg, data_dir, run_dir)
