@@ -115,9 +115,15 @@ def rate_stats(work: float, times: list[float]) -> dict[str, float]:
     return {"median": statistics.median(rates), "min": min(rates), "max": max(rates), "reps": len(times)}
 
 
-def _rss_kib(field: str) -> int:
-    status = Path("/proc/self/status").read_text()
-    return int(re.search(rf"^{field}:\s+(\d+) kB", status, re.MULTILINE).group(1))
+def status_kib(field: str, pid: int | str = "self") -> int | None:
+    """A memory field of /proc/PID/status (VmRSS, VmHWM) in KiB; None when the process is gone
+    or has no such line (a zombie, exited and not yet reaped, has none)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    found = re.search(rf"^{field}:\s+(\d+) kB", status, re.MULTILINE)
+    return int(found.group(1)) if found else None
 
 
 class PeakMemory:
@@ -143,7 +149,7 @@ class PeakMemory:
             pass
         try:
             Path("/proc/self/clear_refs").write_text("5")
-            self.start = _rss_kib("VmRSS") * 1024
+            self.start = status_kib("VmRSS") * 1024
         except OSError:
             self.start = None
         return self
@@ -152,7 +158,7 @@ class PeakMemory:
         if self.device.type == "cuda":
             peak = torch.cuda.max_memory_allocated(self.device)
         elif self.start is not None:
-            peak = _rss_kib("VmHWM") * 1024
+            peak = status_kib("VmHWM") * 1024
         else:
             return
         self.peak_mb, self.added_mb = peak / 2**20, (peak - self.start) / 2**20

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from aiayn.config import AiaynError
-from bench.common import Reporter, run_main
+from bench.common import Reporter, run_main, status_kib
 
 WORDS = "en el principio creo dios los cielos y la tierra luz agua noche dia mar".split()
 DEEP = 30_000
@@ -168,8 +168,7 @@ class Server:
         self.port = int(found.group(1))
 
     def memory_mb(self, field: str) -> float:
-        status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        return int(re.search(rf"^{field}:\s+(\d+) kB", status, re.MULTILINE).group(1)) / 1024
+        return status_kib(field, self.proc.pid) / 1024
 
     def stop(self) -> None:
         self.proc.terminate()

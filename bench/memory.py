@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from aiayn.config import AiaynError
-from bench.common import Reporter, find_data, run_main
+from bench.common import Reporter, find_data, run_main, status_kib
 
 START_LINE = re.compile(r"aiayn: [\d,]+ parameters")  # printed by Trainer.run before the first update
 
@@ -54,21 +54,12 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _vmrss_kib(pid: int) -> int | None:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    found = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
-    return int(found.group(1)) if found else None  # a zombie (exited, not yet reaped) has none
-
-
 def rss_mb(pid: int) -> float | None:
     """Resident set of ``pid`` and its children in MB; None once ``pid`` has exited."""
-    own = _vmrss_kib(pid)
+    own = status_kib("VmRSS", pid)
     if own is None:
         return None
-    return (own + sum(_vmrss_kib(child) or 0 for child in _children(pid))) / 1024
+    return (own + sum(status_kib("VmRSS", child) or 0 for child in _children(pid))) / 1024
 
 
 class Watched:
