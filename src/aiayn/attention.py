@@ -39,13 +39,20 @@ def causal_mask(t_q: int, t_k: int, device: torch.device | None = None) -> Tenso
     return k <= q + (t_k - t_q)
 
 
+# A decoding step has one query per row (beams folded into queries: beam of them). With so few
+# queries the fused CPU kernel's blocking saves nothing and its per-block overhead dominates: the
+# explicit path measured 1.4–2.7× faster there (docs/performance.md).
+FEW_QUERIES = 8
+
+
 class ScaledDotProductAttention(nn.Module):
     """Eq. 1: Attention(Q, K, V) = softmax(Q Kᵀ / √d_k) V.
 
     Uses PyTorch's fused kernel unless the weights are asked for, or the inputs are bf16 on a
     CPU, where the fused kernel's backward measured 4× slower than the explicit path at
-    sentence lengths (bench/, docs/performance.md). The explicit path computes softmax in
-    float32 and can return the weights (B, H, T_q, T_k).
+    sentence lengths (bench/, docs/performance.md), or a CPU decoding step has at most
+    ``FEW_QUERIES`` queries. The explicit path computes softmax in float32 and can return the
+    weights (B, H, T_q, T_k).
     """
 
     def forward(
@@ -59,7 +66,12 @@ class ScaledDotProductAttention(nn.Module):
         need_weights: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
         t_q, t_k = q.size(-2), k.size(-2)
-        explicit = need_weights or (q.device.type == "cpu" and q.dtype == torch.bfloat16)
+        cpu = q.device.type == "cpu"
+        explicit = (
+            need_weights
+            or (cpu and q.dtype == torch.bfloat16)
+            or (cpu and t_q <= FEW_QUERIES and not torch.is_grad_enabled())
+        )
         if is_causal and (explicit or mask is not None or t_q != t_k):
             # The fused kernel's own causal mask is top-left aligned and cannot be combined with
             # attn_mask (docs/pitfalls.md: "Causal alignment"): merge a bottom-right one instead.

@@ -207,7 +207,10 @@ class Transformer(nn.Module):
         """Project the encoder output once for every decoder layer's cross-attention, and allocate
         self-attention buffers for ``capacity`` positions (a search passes its step limit, so
         that they never grow; without it they grow by doubling)."""
-        return DecoderCache.start(self.decoder.project_memory(memory), padding_mask(src_mask), capacity=capacity)
+        # Contiguous (B, H, S, d): a decoding step's attention then reads each head's keys and values
+        # in place, where the strided view of the projection would be copied at every step.
+        cross_kv = tuple((k.contiguous(), v.contiguous()) for k, v in self.decoder.project_memory(memory))
+        return DecoderCache.start(cross_kv, padding_mask(src_mask), capacity=capacity)
 
     def decode(
         self,

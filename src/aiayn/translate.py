@@ -32,7 +32,7 @@ from aiayn.checkpoint import load_for_inference
 from aiayn.config import BOS_ID, EOS_ID, PAD_ID, AiaynError, Config, from_dict
 from aiayn.corpus import read_lines
 from aiayn.model import Transformer
-from aiayn.quantize import check_quantization, quantize_model
+from aiayn.quantize import check_quantization, pack_model, quantize_model
 from aiayn.runtime import resolve_device
 from aiayn.search import Hypothesis
 from aiayn.tokenizer import Tokenizer
@@ -92,7 +92,9 @@ class Translator:
         *,
         quantize: str | None = None,
     ):
-        """``quantize="int8"``: translate with an int8 copy of ``model`` (aiayn.quantize; CPU only)."""
+        """``quantize="int8"``: translate with an int8 copy of ``model`` (aiayn.quantize; CPU only).
+        The model's weights are read now: a ``Translator`` made before further training would
+        translate with the old int8 weights (a float32 one notices and reads the new ones)."""
         if tokenizer.vocab_size > config.model.vocab_size:
             raise AiaynError(
                 f"tokenizer has {tokenizer.vocab_size} pieces but the model only "
@@ -102,6 +104,8 @@ class Translator:
         if quantize is not None:
             check_quantization(quantize, self.device)
             model = quantize_model(model, quantize)
+        else:  # float32 on a CPU: the linear weights converted once for oneDNN (aiayn.quantize)
+            model = pack_model(model.to(self.device))
         self.model = model.to(self.device)
         self.tokenizer = tokenizer
         self.config = config
