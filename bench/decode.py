@@ -9,6 +9,9 @@ CTranslate2 model from them, loaded in fp32 and int8; tests/test_export.py check
 compute aiayn's function. aiayn itself runs in float32 and, with ``--quantize int8``'s
 ``Translator``, with int8 linear layers.
 
+Each system is built and timed in a fresh process of its own, as a user would run it: see
+``measure_isolated`` for why sharing one process would distort the ratios.
+
 Every model is measured on synthetic sources with every output forced to the same length (EOS
 banned until then): random weights give degenerate lengths, and equal lengths make the figure a
 time per generated token for equal work. A trained model (``--model``, default ``runs/demo`` when
@@ -21,8 +24,10 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
+import multiprocessing
 import tempfile
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -183,63 +188,114 @@ def ct2_system(translator: Any, cfg: Config) -> System:
 
 @dataclass
 class Subject:
-    """The model under test, where it came from, and its workloads: name -> (aiayn's Translator
-    for it, the sources every system translates)."""
+    """The model under test, where a process finds it, and its workloads. Picklable: every system
+    is built and timed in a fresh process of its own (``measure_isolated``)."""
 
-    model: Transformer
     cfg: Config
     label: str
-    workloads: dict[str, tuple[Translator, Workload]]
+    source: Path  # a trained run folder or checkpoint, or the saved random weights of preset ``cfg``
+    trained: bool
+    ct2_dir: Path  # the same weights converted for CTranslate2
+    workloads: dict[str, Workload]
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One system to measure, as the process that times it builds it."""
+
+    label: str
+    kind: str  # "aiayn", "marian" or "ctranslate2"
+    option: str | None = None  # aiayn: "int8"; marian: "bf16" (autocast); ctranslate2: the compute type
+    stop: str | None = None  # aiayn's stopping rule (None: the model's own)
 
 
 def load_subject(
-    name: str, model_path: str | None, data_dir: Path | None, args: argparse.Namespace, device: torch.device
+    name: str, model_path: str | None, data_dir: Path | None, args: argparse.Namespace, work_dir: Path
 ) -> Subject:
-    """The trained model at ``model_path``, or a random one of preset ``name``. Every model gets
-    the forced-length workload (time per token at equal lengths, whatever the weights); a trained
-    one also translates Bible test verses at the lengths each system chooses."""
-    translator = None
+    """The trained model at ``model_path``, or a random one of preset ``name`` (saved under
+    ``work_dir``). Every model gets the forced-length workload (time per token at equal lengths,
+    whatever the weights); a trained one also translates Bible test verses at the lengths each
+    system chooses. The CTranslate2 conversion is written under ``work_dir``."""
     if model_path is None:
         cfg = preset_config(name)
         torch.manual_seed(0)
-        model, label = Transformer(cfg.model).to(device).eval(), "random weights"
+        model, label, source = Transformer(cfg.model).eval(), "random weights", work_dir / "weights.pt"
+        torch.save(model.state_dict(), source)
     else:
-        translator = Translator.load(model_path, device)
-        model, cfg, label = translator.model.eval(), translator.config, f"trained ({model_path})"
+        translator = Translator.load(model_path, "cpu")
+        model, cfg, label, source = translator.model, translator.config, f"trained ({model_path})", Path(model_path)
     length = 8 if args.quick else FORCED_LEN
-    workloads = {
-        f"synthetic, forced length {length}": (
-            forced_translator(model, cfg, length, length, device),
-            synthetic_workload(BATCH, cfg.model.vocab_size, length, length),
-        )
-    }
-    if translator is not None:
+    workloads = {f"synthetic, forced length {length}": synthetic_workload(BATCH, cfg.model.vocab_size, length, length)}
+    if model_path is not None:
         if data_dir is None:
             raise AiaynError(f"--model {model_path}: no Bible test sentences; pass --data DIR (from `aiayn prepare`)")
         from aiayn.corpus import read_split
 
         lines = [line for line in read_split(data_dir, "test")[0] if line.strip()][:BATCH]
         rows = [source_row(x, cfg.model.max_len) for x in translator.tokenizer.encode_batch(lines)]
-        workloads["bible test, own lengths"] = (translator, Workload(lines, rows, None))
-    return Subject(model, cfg, label, workloads)
+        workloads["bible test, own lengths"] = Workload(lines, rows, None)
+    ct2_dir = ct2_from_aiayn(model, work_dir / "ct2")
+    return Subject(cfg, label, source, model_path is not None, ct2_dir, workloads)
 
 
-def peer_systems(subject: Subject, device: torch.device, threads: int, work_dir: Path) -> dict[str, System]:
-    """Hugging Face Marian and CTranslate2 (fp32, int8; on CUDA also bf16), holding aiayn's weights."""
-    import ctranslate2
+def aiayn_translator(subject: Subject, w: Workload, device: torch.device) -> Translator:
+    """aiayn's Translator for workload ``w``: the trained model with its own decoding settings, or the
+    random one with every output forced to ``w.forced`` tokens."""
+    if subject.trained and not w.forced:
+        return Translator.load(subject.source, device)
+    if subject.trained:
+        model = Translator.load(subject.source, device).model
+    else:
+        model = Transformer(subject.cfg.model)
+        model.load_state_dict(torch.load(subject.source, weights_only=True))
+    return forced_translator(model.to(device).eval(), subject.cfg, len(w.rows[0]), w.forced, device)
 
-    marian = marian_from_aiayn(subject.model).to(device)
-    ct2_dir = ct2_from_aiayn(subject.model, work_dir / "ct2")
-    found = {"transformers Marian": hf_system(marian, subject.cfg, device, None)}
+
+def build_system(spec: Spec, subject: Subject, w: Workload, device: torch.device) -> System:
+    """``spec``'s system for workload ``w``, built in the process that will time it."""
+    if spec.kind == "ctranslate2":
+        import ctranslate2
+
+        translator = ctranslate2.Translator(
+            str(subject.ct2_dir),
+            device=device.type,
+            compute_type=spec.option,
+            intra_threads=torch.get_num_threads(),
+            inter_threads=1,
+        )
+        return ct2_system(translator, subject.cfg)
+    translator = aiayn_translator(subject, w, device)
+    if spec.kind == "marian":
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        autocast = torch.bfloat16 if spec.option == "bf16" else None
+        return hf_system(marian_from_aiayn(translator.model).to(device), subject.cfg, device, autocast)
+    if spec.option == "int8":
+        translator = int8(translator)
+    return aiayn_system(translator, torch.bfloat16 if spec.option == "bf16" else None, spec.stop)
+
+
+def specs(device: torch.device) -> list[Spec]:
+    """aiayn's variants first (the speedups of later lines refer to them), then the peers:
+    Hugging Face Marian and CTranslate2 (fp32, int8; on CUDA also bf16)."""
+    found = [Spec("aiayn", "aiayn")]
+    if device.type == "cuda":
+        found.append(Spec("aiayn bf16", "aiayn", "bf16"))  # under autocast
+    else:
+        found.append(Spec("aiayn int8", "aiayn", "int8"))
+    found.append(Spec("aiayn" + FINISHED, "aiayn", stop="finished"))
+    if device.type == "cpu":
+        found.append(Spec("aiayn int8" + FINISHED, "aiayn", "int8", stop="finished"))
+    found.append(Spec("transformers Marian", "marian"))
     compute_types = {"fp32": "float32", "int8": "int8"}
     if device.type == "cuda":  # where bf16 is native; Marian under autocast
-        found["transformers Marian bf16"] = hf_system(marian, subject.cfg, device, torch.bfloat16)
+        found.append(Spec("transformers Marian bf16", "marian", "bf16"))
         compute_types = {"fp32": "float32", "int8": "int8_float32", "bf16": "bfloat16"}
-    for label, compute_type in compute_types.items():
-        ct2 = ctranslate2.Translator(
-            str(ct2_dir), device=device.type, compute_type=compute_type, intra_threads=threads, inter_threads=1
-        )
-        found[f"ctranslate2 {label}"] = ct2_system(ct2, subject.cfg)
+    found += [
+        Spec(f"ctranslate2 {label}", "ctranslate2", compute_type) for label, compute_type in compute_types.items()
+    ]
     return found
 
 
@@ -247,51 +303,88 @@ def subset(w: Workload, n: int) -> Workload:
     return Workload(w.lines[:n], w.rows[:n], w.forced)
 
 
-def measure(
-    report: Reporter,
-    impls: dict[str, System],
-    w: Workload,
-    batch: int,
-    search: str,
-    beam: int,
-    args: argparse.Namespace,
-    device: torch.device,
-    **extra: Any,
+Job = tuple[int, int, int]  # (batch size, beam, sentences)
+
+
+def _measure_here(
+    spec: Spec, subject: Subject, w: Workload, jobs: list[Job], reps: int, threads: int, device_type: str
+) -> list[tuple[list[int], list[float]]]:
+    """In the child process: build the system, then per job the output lengths (from an untimed
+    warm-up run) and ``reps`` timings."""
+    torch.set_num_threads(threads)
+    device = torch.device(device_type)
+    run = build_system(spec, subject, w, device)
+    results = []
+    for batch, beam, n in jobs:
+        part = subset(w, n)
+        lengths = run(part, batch, beam)
+        results.append((lengths, repeat(functools.partial(run, part, batch, beam), reps, device, warmup=0)))
+    return results
+
+
+def measure_isolated(
+    spec: Spec, subject: Subject, w: Workload, jobs: list[Job], args: argparse.Namespace, device: torch.device
+) -> list[tuple[list[int], list[float]]]:
+    """``_measure_here`` in a fresh process. Two OpenMP runtimes in one process slow each other
+    down: CTranslate2 brings its own, and on the development machine it ran at half speed once
+    PyTorch had run a two-thread operator, while a live CTranslate2 translator made PyTorch's
+    operators 1.2–2× slower (docs/performance.md). A user runs one of them per process."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(_measure_here, spec, subject, w, jobs, args.reps, args.threads, device.type).result()
+
+
+def measure_workload(
+    report: Reporter, subject: Subject, data: str, args: argparse.Namespace, device: torch.device
 ) -> None:
-    """Time every implementation on ``w`` and emit one line each; the speedups are the rates of
-    aiayn's variants (float32, int8; each with the default stopping rule and with CTranslate2's,
-    ``FINISHED``) over the line's. The first (warm-up) run also gives the output lengths."""
-    ours: dict[str, dict] = {}
-    for label, run in impls.items():
-        if beam == 1 and label.endswith(FINISHED):  # greedy search has no stopping rule to choose
-            continue
-        lengths = run(w, batch, beam)
-        times = repeat(functools.partial(run, w, batch, beam), args.reps, device, warmup=0)
-        tokens = sum(lengths)
-        stats = rate_stats(tokens, times)
-        if label.startswith("aiayn"):
-            ours[label] = stats
-        rate = stats["median"] or None  # a barely trained model may emit only empty outputs
-        speedups = {
-            variant.replace(FINISHED, " finished").replace(" ", "_") + "_speedup": ours[variant]["median"] / rate
-            for variant in ours
-            if rate and not label.startswith("aiayn")
-        }
-        report.emit(
-            impl=label,
-            batch=batch,
-            search=search,
-            **stats,
-            unit="tgt tokens/s",
-            **speedups,
-            ms_per_token=rate and 1e3 / rate,
-            sentences=len(w.rows),
-            sentences_per_s=rate_stats(len(w.rows), times)["median"],
-            output_tokens=tokens,
-            mean_output_len=tokens / len(w.rows),
-            forced_len=w.forced,
-            **extra,
-        )
+    """Every system on workload ``data``, greedy and beam 4, one sentence at a time and batch 32; one
+    line per system and case. The speedups are the rates of aiayn's variants (float32, int8; each
+    with the default stopping rule and with CTranslate2's, ``FINISHED``) over the line's."""
+    w = subject.workloads[data]
+    cases = [
+        (search, batch, beam, n)
+        for search, beam in SEARCHES
+        for batch, n in ((1, 2 if args.quick else SINGLE), (BATCH, len(w.rows)))
+    ]
+    results: dict[tuple[str, int, int], tuple[list[int], list[float]]] = {}
+    systems = specs(device)
+    for spec in systems:
+        mine = [case for case in cases if not (case[2] == 1 and spec.label.endswith(FINISHED))]  # greedy: no rule
+        found = measure_isolated(spec, subject, w, [(batch, beam, n) for _, batch, beam, n in mine], args, device)
+        results.update({(spec.label, batch, beam): r for (_, batch, beam, _), r in zip(mine, found)})
+    extra = {"preset": subject.cfg.preset, "model": subject.label, "data": data, "vocab": subject.cfg.model.vocab_size}
+    for search, batch, beam, n in cases:
+        ours: dict[str, dict] = {}
+        for spec in systems:
+            if (spec.label, batch, beam) not in results:
+                continue
+            lengths, times = results[(spec.label, batch, beam)]
+            tokens = sum(lengths)
+            stats = rate_stats(tokens, times)
+            if spec.kind == "aiayn":
+                ours[spec.label] = stats
+            rate = stats["median"] or None  # a barely trained model may emit only empty outputs
+            speedups = {
+                variant.replace(FINISHED, " finished").replace(" ", "_") + "_speedup": ours[variant]["median"] / rate
+                for variant in ours
+                if rate and spec.kind != "aiayn"
+            }
+            report.emit(
+                impl=spec.label,
+                batch=batch,
+                search=search,
+                **stats,
+                unit="tgt tokens/s",
+                **speedups,
+                ms_per_token=rate and 1e3 / rate,
+                sentences=n,
+                sentences_per_s=rate_stats(n, times)["median"],
+                output_tokens=tokens,
+                mean_output_len=tokens / n,
+                forced_len=w.forced,
+                isolated=True,
+                **extra,
+            )
 
 
 def int8(translator: Translator) -> Translator:
@@ -329,7 +422,7 @@ def int8_quality(report: Reporter, translator: Translator, data_dir: Path, args:
     )
 
 
-def growth(report: Reporter, subject: Subject, preset: str, args: argparse.Namespace, device: torch.device) -> None:
+def growth(report: Reporter, subject: Subject, args: argparse.Namespace, device: torch.device) -> None:
     """aiayn's time per generated token as outputs grow (greedy, forced lengths, 16-token
     sources): with the KV cache a step costs about the same at position 16 and 256."""
     lengths = (16, 64) if args.quick else GROWTH_LENGTHS
@@ -337,13 +430,13 @@ def growth(report: Reporter, subject: Subject, preset: str, args: argparse.Names
         first = None
         for out_len in lengths:
             w = synthetic_workload(n, subject.cfg.model.vocab_size, 16, out_len, seed=1)
-            run = aiayn_system(forced_translator(subject.model, subject.cfg, 16, out_len, device), None)
+            run = aiayn_system(aiayn_translator(subject, w, device), None)
             stats = rate_stats(n * out_len, repeat(functools.partial(run, w, batch, 1), args.reps, device))
             first = first or stats["median"]
             report.emit(
                 bench="decode-growth",
                 impl="aiayn",
-                preset=preset,
+                preset=subject.cfg.preset,
                 batch=batch,
                 search="greedy",
                 **stats,
@@ -362,60 +455,35 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = p.parse_args(argv)
     device = setup(args)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
     report = Reporter("decode", device, args.threads)
     model_path = args.model or (DEMO if Path(DEMO).is_dir() and not args.quick else None)
     data_dir = find_data(args.data)
     for name in ["trained"] if model_path else presets(args):
-        subject = load_subject(name, model_path, data_dir, args, device)
-        preset = subject.cfg.preset
         with tempfile.TemporaryDirectory() as tmp:
-            peers = peer_systems(subject, device, args.threads, Path(tmp))
-            for data, (translator, workload) in subject.workloads.items():
-                impls = {"aiayn": aiayn_system(translator, None)}
-                if device.type == "cuda":
-                    impls["aiayn bf16"] = aiayn_system(translator, torch.bfloat16)
-                else:
-                    impls["aiayn int8"] = aiayn_system(int8(translator), None)
-                impls["aiayn" + FINISHED] = aiayn_system(translator, None, "finished")
-                if device.type == "cpu":
-                    impls["aiayn int8" + FINISHED] = aiayn_system(int8(translator), None, "finished")
-                impls.update(peers)
-                extra = {"preset": preset, "model": subject.label, "data": data, "vocab": subject.cfg.model.vocab_size}
-                for search, beam in SEARCHES:
-                    measure(
-                        report,
-                        impls,
-                        subset(workload, 2 if args.quick else SINGLE),
-                        1,
-                        search,
-                        beam,
-                        args,
-                        device,
-                        **extra,
-                    )
-                    measure(report, impls, workload, BATCH, search, beam, args, device, **extra)
-            if "bible test, own lengths" in subject.workloads and device.type == "cpu":
-                int8_quality(report, subject.workloads["bible test, own lengths"][0], data_dir, args)
-        growth(report, subject, preset, args, device)
-        if args.profile:
-            translator, workload = next(iter(subject.workloads.values()))
-            run = aiayn_system(translator, None)
-            top = profile_top(
-                functools.partial(run, workload, BATCH, 4), device, f"aiayn beam 4, batch {BATCH}, {preset}"
-            )
-            report.emit(
-                bench="decode-profile",
-                impl="aiayn",
-                preset=preset,
-                batch=BATCH,
-                search="beam 4",
-                top_ops=top,
-                model=subject.label,
-            )
+            subject = load_subject(name, model_path, data_dir, args, Path(tmp))
+            for data in subject.workloads:
+                measure_workload(report, subject, data, args, device)
+            bible = subject.workloads.get("bible test, own lengths")
+            if bible is not None and device.type == "cpu":
+                int8_quality(report, aiayn_translator(subject, bible, device), data_dir, args)
+            growth(report, subject, args, device)
+            if args.profile:
+                workload = bible or next(iter(subject.workloads.values()))
+                run = aiayn_system(aiayn_translator(subject, workload, device), None)
+                top = profile_top(
+                    functools.partial(run, workload, BATCH, 4),
+                    device,
+                    f"aiayn beam 4, batch {BATCH}, {subject.cfg.preset}",
+                )
+                report.emit(
+                    bench="decode-profile",
+                    impl="aiayn",
+                    preset=subject.cfg.preset,
+                    batch=BATCH,
+                    search="beam 4",
+                    top_ops=top,
+                    model=subject.label,
+                )
     report.summary(
         extra=("search", "data", "aiayn_int8_speedup", "aiayn_finished_speedup", "ms_per_token", "mean_output_len")
     )
