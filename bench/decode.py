@@ -9,8 +9,9 @@ CTranslate2 model from them, loaded in fp32 and int8; tests/test_export.py check
 compute aiayn's function. aiayn itself runs in float32 and, with ``--quantize int8``'s
 ``Translator``, with int8 linear layers.
 
-Each system is built and timed in a fresh process of its own, as a user would run it: see
-``measure_isolated`` for why sharing one process would distort the ratios.
+Each system is built and timed in a fresh process of its own, as a user would run it (see
+``measure_isolated`` for why sharing one process would distort the ratios), with ``--threads``
+threads and with one, and is credited with the faster (``impl_threads``: ``measure_best``).
 
 Every model is measured on synthetic sources with every output forced to the same length (EOS
 banned until then): random weights give degenerate lengths, and equal lengths make the figure a
@@ -25,6 +26,7 @@ import argparse
 import copy
 import functools
 import multiprocessing
+import statistics
 import tempfile
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -323,15 +325,36 @@ def _measure_here(
 
 
 def measure_isolated(
-    spec: Spec, subject: Subject, w: Workload, jobs: list[Job], args: argparse.Namespace, device: torch.device
+    spec: Spec,
+    subject: Subject,
+    w: Workload,
+    jobs: list[Job],
+    threads: int,
+    args: argparse.Namespace,
+    device: torch.device,
 ) -> list[tuple[list[int], list[float]]]:
     """``_measure_here`` in a fresh process. Two OpenMP runtimes in one process slow each other
-    down: CTranslate2 brings its own, and on the development machine it ran at half speed once
+    down: CTranslate2 brings its own, and on the development machine it ran 2–8× slower once
     PyTorch had run a two-thread operator, while a live CTranslate2 translator made PyTorch's
     operators 1.2–2× slower (docs/performance.md). A user runs one of them per process."""
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        return pool.submit(_measure_here, spec, subject, w, jobs, args.reps, args.threads, device.type).result()
+        return pool.submit(_measure_here, spec, subject, w, jobs, args.reps, threads, device.type).result()
+
+
+def measure_best(
+    spec: Spec, subject: Subject, w: Workload, jobs: list[Job], args: argparse.Namespace, device: torch.device
+) -> list[tuple[list[int], list[float], int]]:
+    """Per job, the faster (median) of ``--threads`` threads and one thread, and that thread count:
+    a system is credited with the setting its user would pick. On the 2-core development machine
+    CTranslate2's int8 ran 2–10× faster on one thread than on two (docs/performance.md)."""
+    counts = [args.threads] + ([1] if args.threads > 1 and device.type == "cpu" else [])
+    runs = {t: measure_isolated(spec, subject, w, jobs, t, args, device) for t in counts}
+    best = []
+    for i in range(len(jobs)):
+        t = min(counts, key=lambda t: statistics.median(runs[t][i][1]))
+        best.append((*runs[t][i], t))
+    return best
 
 
 def measure_workload(
@@ -346,11 +369,11 @@ def measure_workload(
         for search, beam in SEARCHES
         for batch, n in ((1, 2 if args.quick else SINGLE), (BATCH, len(w.rows)))
     ]
-    results: dict[tuple[str, int, int], tuple[list[int], list[float]]] = {}
+    results: dict[tuple[str, int, int], tuple[list[int], list[float], int]] = {}
     systems = specs(device)
     for spec in systems:
         mine = [case for case in cases if not (case[2] == 1 and spec.label.endswith(FINISHED))]  # greedy: no rule
-        found = measure_isolated(spec, subject, w, [(batch, beam, n) for _, batch, beam, n in mine], args, device)
+        found = measure_best(spec, subject, w, [(batch, beam, n) for _, batch, beam, n in mine], args, device)
         results.update({(spec.label, batch, beam): r for (_, batch, beam, _), r in zip(mine, found)})
     extra = {"preset": subject.cfg.preset, "model": subject.label, "data": data, "vocab": subject.cfg.model.vocab_size}
     for search, batch, beam, n in cases:
@@ -358,7 +381,7 @@ def measure_workload(
         for spec in systems:
             if (spec.label, batch, beam) not in results:
                 continue
-            lengths, times = results[(spec.label, batch, beam)]
+            lengths, times, threads = results[(spec.label, batch, beam)]
             tokens = sum(lengths)
             stats = rate_stats(tokens, times)
             if spec.kind == "aiayn":
@@ -383,6 +406,7 @@ def measure_workload(
                 mean_output_len=tokens / n,
                 forced_len=w.forced,
                 isolated=True,
+                impl_threads=threads,
                 **extra,
             )
 
@@ -485,7 +509,15 @@ def main(argv: list[str] | None = None) -> None:
                     model=subject.label,
                 )
     report.summary(
-        extra=("search", "data", "aiayn_int8_speedup", "aiayn_finished_speedup", "ms_per_token", "mean_output_len")
+        extra=(
+            "search",
+            "data",
+            "impl_threads",
+            "aiayn_int8_speedup",
+            "aiayn_finished_speedup",
+            "ms_per_token",
+            "mean_output_len",
+        )
     )
 
 

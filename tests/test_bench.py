@@ -80,6 +80,7 @@ def test_decode_quick_emits_json_lines_with_equal_forced_lengths():
     assert {(r["search"], r["batch"]) for r in decode} == {("greedy", 1), ("greedy", 32), ("beam 4", 1), ("beam 4", 32)}
     # random weights: every system is forced to the same number of output tokens
     assert all(r["mean_output_len"] == r["forced_len"] == 8 for r in decode)
+    assert all(r["isolated"] and r["impl_threads"] == 1 for r in decode)  # --threads 1: nothing else to try
     growth = [r for r in lines if r["bench"] == "decode-growth"]
     assert [r["output_len"] for r in growth] == [16, 64]
 
