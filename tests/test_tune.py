@@ -151,6 +151,25 @@ def test_tune_decoding_picks_the_best_on_valid_and_translate_uses_it(trained, mo
     assert (plain.beam_size, plain.length_penalty, plain.alpha) == (4, "gnmt", 0.6)
 
 
+def test_tune_decoding_reports_both_stopping_rules(trained):
+    """At the chosen beam setting, both rules are scored and timed, and the default rule's BLEU is
+    the grid's; greedy search gets no comparison."""
+    data, run = trained
+    found = tune.tune_decoding(
+        run, data=data, beams=(3,), penalties=("fairseq",), alphas=(1.0,), sentences=40, write=False, log=lambda _: None
+    )
+    stops = found["stops"]
+    assert set(stops) == {"bound", "finished"}
+    assert stops["bound"]["bleu"] == found["grid"][0]["bleu"] == found["valid_bleu"]
+    assert all(r["seconds"] > 0 and 0 <= r["bleu"] <= 100 for r in stops.values())
+    line = tune.format_stops(stops)
+    assert "bound (the default)" in line and "--stop finished" in line
+    greedy = tune.tune_decoding(
+        run, data=data, beams=(1,), penalties=("none",), alphas=(0.0,), sentences=10, write=False, log=lambda _: None
+    )
+    assert greedy["stops"] is None  # greedy search has no stopping rule to choose
+
+
 def test_tune_decoding_errors_are_one_line(trained, tmp_path, capsys):
     data, run = trained
     for args, fragment in (

@@ -7,14 +7,16 @@ same for every run it trains, because the best settings move with the corpus and
     aiayn average RUN --last 5      averaged.pt = the average, or the last checkpoint if that
                                     scores higher on valid (the choice is printed and saved)
     aiayn tune-decoding --model RUN sweeps beam size × length penalty on valid, prints the
-                                    grid, and writes RUN/decoding.json, which translate,
-                                    evaluate and serve then use
+                                    grid and what the faster stopping rule would cost, and
+                                    writes RUN/decoding.json, which translate, evaluate and
+                                    serve then use
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from aiayn.checkpoint import DECODING_FILE, resolve_model_path
 from aiayn.config import TUNE_ALPHAS, TUNE_BEAMS, TUNE_PENALTIES, TUNE_SENTENCES, AiaynError
 from aiayn.corpus import read_split
 from aiayn.evaluate import corpus_scores
+from aiayn.search import STOPS
 from aiayn.translate import Translator
 
 
@@ -183,6 +186,17 @@ def tune_decoding(
         key=lambda r: (r["bleu"], -r["beam_size"], Setting(r["beam_size"], r["length_penalty"], r["alpha"]) == paper),
     )
     log(format_grid(rows, best))
+    stops = None
+    if best["beam_size"] > 1:
+        stops = compare_stops(
+            translator,
+            src,
+            ref,
+            beam_size=best["beam_size"],
+            alpha=best["alpha"],
+            length_penalty=best["length_penalty"],
+        )
+        log(format_stops(stops))
     result = {
         "beam_size": best["beam_size"],
         "length_penalty": best["length_penalty"],
@@ -191,6 +205,7 @@ def tune_decoding(
         "valid_sentences": len(src),
         "model": str(model_path),
         "grid": rows,
+        "stops": stops,
     }
     if write:
         (run_dir / DECODING_FILE).write_text(json.dumps(result, indent=2) + "\n")
@@ -199,6 +214,27 @@ def tune_decoding(
             f"{best['beam_size']}, {best['length_penalty']} length penalty α = {best['alpha']}"
         )
     return result
+
+
+def compare_stops(translator: Any, sources: list[str], references: list[str], **setting: Any) -> dict[str, dict]:
+    """The chosen beam setting under each stopping rule (``search.STOPS``), timed on valid: what
+    ``stop=finished`` (fairseq's and CTranslate2's rule) gives up for its speed on this run."""
+    found = {}
+    for stop in STOPS:
+        start = time.perf_counter()
+        found[stop] = score(translator, sources, references, stop=stop, **setting)
+        found[stop]["seconds"] = round(time.perf_counter() - start, 2)
+    return found
+
+
+def format_stops(stops: dict[str, dict]) -> str:
+    bound, finished = stops["bound"], stops["finished"]
+    return (
+        f"stopping rule at this setting: bound (the default) BLEU {bound['bleu']:.2f} in {bound['seconds']:.1f} s, "
+        f"finished BLEU {finished['bleu']:.2f} ({finished['bleu'] - bound['bleu']:+.2f}) in "
+        f"{finished['seconds']:.1f} s ({bound['seconds'] / max(finished['seconds'], 1e-9):.1f}× faster); "
+        f"--stop finished or decode.stop=finished trades one for the other"
+    )
 
 
 def format_grid(rows: list[dict[str, Any]], best: dict[str, Any]) -> str:
