@@ -141,6 +141,14 @@ class PackedLinear(Linear):
         return super().forward(x)
 
 
+def pack_linear(linear: Linear) -> Linear:
+    """``linear`` as a ``PackedLinear`` where oneDNN can pack it (float32 on a CPU), else itself."""
+    weight = linear.weight
+    if ONEDNN_REORDER is None or weight.device.type != "cpu" or weight.dtype != torch.float32:
+        return linear
+    return PackedLinear(linear)
+
+
 def pack_model(model: nn.Module) -> nn.Module:
     """A copy of ``model`` whose ``Linear`` layers are ``PackedLinear``, sharing its parameters and
     buffers; ``model`` itself when it is not float32 on a CPU or this PyTorch lacks oneDNN."""

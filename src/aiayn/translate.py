@@ -31,6 +31,7 @@ from aiayn.cache import DecoderCache
 from aiayn.checkpoint import load_for_inference
 from aiayn.config import BOS_ID, EOS_ID, PAD_ID, AiaynError, Config, from_dict
 from aiayn.corpus import read_lines
+from aiayn.fused import FusedDecoder
 from aiayn.model import Transformer
 from aiayn.quantize import check_quantization, pack_model, quantize_model
 from aiayn.runtime import resolve_device
@@ -54,13 +55,17 @@ def _log_probs(logits: Tensor) -> Tensor:
 
 
 def make_step_fn(
-    model: Any, memory: Tensor, src_mask: Tensor, *, capacity: int = 0
+    model: Any, memory: Tensor, src_mask: Tensor, *, capacity: int = 0, fused: FusedDecoder | None = None
 ) -> tuple[Callable[[Tensor, DecoderCache], tuple[Tensor, DecoderCache]], DecoderCache]:
     """A ``search`` step function and its initial state, the decoder cache of one encoded batch
     (``model.init_cache``, room for ``capacity`` steps): each step feeds only the newest token,
-    whose keys and values are written into the cache."""
+    whose keys and values are written into the cache; by ``fused.step`` when given, else by
+    ``model.decode``."""
 
     def step(prefix: Tensor, cache: DecoderCache) -> tuple[Tensor, DecoderCache]:
+        if fused is not None:
+            logits, cache = fused.step(prefix[:, -1], cache)  # (N, V)
+            return _log_probs(logits), cache
         logits, cache, _ = model.decode(prefix[:, -1:], cache=cache)  # (N, 1, V)
         return _log_probs(logits[:, -1]), cache
 
@@ -94,18 +99,23 @@ class Translator:
     ):
         """``quantize="int8"``: translate with an int8 copy of ``model`` (aiayn.quantize; CPU only).
         The model's weights are read now: a ``Translator`` made before further training would
-        translate with the old int8 weights (a float32 one notices and reads the new ones)."""
+        translate with the old int8 weights (a float32 one notices, and reads the new ones more
+        slowly)."""
         if tokenizer.vocab_size > config.model.vocab_size:
             raise AiaynError(
                 f"tokenizer has {tokenizer.vocab_size} pieces but the model only "
                 f"{config.model.vocab_size}; use the spm.model the model was trained with"
             )
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        check_quantization(quantize, self.device)
+        model = model.to(self.device)
+        # The decoding step with fewer, larger operators (aiayn.fused), for the Transformer of model.py;
+        # the encoder, and decoding that asks for attention weights, run the model itself.
+        self.fused = FusedDecoder(model, quantize=quantize) if isinstance(model, Transformer) else None
         if quantize is not None:
-            check_quantization(quantize, self.device)
             model = quantize_model(model, quantize)
         else:  # float32 on a CPU: the linear weights converted once for oneDNN (aiayn.quantize)
-            model = pack_model(model.to(self.device))
+            model = pack_model(model)
         self.model = model.to(self.device)
         self.tokenizer = tokenizer
         self.config = config
@@ -244,16 +254,17 @@ class Translator:
         max_len = (lengths + d.max_len_offset).clamp(max=limit).to(self.device)
         steps = int(max_len.max())  # the most tokens any search here feeds the decoder
         memory, _ = self.model.encode(src, src_mask)
+        fused = self.fused if self.fused is not None and self.fused.current() else None
         B = len(rows)
         if sample:  # nbest independent samples: each sentence's encoder output repeated nbest times
             memory, src_mask, max_len = (x.repeat_interleave(nbest, dim=0) for x in (memory, src_mask, max_len))
-            step_fn, state = make_step_fn(self.model, memory, src_mask, capacity=steps)
+            step_fn, state = make_step_fn(self.model, memory, src_mask, capacity=steps, fused=fused)
             found = search.sample(
                 step_fn, state, B * nbest, BOS_ID, EOS_ID, max_len, temperature, top_k, top_p, generator, d.min_len
             )
             groups = [found[b * nbest : (b + 1) * nbest] for b in range(B)]
             return [sorted(g, key=lambda h: (not h.finished, -h.score)) for g in groups]
-        step_fn, state = make_step_fn(self.model, memory, src_mask, capacity=steps)
+        step_fn, state = make_step_fn(self.model, memory, src_mask, capacity=steps, fused=fused)
         if beam_size == 1:
             return [[h] for h in search.greedy_search(step_fn, state, B, BOS_ID, EOS_ID, max_len, d.min_len)]
         return search.beam_search(
