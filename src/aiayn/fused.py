@@ -47,7 +47,8 @@ def _linear(weight: Tensor, bias: Tensor | None, quantize: str | None) -> Linear
     layer.weight = nn.Parameter(weight.detach(), requires_grad=False)  # the model's own where not derived
     if bias is not None:
         layer.bias = nn.Parameter(bias.detach(), requires_grad=False)
-    return Int8Linear(layer) if quantize == "int8" else pack_linear(layer)
+    layer = Int8Linear(layer) if quantize == "int8" else pack_linear(layer)
+    return layer.forward  # called directly: no hooks to run, and a module call costs a few µs
 
 
 def _norm(norm: nn.LayerNorm) -> Callable[[Tensor], Tensor]:

@@ -216,7 +216,8 @@ class Translator:
         )
 
         was_training = self.model.training
-        self.model.eval()
+        if was_training:  # eval() walks every module: a cost per call that one-line requests would feel
+            self.model.eval()
         try:
             with (
                 torch.inference_mode(),
@@ -229,7 +230,8 @@ class Translator:
                         results[todo[k]] = [Translation(**vars(h), text=self.tokenizer.decode(h.tokens)) for h in nb]
                     bar.update(len(batch))
         finally:
-            self.model.train(was_training)
+            if was_training:
+                self.model.train()
         return results
 
     def _translate_batch(
