@@ -42,6 +42,7 @@ from aiayn.export.common import token_strings
 from aiayn.export.ct2 import ct2_from_aiayn
 from aiayn.export.huggingface import marian_from_aiayn
 from aiayn.model import Transformer
+from aiayn.runtime import reuse_freed_memory
 from aiayn.translate import BANNED, Translator
 from bench.common import (
     Reporter,
@@ -314,6 +315,8 @@ def _measure_here(
     """In the child process: build the system, then per job the output lengths (from an untimed
     warm-up run) and ``reps`` timings."""
     torch.set_num_threads(threads)
+    if spec.kind == "aiayn":  # as aiayn's decoding commands do; the peers run as their own users run them
+        reuse_freed_memory()
     device = torch.device(device_type)
     run = build_system(spec, subject, w, device)
     results = []
@@ -479,6 +482,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = p.parse_args(argv)
     device = setup(args)
+    reuse_freed_memory()  # this process decodes with aiayn only (growth, int8 quality, profile)
     report = Reporter("decode", device, args.threads)
     model_path = args.model or (DEMO if Path(DEMO).is_dir() and not args.quick else None)
     data_dir = find_data(args.data)

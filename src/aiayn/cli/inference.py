@@ -6,9 +6,17 @@ from __future__ import annotations
 import argparse
 
 
+def _inference_process() -> None:
+    """What every command that decodes sets up for its process (aiayn.runtime.reuse_freed_memory)."""
+    from aiayn.runtime import reuse_freed_memory
+
+    reuse_freed_memory()
+
+
 def _translate(args: argparse.Namespace) -> None:
     from aiayn import translate
 
+    _inference_process()
     translate.run(args)
 
 
@@ -74,6 +82,7 @@ def add_translate(sub) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     from aiayn import evaluate
 
+    _inference_process()
     evaluate.run(args)
 
 
@@ -97,6 +106,7 @@ def add_evaluate(sub) -> None:
 def _showcase(args: argparse.Namespace) -> None:
     from aiayn import evaluate
 
+    _inference_process()
     evaluate.run_showcase(args)
 
 
@@ -200,6 +210,7 @@ def add_export(sub) -> None:
 def _serve(args: argparse.Namespace) -> None:
     from aiayn.serve import run
 
+    _inference_process()
     run(args)
 
 

@@ -102,7 +102,10 @@ def add_average(sub) -> None:
 
 
 def _tune_decoding(args: argparse.Namespace) -> None:
+    from aiayn.runtime import reuse_freed_memory
     from aiayn.tune import tune_decoding
+
+    reuse_freed_memory()  # it decodes valid a dozen times (see aiayn.runtime)
 
     def numbers(text: str, kind, flag: str) -> tuple:
         try:
