@@ -127,3 +127,20 @@ def test_translator_notices_changed_weights_and_stops_using_the_fused_copy():
         assert [t[0].tokens for t in translator.translate(lines, beam_size=beam)] == [
             t[0].tokens for t in fresh.translate(lines, beam_size=beam)
         ]
+
+
+def test_translator_of_a_model_made_under_inference_mode():
+    """Tensors made under torch.inference_mode have no version counter: such a model (which no
+    optimizer can change) still gets the packed and fused copies and translates as usual."""
+    from aiayn.config import Config
+
+    lines = ["5 9 13 22 7", "8 8 31"]
+    expected = [
+        t[0].tokens
+        for t in Translator(make_model(seed=7), Pieces(), Config(model=make_model(seed=7).cfg)).translate(lines)
+    ]
+    with torch.inference_mode():
+        model = make_model(seed=7)
+    translator = Translator(model, Pieces(), Config(model=model.cfg))
+    assert translator.fused.current()
+    assert [t[0].tokens for t in translator.translate(lines)] == expected

@@ -36,7 +36,7 @@ from aiayn.attention import fold_beams, unfold_beams
 from aiayn.cache import DecoderCache
 from aiayn.layers import Linear
 from aiayn.model import Transformer
-from aiayn.quantize import Int8Linear, pack_linear
+from aiayn.quantize import Int8Linear, pack_linear, version
 
 LinearFn = Callable[[Tensor], Tensor]
 
@@ -74,7 +74,7 @@ class FusedDecoder:
         cfg = model.cfg
         self.model, self.pre_norm = model, cfg.norm == "pre"
         self.n_heads, self.d_k, self.d_v = cfg.n_heads, cfg.head_dim_k, cfg.head_dim_v
-        self.sources = [(p, p._version) for p in model.parameters()]
+        self.sources = [(p, version(p)) for p in model.parameters()]
         scale = 1 / math.sqrt(self.d_k)
         self.layers = []
         for layer in model.decoder.layers:
@@ -99,7 +99,7 @@ class FusedDecoder:
 
     def current(self) -> bool:
         """Whether the model's parameters are still those this copy was made from."""
-        return all(p._version == version for p, version in self.sources)
+        return all(version(p) == seen for p, seen in self.sources)
 
     def _residual(self, x: Tensor, sublayer: Callable[[Tensor], Tensor], norm: Callable[[Tensor], Tensor]) -> Tensor:
         """§3.1's residual block without dropout: post-norm LN(x + f(x)) or pre-norm x + f(LN(x))."""

@@ -105,6 +105,13 @@ PACK_ROWS = 64
 PACKED_MIN_MACS = 2**18
 
 
+def version(t: Tensor) -> int | None:
+    """``t``'s version counter, which every in-place change bumps (an optimizer step, a state
+    load); None for a tensor made under ``torch.inference_mode``, which has none and which
+    autograd, hence training, cannot change."""
+    return None if t.is_inference() else t._version
+
+
 class PackedLinear(Linear):
     """A ``Linear`` that also keeps its float32 weight in oneDNN's own layout, converted once.
 
@@ -120,7 +127,7 @@ class PackedLinear(Linear):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight, self.bias = linear.weight, linear.bias  # shared, not copied
         self.packed = ONEDNN_REORDER(linear.weight.detach(), PACK_ROWS)
-        self.packed_version = linear.weight._version
+        self.packed_version = version(linear.weight)
 
     def __deepcopy__(self, memo: dict) -> PackedLinear:
         """A copy packed anew (oneDNN's layout is opaque to ``copy``), e.g. for ``quantize_model``."""
@@ -135,7 +142,7 @@ class PackedLinear(Linear):
             and x.numel() * self.out_features >= PACKED_MIN_MACS
             and not torch.is_grad_enabled()
             and not torch.is_autocast_enabled("cpu")
-            and self.weight._version == self.packed_version
+            and version(self.weight) == self.packed_version
         ):
             return ONEDNN_LINEAR(x, self.packed, self.bias, "none", [], "")
         return super().forward(x)
