@@ -56,6 +56,11 @@ def _norm(norm: nn.LayerNorm) -> Callable[[Tensor], Tensor]:
     return lambda x: F.layer_norm(x, shape, weight, bias, eps)
 
 
+def _softmax(scores: Tensor) -> Tensor:
+    """Over the keys, in at least float32 as the model's attention (docs/pitfalls.md: "Softmax precision")."""
+    return scores.softmax(dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32))
+
+
 @dataclass
 class _Layer:
     qkv: LinearFn  # (N, D) -> (N, H·d_k + H·d_k + H·d_v): Q (scaled by 1/√d_k), K, V of self-attention
@@ -117,17 +122,17 @@ class FusedDecoder:
         for layer, (k_buf, v_buf), cross in zip(self.layers, cache.in_use(), cache.cross_kv):
 
             def self_attention(x: Tensor, layer=layer, k_buf=k_buf, v_buf=v_buf) -> Tensor:
-                q, k, v = layer.qkv(x).split([h * self.d_k, h * self.d_k, h * self.d_v], dim=-1)
+                q, k, v = layer.qkv(x).split([h * self.d_k, h * self.d_k, h * self.d_v], dim=-1)  # (N, H·d) each
                 k_buf[:, :, t] = k.view(n, h, self.d_k)  # written in place at position t
                 v_buf[:, :, t] = v.view(n, h, self.d_v)
                 scores = q.view(n, h, 1, self.d_k) @ k_buf[:, :, : t + 1].transpose(-2, -1)  # (N, H, 1, t+1)
-                out = scores.softmax(dim=-1) @ v_buf[:, :, : t + 1]  # (N, H, 1, d_v)
+                out = _softmax(scores).to(v.dtype) @ v_buf[:, :, : t + 1]  # (N, H, 1, d_v)
                 return layer.self_out(out.view(n, h * self.d_v))
 
             def cross_attention(x: Tensor, layer=layer, cross=cross) -> Tensor:
                 q = fold_beams(layer.cross_q(x).view(n, h, 1, self.d_k), cache.beam)  # (B, H, beam, d_k)
                 scores = (q @ cross[0].transpose(-2, -1)).masked_fill(~cache.src_mask, float("-inf"))  # (B, H, beam, S)
-                out = unfold_beams(scores.softmax(dim=-1) @ cross[1], cache.beam)  # (N, H, 1, d_v)
+                out = unfold_beams(_softmax(scores).to(cross[1].dtype) @ cross[1], cache.beam)  # (N, H, 1, d_v)
                 return layer.cross_out(out.reshape(n, h * self.d_v))
 
             x = self._residual(x, self_attention, layer.norms[0])
