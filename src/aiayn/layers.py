@@ -27,6 +27,18 @@ ONEDNN_LINEAR = _onednn_linear()
 ONEDNN_MIN_ROWS = 4  # below this, PyTorch's default path measured faster
 
 
+def float32_cpu_inference(x: Tensor, weight: Tensor) -> bool:
+    """Whether ``x @ weight.T`` may take oneDNN's float32 path: both float32 on a CPU, no gradients
+    wanted, no autocast (which would make it bf16)."""
+    return (
+        ONEDNN_LINEAR is not None
+        and x.device.type == "cpu"
+        and x.dtype == weight.dtype == torch.float32
+        and not torch.is_grad_enabled()
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
 class Linear(nn.Linear):
     """nn.Linear, y = x Wᵀ + b. In CPU inference (no gradients, no autocast, float32) on at least
     ``ONEDNN_MIN_ROWS`` rows it runs oneDNN's matmul instead of PyTorch's default BLAS call:
@@ -34,14 +46,7 @@ class Linear(nn.Linear):
     the AMD CPU of docs/performance.md, same weights, same float32 arithmetic."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if (
-            ONEDNN_LINEAR is not None
-            and x.device.type == "cpu"
-            and x.dtype == self.weight.dtype == torch.float32
-            and x.numel() >= ONEDNN_MIN_ROWS * self.in_features
-            and not torch.is_grad_enabled()
-            and not torch.is_autocast_enabled("cpu")
-        ):
+        if x.numel() >= ONEDNN_MIN_ROWS * self.in_features and float32_cpu_inference(x, self.weight):
             return ONEDNN_LINEAR(x, self.weight, self.bias, "none", [], "")
         return super().forward(x)
 

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from aiayn.config import AiaynError
-from aiayn.layers import ONEDNN_LINEAR, Linear
+from aiayn.layers import ONEDNN_LINEAR, Linear, float32_cpu_inference
 
 QUANTIZATIONS = ("int8",)
 
@@ -137,11 +137,8 @@ class PackedLinear(Linear):
 
     def forward(self, x: Tensor) -> Tensor:
         if (
-            x.device.type == "cpu"
-            and x.dtype == torch.float32
-            and x.numel() * self.out_features >= PACKED_MIN_MACS
-            and not torch.is_grad_enabled()
-            and not torch.is_autocast_enabled("cpu")
+            x.numel() * self.out_features >= PACKED_MIN_MACS
+            and float32_cpu_inference(x, self.weight)
             and version(self.weight) == self.packed_version
         ):
             return ONEDNN_LINEAR(x, self.packed, self.bias, "none", [], "")

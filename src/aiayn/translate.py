@@ -116,7 +116,7 @@ class Translator:
             model = quantize_model(model, quantize)
         else:  # float32 on a CPU: the linear weights converted once for oneDNN (aiayn.quantize)
             model = pack_model(model)
-        self.model = model.to(self.device)
+        self.model = model
         self.tokenizer = tokenizer
         self.config = config
         self.quantize = quantize
