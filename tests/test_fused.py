@@ -10,7 +10,7 @@ from modelkit import make_model, max_diff, random_batch
 
 from aiayn.config import AiaynError
 from aiayn.fused import FusedDecoder
-from aiayn.quantize import quantize_model
+from aiayn.quantize import pack_model, quantize_model
 from aiayn.translate import Translator
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -63,7 +63,7 @@ def test_fused_step_equals_decode_at_every_step(overrides, beam):
     """Logits and the cache's keys and values equal up to float32 rounding (relative 1e-5) at every
     step; the cache grows past its capacity on the way (4 positions reserved, 6 decoded)."""
     model = make_model(seed=3, **overrides)
-    fused = FusedDecoder(model)
+    fused = FusedDecoder(model, pack_model(model))
     for _, logits, fused_logits, ref, ours in run_both(model, fused, beam=beam, steps=6):
         assert fused_logits.shape == logits.shape
         assert torch.allclose(fused_logits, logits, rtol=1e-5, atol=1e-5)
@@ -77,14 +77,14 @@ def test_int8_fused_step_agrees_with_the_int8_model():
     fused int8 step computes what the int8 model's layers compute."""
     model = make_model(seed=4)
     quantized = quantize_model(model, "int8")
-    fused = FusedDecoder(model, quantize="int8")
+    fused = FusedDecoder(model, quantized, quantize="int8")
     for _, logits, fused_logits, *_ in run_both(quantized, fused, beam=2, steps=4):
         assert max_diff(fused_logits, logits) < 1e-4 * logits.abs().max().item()
 
 
 def test_fused_step_refuses_mismatched_rows_and_positions_beyond_max_len():
     model = make_model(seed=5, max_len=3)
-    fused = FusedDecoder(model)
+    fused = FusedDecoder(model, pack_model(model))
     src, mask = random_batch([2, 2], 2)
     with torch.no_grad():
         cache = model.init_cache(model.encode(src, mask)[0], mask)

@@ -9,11 +9,12 @@ arithmetic. ``FusedDecoder`` computes the same function from the same weights wi
   folded into W^Q and its bias (so no scaling of the scores);
 - plain function calls in place of modules, nothing for dropout (inference);
 - each linear map in the inference format of ``aiayn.quantize``: float32 packed once for oneDNN on
-  a CPU, or int8.
+  a CPU, or int8. The maps used as they are (W^O, the FFN, the output projection) are the layers of
+  the model's inference copy (``pack_model`` or ``quantize_model``), called directly, not copied.
 
-The stacked and scaled matrices are copies made when it is built (with the packed or int8 forms,
-about twice the decoder's weights in memory); ``current()`` says whether the model's parameters
-have changed since, and a ``Translator`` then falls back to the model itself.
+The stacked and scaled matrices (self-attention's Q/K/V, cross-attention's W^Q) are copies made
+when it is built; ``current()`` says whether the model's parameters have changed since, and a
+``Translator`` then falls back to the inference copy itself.
 The state is the model's ``DecoderCache``, passed in and returned as with ``Transformer.decode``.
 tests/test_fused.py checks it against ``Transformer.decode`` for every norm placement, position
 kind and embedding tying, through beam reorders.
@@ -41,12 +42,12 @@ from aiayn.quantize import Int8Linear, pack_linear, version
 LinearFn = Callable[[Tensor], Tensor]
 
 
-def _linear(weight: Tensor, bias: Tensor | None, quantize: str | None) -> LinearFn:
-    """x -> x Wᵀ + b in the inference format: int8, float32 packed for oneDNN (CPU), or plain."""
-    layer = Linear(weight.size(1), weight.size(0), bias=bias is not None, device="meta")
-    layer.weight = nn.Parameter(weight.detach(), requires_grad=False)  # the model's own where not derived
-    if bias is not None:
-        layer.bias = nn.Parameter(bias.detach(), requires_grad=False)
+def _linear(weight: Tensor, bias: Tensor, quantize: str | None) -> LinearFn:
+    """x -> x Wᵀ + b for a derived matrix, in the inference format: int8, float32 packed for oneDNN
+    (CPU), or plain."""
+    layer = Linear(weight.size(1), weight.size(0), device="meta")
+    layer.weight = nn.Parameter(weight.detach(), requires_grad=False)
+    layer.bias = nn.Parameter(bias.detach(), requires_grad=False)
     layer = Int8Linear(layer) if quantize == "int8" else pack_linear(layer)
     return layer.forward  # called directly: no hooks to run, and a module call costs a few µs
 
@@ -75,32 +76,34 @@ class _Layer:
 class FusedDecoder:
     """``Transformer.decode`` for one new token per row, at inference (see the module doc)."""
 
-    def __init__(self, model: Transformer, *, quantize: str | None = None):
+    def __init__(self, model: Transformer, inference: Transformer, *, quantize: str | None = None):
+        """``model``: the float model, whose weights make the stacked and scaled matrices;
+        ``inference``: its copy from ``pack_model`` or ``quantize_model(model, quantize)``."""
         cfg = model.cfg
         self.model, self.pre_norm = model, cfg.norm == "pre"
         self.n_heads, self.d_k, self.d_v = cfg.n_heads, cfg.head_dim_k, cfg.head_dim_v
         self.sources = [(p, version(p)) for p in model.parameters()]
         scale = 1 / math.sqrt(self.d_k)
         self.layers = []
-        for layer in model.decoder.layers:
-            a, c, f = layer.self_attn, layer.cross_attn, layer.ffn
+        for layer, fast in zip(model.decoder.layers, inference.decoder.layers):
+            a, c = layer.self_attn, layer.cross_attn
             qkv_w = torch.cat([a.w_q.weight * scale, a.w_k.weight, a.w_v.weight])  # [W^Q/√d_k; W^K; W^V]
             qkv_b = torch.cat([a.w_q.bias * scale, a.w_k.bias, a.w_v.bias])
             self.layers.append(
                 _Layer(
                     qkv=_linear(qkv_w, qkv_b, quantize),
-                    self_out=_linear(a.w_o.weight, a.w_o.bias, quantize),
+                    self_out=fast.self_attn.w_o.forward,
                     cross_q=_linear(c.w_q.weight * scale, c.w_q.bias * scale, quantize),
-                    cross_out=_linear(c.w_o.weight, c.w_o.bias, quantize),
-                    ffn_1=_linear(f.w_1.weight, f.w_1.bias, quantize),
-                    ffn_2=_linear(f.w_2.weight, f.w_2.bias, quantize),
+                    cross_out=fast.cross_attn.w_o.forward,
+                    ffn_1=fast.ffn.w_1.forward,
+                    ffn_2=fast.ffn.w_2.forward,
                     norms=tuple(_norm(r.norm) for r in (layer.res_self, layer.res_cross, layer.res_ffn)),
                 )
             )
         final = model.decoder.final_norm
         self.final_norm = _norm(final) if isinstance(final, nn.LayerNorm) else None
         self.embedding = model.decoder.embedding
-        self.out = _linear(model.out_proj.weight, model.out_proj.bias, quantize)
+        self.out = inference.out_proj.forward
 
     def current(self) -> bool:
         """Whether the model's parameters are still those this copy was made from."""

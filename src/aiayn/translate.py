@@ -109,14 +109,12 @@ class Translator:
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         check_quantization(quantize, self.device)
         model = model.to(self.device)
+        # int8, or float32 on a CPU with the linear weights converted once for oneDNN (aiayn.quantize).
+        inference = quantize_model(model, quantize) if quantize is not None else pack_model(model)
         # The decoding step with fewer, larger operators (aiayn.fused), for the Transformer of model.py;
-        # the encoder, and decoding that asks for attention weights, run the model itself.
-        self.fused = FusedDecoder(model, quantize=quantize) if isinstance(model, Transformer) else None
-        if quantize is not None:
-            model = quantize_model(model, quantize)
-        else:  # float32 on a CPU: the linear weights converted once for oneDNN (aiayn.quantize)
-            model = pack_model(model)
-        self.model = model
+        # the encoder, and decoding that asks for attention weights, run the inference copy itself.
+        self.fused = FusedDecoder(model, inference, quantize=quantize) if isinstance(model, Transformer) else None
+        self.model = inference
         self.tokenizer = tokenizer
         self.config = config
         self.quantize = quantize
