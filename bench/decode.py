@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from aiayn.batching import pad_rows, source_row
+from aiayn.checkpoint import load_for_inference
 from aiayn.config import BOS_ID, EOS_ID, PAD_ID, AiaynError, Config
 from aiayn.export.common import token_strings
 from aiayn.export.ct2 import ct2_from_aiayn
@@ -225,8 +226,8 @@ def load_subject(
         model, label, source = Transformer(cfg.model).eval(), "random weights", work_dir / "weights.pt"
         torch.save(model.state_dict(), source)
     else:
-        translator = Translator.load(model_path, "cpu")
-        model, cfg, label, source = translator.model, translator.config, f"trained ({model_path})", Path(model_path)
+        loaded = load_for_inference(model_path, "cpu")
+        model, cfg, label, source = loaded.model, loaded.config, f"trained ({model_path})", Path(model_path)
     length = 8 if args.quick else FORCED_LEN
     workloads = {f"synthetic, forced length {length}": synthetic_workload(BATCH, cfg.model.vocab_size, length, length)}
     if model_path is not None:
@@ -235,7 +236,7 @@ def load_subject(
         from aiayn.corpus import read_split
 
         lines = [line for line in read_split(data_dir, "test")[0] if line.strip()][:BATCH]
-        rows = [source_row(x, cfg.model.max_len) for x in translator.tokenizer.encode_batch(lines)]
+        rows = [source_row(x, cfg.model.max_len) for x in loaded.tokenizer.encode_batch(lines)]
         workloads["bible test, own lengths"] = Workload(lines, rows, None)
     ct2_dir = ct2_from_aiayn(model, work_dir / "ct2")
     return Subject(cfg, label, source, model_path is not None, ct2_dir, workloads)
@@ -247,7 +248,7 @@ def aiayn_translator(subject: Subject, w: Workload, device: torch.device) -> Tra
     if subject.trained and not w.forced:
         return Translator.load(subject.source, device)
     if subject.trained:
-        model = Translator.load(subject.source, device).model
+        model = load_for_inference(subject.source, device).model
     else:
         model = Transformer(subject.cfg.model)
         model.load_state_dict(torch.load(subject.source, weights_only=True))
