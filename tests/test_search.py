@@ -435,3 +435,66 @@ def test_a_pruning_beam_returns_true_scores_and_never_beats_brute_force(beam):
         assert_same(got, [by_tokens[tuple(h.tokens), h.finished] for h in got])
         assert got == sorted(got, key=lambda h: (not h.finished, -h.score))
         assert (not got[0].finished, -got[0].score) >= (not every[0].finished, -every[0].score - 1e-5)
+
+
+def _plain_topk(scores: torch.Tensor, log_probs: torch.Tensor, n: int):
+    A, K = scores.shape
+    return (scores.reshape(-1, 1) + log_probs).view(A, -1).topk(n, dim=1)
+
+
+@pytest.mark.parametrize("vocab, width", [(8000, 64), (96, 32), (48, 16), (1000, 0)])
+def test_best_continuations_equal_one_topk_over_all_sums(vocab, width):
+    """Chunked or not (1000 has no width in CHUNK_WIDTHS), the same values and indices as one
+    topk over every sum; beams at -inf as at step 0, and chunks holding several winners."""
+    from aiayn.search import CHUNK_WIDTHS, best_continuations
+
+    assert next((w for w in CHUNK_WIDTHS if vocab % w == 0), 0) == width
+    g = torch.Generator().manual_seed(vocab)
+    A, K = 5, 4
+    scores = torch.randn(A, K, generator=g) * 3
+    scores[0, 1:] = -math.inf
+    log_probs = torch.randn(A * K, vocab, generator=g).log_softmax(-1)
+    log_probs[4 * K + 2, :8] = 5.0 + torch.arange(8.0)  # sentence 4: all winners in one chunk of one beam
+    for n in (1, 2 * K):
+        top, index = best_continuations(scores, log_probs, n)
+        want_top, want_index = _plain_topk(scores, log_probs, n)
+        assert torch.equal(top, want_top) and torch.equal(index, want_index)
+
+
+def test_best_continuations_with_ties_match_brute_force():
+    """Many equal sums: the values are the n best of the sorted list of all K×V sums, and each
+    index is a distinct continuation whose sum is the value reported beside it."""
+    from aiayn.search import best_continuations
+
+    g = torch.Generator().manual_seed(3)
+    A, K, vocab, n = 6, 3, 128, 6
+    scores = torch.randint(-2, 1, (A, K), generator=g).float()
+    log_probs = -torch.randint(0, 3, (A * K, vocab), generator=g).float()  # values in {0, -1, -2}
+    top, index = best_continuations(scores, log_probs, n)
+    for a in range(A):
+        sums = sorted(
+            (float(scores[a, k] + log_probs[a * K + k, v]) for k in range(K) for v in range(vocab)), reverse=True
+        )
+        assert top[a].tolist() == sums[:n]
+        assert len(set(index[a].tolist())) == n
+        for value, i in zip(top[a].tolist(), index[a].tolist()):
+            assert float(scores[a, i // vocab] + log_probs[a * K + i // vocab, i % vocab]) == value
+
+
+def test_beam_search_same_with_and_without_chunked_ranking(monkeypatch):
+    """A whole search over a random model with 256 words: identical hypotheses whether the
+    continuations are ranked by chunks or by one topk."""
+    import aiayn.search as search
+
+    g = torch.Generator().manual_seed(0)
+    table = torch.randn(12, 256, 256, generator=g).log_softmax(-1)  # (last token, position) -> next-token log-probs
+
+    def step_fn(prefix, state):
+        return table[prefix[:, -1] % 12, prefix.size(1) - 1], state
+
+    def run():
+        return beam_search(step_fn, None, 3, BOS, EOS, torch.tensor([9, 12, 30]), beam_size=5, nbest=5)
+
+    chunked = run()
+    monkeypatch.setattr(search, "CHUNK_WIDTHS", ())
+    assert run() == chunked
