@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from modelkit import make_model, max_diff, random_batch
+from modelkit import make_model, max_diff, random_batch, randomize_
 
 from aiayn.config import AiaynError
 from aiayn.fused import FusedDecoder
@@ -59,10 +59,14 @@ def run_both(model, fused, *, beam: int, steps: int, seed: int = 0):
     ],
 )
 @pytest.mark.parametrize("beam", [1, 3])
-def test_fused_step_equals_decode_at_every_step(overrides, beam):
+@pytest.mark.parametrize("min_macs", [1, 2**62], ids=["packed", "unpacked"])
+def test_fused_step_equals_decode_at_every_step(overrides, beam, min_macs, monkeypatch):
     """Logits and the cache's keys and values equal up to float32 rounding (relative 1e-5) at every
-    step; the cache grows past its capacity on the way (4 positions reserved, 6 decoded)."""
+    step; the cache grows past its capacity on the way (4 positions reserved, 6 decoded). Every
+    linear map runs packed (the FFN's ReLU inside oneDNN's matmul), or none does."""
+    monkeypatch.setattr("aiayn.fused.PACKED_MIN_MACS", min_macs)
     model = make_model(seed=3, **overrides)
+    randomize_(model, seed=5)  # biases and norm gains too, which start at 0 and 1
     fused = FusedDecoder(model, pack_model(model))
     for _, logits, fused_logits, ref, ours in run_both(model, fused, beam=beam, steps=6):
         assert fused_logits.shape == logits.shape

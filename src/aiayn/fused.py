@@ -7,7 +7,9 @@ arithmetic. ``FusedDecoder`` computes the same function from the same weights wi
 
 - Q, K and V of self-attention in one matmul ([W^Q; W^K; W^V] stacked), with Eq. 1's 1/√d_k
   folded into W^Q and its bias (so no scaling of the scores);
-- plain function calls in place of modules, nothing for dropout (inference);
+- plain function calls in place of modules, nothing for dropout (inference), ``bmm`` on
+  (N·H, ·, d) views of the cache instead of broadcasting ``matmul``, the FFN's ReLU inside its
+  first matmul;
 - each linear map in the inference format of ``aiayn.quantize``: float32 packed once for oneDNN on
   a CPU, or int8. The maps used as they are (W^O, the FFN, the output projection) are the layers of
   the model's inference copy (``pack_model`` or ``quantize_model``), called directly, not copied.
@@ -33,23 +35,49 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aiayn.attention import fold_beams, unfold_beams
 from aiayn.cache import DecoderCache
-from aiayn.layers import Linear
+from aiayn.layers import ONEDNN_LINEAR, Linear, float32_cpu_inference
 from aiayn.model import Transformer
-from aiayn.quantize import Int8Linear, pack_linear, version
-
-LinearFn = Callable[[Tensor], Tensor]
+from aiayn.quantize import PACKED_MIN_MACS, Int8Linear, PackedLinear, pack_linear, version
 
 
-def _linear(weight: Tensor, bias: Tensor, quantize: str | None) -> LinearFn:
+class _Map:
+    """x (N, in) -> x Wᵀ + b (N, out), ReLU'd when ``relu``: one linear layer of the step.
+
+    ``PackedLinear.forward`` checks, at every call, that the packed weight is usable (float32 CPU
+    inference, weight unchanged), then which kernel suits the rows, and below the packing
+    threshold calls ``Linear.forward``, which checks again: 7–14 % of the linear layers' time at
+    1–4 rows. Here the weights are vouched for once per batch (``current()``) and the inference
+    mode once per step (``direct``), so a call only picks the kernel: packed from ``min_rows``
+    rows, as ``PackedLinear`` would, with the FFN's ReLU computed inside oneDNN's matmul.
+    Int8 and unpacked layers run their own ``forward``."""
+
+    __slots__ = ("forward", "weight", "bias", "packed", "min_rows", "relu")
+
+    def __init__(self, layer: nn.Module, *, relu: bool = False):
+        self.forward, self.relu = layer.forward, relu  # called directly: no hooks, no module call
+        self.packed = layer.packed if isinstance(layer, PackedLinear) else None
+        if self.packed is not None:
+            self.weight, self.bias = layer.weight.detach(), None if layer.bias is None else layer.bias.detach()
+            self.min_rows = -(-PACKED_MIN_MACS // (layer.in_features * layer.out_features))
+
+    def __call__(self, x: Tensor, direct: bool) -> Tensor:
+        if self.packed is not None and direct:
+            if x.size(0) >= self.min_rows:
+                return ONEDNN_LINEAR(x, self.packed, self.bias, "relu" if self.relu else "none", [], "")
+            y = F.linear(x, self.weight, self.bias)
+        else:
+            y = self.forward(x)
+        return F.relu(y) if self.relu else y
+
+
+def _derived(weight: Tensor, bias: Tensor, quantize: str | None) -> _Map:
     """x -> x Wᵀ + b for a derived matrix, in the inference format: int8, float32 packed for oneDNN
     (CPU), or plain."""
     layer = Linear(weight.size(1), weight.size(0), device="meta")
     layer.weight = nn.Parameter(weight.detach(), requires_grad=False)
     layer.bias = nn.Parameter(bias.detach(), requires_grad=False)
-    layer = Int8Linear(layer) if quantize == "int8" else pack_linear(layer)
-    return layer.forward  # called directly: no hooks to run, and a module call costs a few µs
+    return _Map(Int8Linear(layer) if quantize == "int8" else pack_linear(layer))
 
 
 def _norm(norm: nn.LayerNorm) -> Callable[[Tensor], Tensor]:
@@ -64,12 +92,12 @@ def _softmax(scores: Tensor) -> Tensor:
 
 @dataclass
 class _Layer:
-    qkv: LinearFn  # (N, D) -> (N, H·d_k + H·d_k + H·d_v): Q (scaled by 1/√d_k), K, V of self-attention
-    self_out: LinearFn  # W^O of self-attention
-    cross_q: LinearFn  # W^Q of encoder–decoder attention, scaled by 1/√d_k
-    cross_out: LinearFn
-    ffn_1: LinearFn
-    ffn_2: LinearFn
+    qkv: _Map  # (N, D) -> (N, H·d_k + H·d_k + H·d_v): Q (scaled by 1/√d_k), K, V of self-attention
+    self_out: _Map  # W^O of self-attention
+    cross_q: _Map  # W^Q of encoder–decoder attention, scaled by 1/√d_k
+    cross_out: _Map
+    ffn_1: _Map  # with Eq. 2's ReLU
+    ffn_2: _Map
     norms: tuple[Callable[[Tensor], Tensor], ...]  # self, cross, FFN residual blocks
 
 
@@ -91,19 +119,19 @@ class FusedDecoder:
             qkv_b = torch.cat([a.w_q.bias * scale, a.w_k.bias, a.w_v.bias])
             self.layers.append(
                 _Layer(
-                    qkv=_linear(qkv_w, qkv_b, quantize),
-                    self_out=fast.self_attn.w_o.forward,
-                    cross_q=_linear(c.w_q.weight * scale, c.w_q.bias * scale, quantize),
-                    cross_out=fast.cross_attn.w_o.forward,
-                    ffn_1=fast.ffn.w_1.forward,
-                    ffn_2=fast.ffn.w_2.forward,
+                    qkv=_derived(qkv_w, qkv_b, quantize),
+                    self_out=_Map(fast.self_attn.w_o),
+                    cross_q=_derived(c.w_q.weight * scale, c.w_q.bias * scale, quantize),
+                    cross_out=_Map(fast.cross_attn.w_o),
+                    ffn_1=_Map(fast.ffn.w_1, relu=True),
+                    ffn_2=_Map(fast.ffn.w_2),
                     norms=tuple(_norm(r.norm) for r in (layer.res_self, layer.res_cross, layer.res_ffn)),
                 )
             )
         final = model.decoder.final_norm
         self.final_norm = _norm(final) if isinstance(final, nn.LayerNorm) else None
         self.embedding = model.decoder.embedding
-        self.out = inference.out_proj.forward
+        self.out = _Map(inference.out_proj)
 
     def current(self) -> bool:
         """Whether the model's parameters are still those this copy was made from."""
@@ -119,28 +147,36 @@ class FusedDecoder:
         if tokens.size(0) != cache.rows:
             raise ValueError(f"step: {tokens.size(0)} rows of new tokens for a cache of {cache.rows} rows")
         cache = cache.reserve(1)
-        t, n, h = cache.length, cache.rows, self.n_heads
+        t, n, h, d_k, d_v, beam = cache.length, cache.rows, self.n_heads, self.d_k, self.d_v, cache.beam
+        b = n // beam
         e = self.embedding  # §3.4–3.5 without dropout, whatever mode the model was left in
         x = F.embedding(tokens, e.tokens.weight) * e.scale + e.positions(1, offset=t)  # (N, D)
-        for layer, (k_buf, v_buf), cross in zip(self.layers, cache.in_use(), cache.cross_kv):
+        direct = float32_cpu_inference(x, e.tokens.weight)  # the packed kernels apply (see _Map)
+        for layer, (k_buf, v_buf), (cross_k, cross_v) in zip(self.layers, cache.in_use(), cache.cross_kv):
 
             def self_attention(x: Tensor, layer=layer, k_buf=k_buf, v_buf=v_buf) -> Tensor:
-                q, k, v = layer.qkv(x).split([h * self.d_k, h * self.d_k, h * self.d_v], dim=-1)  # (N, H·d) each
-                k_buf[:, :, t] = k.view(n, h, self.d_k)  # written in place at position t
-                v_buf[:, :, t] = v.view(n, h, self.d_v)
-                scores = q.view(n, h, 1, self.d_k) @ k_buf[:, :, : t + 1].transpose(-2, -1)  # (N, H, 1, t+1)
-                out = _softmax(scores).to(v.dtype) @ v_buf[:, :, : t + 1]  # (N, H, 1, d_v)
-                return layer.self_out(out.view(n, h * self.d_v))
+                q, k, v = layer.qkv(x, direct).split([h * d_k, h * d_k, h * d_v], dim=-1)  # (N, H·d) each
+                k_buf[:, :, t] = k.view(n, h, d_k)  # written in place at position t
+                v_buf[:, :, t] = v.view(n, h, d_v)
+                keys = k_buf[:, :, : t + 1].view(n * h, t + 1, d_k)  # (N·H, t+1, d_k), a view of the buffer
+                scores = torch.bmm(q.reshape(n * h, 1, d_k), keys.transpose(1, 2))  # (N·H, 1, t+1)
+                out = torch.bmm(_softmax(scores).to(v.dtype), v_buf[:, :, : t + 1].view(n * h, t + 1, d_v))
+                return layer.self_out(out.view(n, h * d_v), direct)  # out: (N·H, 1, d_v)
 
-            def cross_attention(x: Tensor, layer=layer, cross=cross) -> Tensor:
-                q = fold_beams(layer.cross_q(x).view(n, h, 1, self.d_k), cache.beam)  # (B, H, beam, d_k)
-                scores = (q @ cross[0].transpose(-2, -1)).masked_fill(~cache.src_mask, float("-inf"))  # (B, H, beam, S)
-                out = unfold_beams(_softmax(scores).to(cross[1].dtype) @ cross[1], cache.beam)  # (N, H, 1, d_v)
-                return layer.cross_out(out.reshape(n, h * self.d_v))
+            def cross_attention(x: Tensor, layer=layer, cross_k=cross_k, cross_v=cross_v) -> Tensor:
+                # A sentence's beams are queries against its one copy of the keys (attention.fold_beams).
+                q = layer.cross_q(x, direct).view(b, beam, h, d_k).transpose(1, 2)  # (B, H, beam, d_k)
+                s = cross_k.size(2)
+                keys = cross_k.view(b * h, s, d_k)  # (B·H, S, d_k)
+                scores = torch.bmm(q.reshape(b * h, beam, d_k), keys.transpose(1, 2))  # (B·H, beam, S)
+                scores = torch.where(cache.src_mask, scores.view(b, h, beam, s), float("-inf"))  # (B, H, beam, S)
+                out = torch.bmm(_softmax(scores).to(cross_v.dtype).view(b * h, beam, s), cross_v.view(b * h, s, d_v))
+                out = out.view(b, h, beam, d_v).transpose(1, 2)  # (B, beam, H, d_v)
+                return layer.cross_out(out.reshape(n, h * d_v), direct)
 
             x = self._residual(x, self_attention, layer.norms[0])
             x = self._residual(x, cross_attention, layer.norms[1])
-            x = self._residual(x, lambda x, layer=layer: layer.ffn_2(F.relu(layer.ffn_1(x))), layer.norms[2])
+            x = self._residual(x, lambda x, layer=layer: layer.ffn_2(layer.ffn_1(x, direct), direct), layer.norms[2])
         if self.final_norm is not None:
             x = self.final_norm(x)
-        return self.out(x), cache.advance(1)
+        return self.out(x, direct), cache.advance(1)
