@@ -11,7 +11,8 @@ compute aiayn's function. aiayn itself runs in float32 and, with ``--quantize in
 
 Each system is built and timed in a fresh process of its own, as a user would run it (see
 ``measure_isolated`` for why sharing one process would distort the ratios), with ``--threads``
-threads and with one, and is credited with the faster (``impl_threads``: ``measure_best``).
+threads and with one, and is credited with the faster (``impl_threads``: ``measure_best``). A peer
+that cannot run on the machine gets a line with the reason (``skipped``) instead of its timings.
 
 Every model is measured on synthetic sources with every output forced to the same length (EOS
 banned until then): random weights give degenerate lengths, and equal lengths make the figure a
@@ -27,6 +28,7 @@ import copy
 import functools
 import multiprocessing
 import statistics
+import sys
 import tempfile
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -199,7 +201,7 @@ class Subject:
     label: str
     source: Path  # a trained run folder or checkpoint, or the saved random weights of preset ``cfg``
     trained: bool
-    ct2_dir: Path  # the same weights converted for CTranslate2
+    ct2_dir: Path | None  # the same weights converted for CTranslate2; None where it is not installed
     workloads: dict[str, Workload]
 
 
@@ -238,7 +240,10 @@ def load_subject(
         lines = [line for line in read_split(data_dir, "test")[0] if line.strip()][:BATCH]
         rows = [source_row(x, cfg.model.max_len) for x in loaded.tokenizer.encode_batch(lines)]
         workloads["bible test, own lengths"] = Workload(lines, rows, None)
-    ct2_dir = ct2_from_aiayn(model, work_dir / "ct2")
+    try:
+        ct2_dir = ct2_from_aiayn(model, work_dir / "ct2")
+    except ImportError:  # e.g. a GPU image without it: its lines say so (measure_workload)
+        ct2_dir = None
     return Subject(cfg, label, source, model_path is not None, ct2_dir, workloads)
 
 
@@ -258,6 +263,8 @@ def aiayn_translator(subject: Subject, w: Workload, device: torch.device) -> Tra
 def build_system(spec: Spec, subject: Subject, w: Workload, device: torch.device) -> System:
     """``spec``'s system for workload ``w``, built in the process that will time it."""
     if spec.kind == "ctranslate2":
+        if subject.ct2_dir is None:
+            raise AiaynError("ctranslate2 is not installed (pip install 'aiayn[bench]')")
         import ctranslate2
 
         translator = ctranslate2.Translator(
@@ -375,11 +382,17 @@ def measure_workload(
     ]
     results: dict[tuple[str, int, int], tuple[list[int], list[float], int]] = {}
     systems = specs(device)
+    extra = {"preset": subject.cfg.preset, "model": subject.label, "data": data, "vocab": subject.cfg.model.vocab_size}
     for spec in systems:
         mine = [case for case in cases if not (case[2] == 1 and spec.label.endswith(FINISHED))]  # greedy: no rule
-        found = measure_best(spec, subject, w, [(batch, beam, n) for _, batch, beam, n in mine], args, device)
+        try:
+            found = measure_best(spec, subject, w, [(batch, beam, n) for _, batch, beam, n in mine], args, device)
+        except Exception as error:  # the peer's own failure, whatever its type
+            if spec.kind == "aiayn":
+                raise
+            skip(report, spec, error, extra)
+            continue
         results.update({(spec.label, batch, beam): r for (_, batch, beam, _), r in zip(mine, found)})
-    extra = {"preset": subject.cfg.preset, "model": subject.label, "data": data, "vocab": subject.cfg.model.vocab_size}
     for search, batch, beam, n in cases:
         ours: dict[str, dict] = {}
         for spec in systems:
@@ -413,6 +426,16 @@ def measure_workload(
                 impl_threads=threads,
                 **extra,
             )
+
+
+def skip(report: Reporter, spec: Spec, error: BaseException, extra: dict[str, Any]) -> None:
+    """A peer that cannot run on this machine gets one line saying why instead of its timings, and
+    the other systems are still measured: for instance CTranslate2's wheels load cuBLAS 12
+    (``libcublas.so.12``) to translate on CUDA, which an image with CUDA 13 alone lacks."""
+    lines = str(error).strip().splitlines()
+    reason = f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    print(f"bench.decode: {spec.label} not measured: {reason}", file=sys.stderr)
+    report.emit(impl=spec.label, skipped=reason, **extra)
 
 
 def int8(translator: Translator) -> Translator:

@@ -1,11 +1,13 @@
 """The benchmarks: quick runs emit well-formed JSON lines, the bench's Trainer is built like the real
 one, the nn.Transformer reference has aiayn's shape, and the FLOP formula agrees with PyTorch's FLOP
-counter. That the peers compute aiayn's own function is tested with the exporter (test_export.py)."""
+counter; a peer that cannot run is reported, not fatal; bench/gpu.sh runs its stages. That the
+peers compute aiayn's own function is tested with the exporter (test_export.py)."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -83,6 +85,61 @@ def test_decode_quick_emits_json_lines_with_equal_forced_lengths():
     assert all(r["isolated"] and r["impl_threads"] == 1 for r in decode)  # --threads 1: nothing else to try
     growth = [r for r in lines if r["bench"] == "decode-growth"]
     assert [r["output_len"] for r in growth] == [16, 64]
+
+
+def _measure_with(monkeypatch, failing: str) -> list[dict]:
+    """bench.decode.measure_workload with the timing child replaced: systems of kind ``failing``
+    raise what CTranslate2 raises without cuBLAS 12, the others report one 8-token output each."""
+    import argparse
+
+    import torch
+
+    import bench.decode as decode
+    from bench.common import Reporter
+
+    def measure_best(spec, subject, w, jobs, args, device):
+        if spec.kind == failing:
+            raise RuntimeError("Library libcublas.so.12 is not found or cannot be loaded\nmore detail")
+        return [([8] * n, [0.01] * 5, 1) for _, _, n in jobs]
+
+    monkeypatch.setattr(decode, "measure_best", measure_best)
+    cfg = load_config("tiny")
+    w = decode.synthetic_workload(decode.BATCH, cfg.model.vocab_size, 8, 8)
+    subject = decode.Subject(cfg, "random weights", Path("unused"), False, None, {"synthetic": w})
+    report = Reporter("decode", torch.device("cpu"), 1)
+    args = argparse.Namespace(quick=True, threads=1, reps=5)
+    decode.measure_workload(report, subject, "synthetic", args, torch.device("cpu"))
+    return report.records
+
+
+def test_a_peer_that_cannot_run_gets_a_line_saying_why_and_the_rest_are_measured(monkeypatch):
+    records = _measure_with(monkeypatch, "ctranslate2")
+    skipped = [r for r in records if "skipped" in r]
+    assert {r["impl"] for r in skipped} == {"ctranslate2 fp32", "ctranslate2 int8"}
+    assert {r["skipped"] for r in skipped} == {"RuntimeError: Library libcublas.so.12 is not found or cannot be loaded"}
+    measured = {r["impl"] for r in records if "median" in r}
+    assert {"aiayn", "aiayn int8", "transformers Marian"} <= measured
+    assert not any(r["impl"].startswith("ctranslate2") for r in records if "median" in r)
+
+
+def test_an_aiayn_failure_is_never_skipped(monkeypatch):
+    with pytest.raises(RuntimeError, match="libcublas"):
+        _measure_with(monkeypatch, "aiayn")
+
+
+def test_ctranslate2_without_its_conversion_is_a_one_line_error():
+    import torch
+
+    import bench.decode as decode
+    from aiayn.config import AiaynError
+
+    cfg = load_config("tiny")
+    subject = decode.Subject(cfg, "random weights", Path("unused"), False, None, {})
+    spec = decode.Spec("ctranslate2 fp32", "ctranslate2", "float32")
+    with pytest.raises(AiaynError, match="ctranslate2 is not installed"):
+        decode.build_system(
+            spec, subject, decode.synthetic_workload(2, cfg.model.vocab_size, 4, 4), torch.device("cpu")
+        )
 
 
 def test_reference_has_aiayns_shape():
@@ -212,3 +269,39 @@ def test_memory_bench_samples_a_short_training_run(tmp_path):
         assert 0 < r["rss_start_mb"] <= r["rss_peak_mb"] and r["rss_p50_mb"] <= r["rss_peak_mb"]
         assert 0 < r["rss_final_mb"] <= r["rss_peak_mb"] and r["rss_trace"][-1][1] > 0
     assert "RSS start" in done.stderr  # the table
+
+
+def test_gpu_script_runs_its_stages_and_writes_its_files(tmp_path):
+    """bench/gpu.sh on a CPU (BENCH_DEVICE=cpu, --quick): both benches run and their lines, logs and
+    the versions land in OUT_DIR; on a machine without CUDA the real run stops with one line."""
+    import torch
+    from toydata import make_toy_data
+
+    env = {**os.environ, "PYTHON": sys.executable}
+    missing = subprocess.run(
+        ["bash", "bench/gpu.sh", str(tmp_path / "gpu")], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    if not torch.cuda.is_available():
+        assert missing.returncode != 0 and "PyTorch sees no CUDA device here" in missing.stderr
+    env.update(BENCH_DEVICE="cpu", BENCH_FLAGS="--quick")
+    done = subprocess.run(
+        ["bash", "bench/gpu.sh", str(tmp_path / "cpu"), str(make_toy_data(tmp_path / "toy", pairs=600))],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = tmp_path / "cpu"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "decode.jsonl",
+        "decode.log",
+        "env.txt",
+        "train.jsonl",
+        "train.log",
+    ]
+    assert f"torch {torch.__version__}" in (out / "env.txt").read_text()
+    for name in ("train", "decode"):
+        lines = [json.loads(line) for line in (out / f"{name}.jsonl").read_text().splitlines()]
+        assert {r["impl"] for r in lines} >= {"aiayn"} and all(r["device"] == "cpu" for r in lines)
