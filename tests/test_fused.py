@@ -64,7 +64,7 @@ def test_fused_step_equals_decode_at_every_step(overrides, beam, min_macs, monke
     """Logits and the cache's keys and values equal up to float32 rounding (relative 1e-5) at every
     step; the cache grows past its capacity on the way (4 positions reserved, 6 decoded). Every
     linear map runs packed (the FFN's ReLU inside oneDNN's matmul), or none does."""
-    monkeypatch.setattr("aiayn.fused.PACKED_MIN_MACS", min_macs)
+    monkeypatch.setattr("aiayn.quantize.PACKED_MIN_MACS", min_macs)
     model = make_model(seed=3, **overrides)
     randomize_(model, seed=5)  # biases and norm gains too, which start at 0 and 1
     fused = FusedDecoder(model, pack_model(model))

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from aiayn.cache import DecoderCache
 from aiayn.layers import ONEDNN_LINEAR, Linear, float32_cpu_inference
 from aiayn.model import Transformer
-from aiayn.quantize import PACKED_MIN_MACS, Int8Linear, PackedLinear, pack_linear, version
+from aiayn.quantize import Int8Linear, PackedLinear, pack_linear, version
 
 
 class _Map:
@@ -48,8 +48,8 @@ class _Map:
     inference, weight unchanged), then which kernel suits the rows, and below the packing
     threshold calls ``Linear.forward``, which checks again: 7–14 % of the linear layers' time at
     1–4 rows. Here the weights are vouched for once per batch (``current()``) and the inference
-    mode once per step (``direct``), so a call only picks the kernel: packed from ``min_rows``
-    rows, as ``PackedLinear`` would, with the FFN's ReLU computed inside oneDNN's matmul.
+    mode once per step (``direct``), so a call only picks the kernel: packed from the layer's own
+    ``min_rows``, as ``PackedLinear`` would, with the FFN's ReLU computed inside oneDNN's matmul.
     Int8 and unpacked layers run their own ``forward``."""
 
     __slots__ = ("forward", "weight", "bias", "packed", "min_rows", "relu")
@@ -59,7 +59,7 @@ class _Map:
         self.packed = layer.packed if isinstance(layer, PackedLinear) else None
         if self.packed is not None:
             self.weight, self.bias = layer.weight.detach(), None if layer.bias is None else layer.bias.detach()
-            self.min_rows = -(-PACKED_MIN_MACS // (layer.in_features * layer.out_features))
+            self.min_rows = layer.min_rows
 
     def __call__(self, x: Tensor, direct: bool) -> Tensor:
         if self.packed is not None and direct:

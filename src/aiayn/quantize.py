@@ -128,6 +128,7 @@ class PackedLinear(Linear):
         self.weight, self.bias = linear.weight, linear.bias  # shared, not copied
         self.packed = ONEDNN_REORDER(linear.weight.detach(), PACK_ROWS)
         self.packed_version = version(linear.weight)
+        self.min_rows = -(-PACKED_MIN_MACS // (self.in_features * self.out_features))  # packed from here
 
     def __deepcopy__(self, memo: dict) -> PackedLinear:
         """A copy packed anew (oneDNN's layout is opaque to ``copy``), e.g. for ``quantize_model``."""
@@ -137,7 +138,7 @@ class PackedLinear(Linear):
 
     def forward(self, x: Tensor) -> Tensor:
         if (
-            x.numel() * self.out_features >= PACKED_MIN_MACS
+            x.numel() >= self.min_rows * self.in_features
             and float32_cpu_inference(x, self.weight)
             and version(self.weight) == self.packed_version
         ):
