@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
+import importlib.util
 import multiprocessing
 import statistics
 import sys
@@ -240,10 +241,8 @@ def load_subject(
         lines = [line for line in read_split(data_dir, "test")[0] if line.strip()][:BATCH]
         rows = [source_row(x, cfg.model.max_len) for x in loaded.tokenizer.encode_batch(lines)]
         workloads["bible test, own lengths"] = Workload(lines, rows, None)
-    try:
-        ct2_dir = ct2_from_aiayn(model, work_dir / "ct2")
-    except ImportError:  # e.g. a GPU image without it: its lines say so (measure_workload)
-        ct2_dir = None
+    # Not installed (e.g. on a GPU image): CTranslate2's lines say so (measure_workload).
+    ct2_dir = ct2_from_aiayn(model, work_dir / "ct2") if importlib.util.find_spec("ctranslate2") else None
     return Subject(cfg, label, source, model_path is not None, ct2_dir, workloads)
 
 
