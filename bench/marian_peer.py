@@ -86,6 +86,7 @@ class PeerRun:
     epochs: float
     train_seconds: float
     tgt_tokens_per_s: float
+    curve: list[dict[str, float]]  # valid NLL every ``eval_every`` updates: step, minutes (training only), nll
 
 
 def train(
@@ -96,7 +97,13 @@ def train(
     minutes: float,
     max_steps: int = 0,
     seed: int = 1,
+    bf16: bool = False,
+    valid: tuple[list[list[int]], list[list[int]]] | None = None,
+    eval_every: int = 0,
 ) -> PeerRun:
+    """The peer's loop as in the product side's script; ``bf16`` trains under CPU bf16 autocast
+    (Hugging Face ``Trainer(bf16=True)``). With ``valid`` and ``eval_every``, the valid NLL is
+    measured every ``eval_every`` updates, off the clock."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     pairs = [(s[:TRUNCATE] + [EOS_ID], t[:TRUNCATE] + [EOS_ID]) for s, t in zip(src_ids, tgt_ids)]
@@ -106,21 +113,26 @@ def train(
     start = time.monotonic()
     deadline = start + minutes * 60 if minutes else math.inf
     steps = epochs = tokens = 0
+    paused, curve = 0.0, []
     model.train()
     bar = tqdm(desc="marian peer", unit="step", total=max_steps or None, dynamic_ncols=True)
     batches, position = token_batches(pairs, rng), 0
-    while time.monotonic() < deadline and (not max_steps or steps < max_steps):
+    while time.monotonic() < deadline + paused and (not max_steps or steps < max_steps):
         if position == len(batches):
             batches, position, epochs = token_batches(pairs, rng), 0, epochs + 1
         b = batches[position]
         position += 1
         s, t = padded([pairs[i][0] for i in b]), padded([pairs[i][1] for i in b])
         dec_in = torch.cat([torch.full((t.size(0), 1), BOS_ID), t[:, :-1]], 1)  # (B, T)
-        logits = model(
-            input_ids=s, attention_mask=s != PAD_ID, decoder_input_ids=dec_in, decoder_attention_mask=dec_in != PAD_ID
-        ).logits  # (B, T, V)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(
+                input_ids=s,
+                attention_mask=s != PAD_ID,
+                decoder_input_ids=dec_in,
+                decoder_attention_mask=dec_in != PAD_ID,
+            ).logits  # (B, T, V)
         loss = F.cross_entropy(
-            logits.reshape(-1, logits.size(-1)), t.reshape(-1), ignore_index=PAD_ID, label_smoothing=0.1
+            logits.float().reshape(-1, logits.size(-1)), t.reshape(-1), ignore_index=PAD_ID, label_smoothing=0.1
         )
         opt.zero_grad()
         loss.backward()
@@ -131,15 +143,24 @@ def train(
         bar.update(1)
         if steps % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epochs)
+        if valid is not None and eval_every and steps % eval_every == 0:
+            pause = time.monotonic()
+            minutes_trained = (pause - start - paused) / 60
+            curve.append(
+                {"step": steps, "minutes": round(minutes_trained, 3), "nll": round(valid_nll(model, *valid), 4)}
+            )
+            model.train()
+            paused += time.monotonic() - pause
     bar.close()
-    seconds = time.monotonic() - start
+    seconds = time.monotonic() - start - paused
     model.eval()
-    return PeerRun(model, steps, epochs + position / len(batches), seconds, tokens / seconds)
+    return PeerRun(model, steps, epochs + position / len(batches), seconds, tokens / seconds, curve)
 
 
 @torch.no_grad()
 def valid_nll(model: Any, src_ids: list[list[int]], tgt_ids: list[list[int]]) -> float:
-    """Mean negative log-likelihood per target token (EOS included), unsmoothed."""
+    """Mean negative log-likelihood per target token (EOS included), unsmoothed, in float32."""
+    model.eval()
     total = count = 0.0
     order = sorted(range(len(src_ids)), key=lambda i: len(tgt_ids[i]))
     for k in range(0, len(order), 64):
@@ -173,30 +194,52 @@ def translate(model: Any, tokenizer: Any, sources: list[str], beam: int = 4, bat
     return out
 
 
-def run(data_dir: Path, *, minutes: float, max_steps: int = 0, seed: int = 1, split: str = "test") -> dict:
-    """Train on ``data_dir``'s train split, decode ``split``; one result row."""
+def run(
+    data_dir: Path,
+    *,
+    minutes: float,
+    max_steps: int = 0,
+    seed: int = 1,
+    split: str | None = "test",
+    bf16: bool = False,
+    eval_every: int = 0,
+) -> dict:
+    """Train on ``data_dir``'s train split, then decode ``split`` (None: no decoding, the valid
+    NLL alone); one result row."""
     from aiayn.corpus import read_split
     from aiayn.evaluate import corpus_scores
     from aiayn.tokenizer import Tokenizer
 
     tok = Tokenizer.load(data_dir)
     src, tgt = read_split(data_dir, "train")
-    peer = train(
-        tok.encode_batch(src), tok.encode_batch(tgt), tok.vocab_size, minutes=minutes, max_steps=max_steps, seed=seed
-    )
     vs, vt = read_split(data_dir, "valid")
-    nll = valid_nll(peer.model, tok.encode_batch(vs), tok.encode_batch(vt))
-    sources, refs = read_split(data_dir, split)
-    start = time.monotonic()
-    hyps = translate(peer.model, tok, sources)
-    return {
+    valid = (tok.encode_batch(vs), tok.encode_batch(vt))
+    peer = train(
+        tok.encode_batch(src),
+        tok.encode_batch(tgt),
+        tok.vocab_size,
+        minutes=minutes,
+        max_steps=max_steps,
+        seed=seed,
+        bf16=bf16,
+        valid=valid,
+        eval_every=eval_every,
+    )
+    nll = valid_nll(peer.model, *valid)
+    row = {
         "system": "hf-marian",
+        "precision": "bf16" if bf16 else "fp32",
+        "seed": seed,
         "updates": peer.steps,
         "epochs": round(peer.epochs, 2),
         "train_minutes": round(peer.train_seconds / 60, 2),
         "tgt_tok_per_s": round(peer.tgt_tokens_per_s),
         "valid_nll": round(nll, 4),
-        "decode_s": round(time.monotonic() - start, 1),
-        "hypotheses": hyps,
-        **corpus_scores(hyps, refs),
+        "curve": peer.curve,
     }
+    if split is None:
+        return row
+    sources, refs = read_split(data_dir, split)
+    start = time.monotonic()
+    hyps = translate(peer.model, tok, sources)
+    return {**row, "decode_s": round(time.monotonic() - start, 1), "hypotheses": hyps, **corpus_scores(hyps, refs)}

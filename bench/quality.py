@@ -1,15 +1,22 @@
 """Quality per CPU minute: aiayn ``small`` against a stock Hugging Face Marian of the same shape
-with the paper's recipe, each trained for the same wall-clock minutes on the same machine and
-the same data folder, one after the other, both decoded with beam 4 on the test split.
+with the paper's recipe, each trained for the same budget on the same machine and the same
+data folder, one after the other, at the same precision.
 
     python -m bench.quality                                   # the Bible, 20 minutes each
     python -m bench.quality --data data/kjv-web --minutes 30  # any `aiayn prepare` folder
+    python -m bench.quality --minutes 0 --max-steps 1500 --seeds 3 --nll-only   # per update
 
 aiayn runs as a user runs it: ``aiayn train --preset small max_minutes=M``, then ``aiayn average``
 and ``aiayn tune-decoding`` (both choose on the valid split, never on test), then
-``aiayn evaluate`` on test. The peer is bench/marian_peer.py. One JSON line per system on stdout
-(BLEU, chrF, length ratio, brevity penalty, updates, target tokens/s, minutes) and a table on
-stderr. ``--aiayn-args`` passes config overrides, which is how docs/quality.md's ablations ran.
+``aiayn evaluate`` on test. The peer is bench/marian_peer.py. Both are trained in bf16 autocast
+exactly where aiayn's precision probe picks bf16 on this machine (``--peer-precision auto``: a
+competent Hugging Face user turns it on), else both in float32. ``--max-steps`` with
+``--minutes 0`` gives both the same number of updates; ``--nll-only`` then skips decoding and
+compares the valid NLL (float32, unsmoothed, per target token) alone. One JSON line per run and
+one summary line per system (mean and spread over ``--seeds``) on stdout, a table on stderr,
+and ``WORK/quality.png``: valid NLL against updates and against minutes, for both systems, the
+band spanning the seeds. ``--aiayn-args`` passes config overrides, which is how
+docs/quality.md's ablations ran.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import csv
 import json
 import math
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -27,7 +35,7 @@ from typing import Any
 
 import torch
 
-from aiayn.config import AiaynError
+from aiayn.config import AiaynError, load_config
 from bench.common import environment, find_data, run_main
 
 
@@ -52,19 +60,75 @@ def aiayn_cli(*args: str) -> None:
         raise AiaynError(f"`aiayn {shlex.join(args)}` failed with status {done.returncode}")
 
 
+def probe_precision(data: Path, threads: int) -> str:
+    """What aiayn's own probe picks for ``small`` on this CPU (train.precision=auto): bf16 or fp32."""
+    from aiayn.model import Transformer
+    from aiayn.precision import choose_precision
+    from aiayn.tokenizer import Tokenizer
+
+    torch.set_num_threads(threads)
+    cfg = load_config("small", overrides=[f"vocab_size={Tokenizer.load(data).vocab_size}"])
+    log = lambda m: print(f"bench: {m}", file=sys.stderr)  # noqa: E731
+    return "bf16" if choose_precision("auto", torch.device("cpu"), Transformer(cfg.model), 3000, log=log) else "fp32"
+
+
+def aiayn_curve(rows: list[dict[str, str]]) -> list[dict[str, float]]:
+    """Valid NLL by update from metrics.csv; the end-of-run row replaces an evaluation at the same step."""
+    points = {
+        int(r["step"]): {
+            "step": int(r["step"]),
+            "minutes": float(r["minutes"]),
+            "nll": round(math.log(float(r["valid_ppl"])), 4),
+        }
+        for r in rows
+        if r.get("valid_ppl")
+    }
+    return list(points.values())
+
+
 def run_aiayn(
-    data: Path, work: Path, minutes: float, max_steps: int, threads: int, overrides: list[str], tune: bool
+    data: Path,
+    run: Path,
+    minutes: float,
+    max_steps: int,
+    threads: int,
+    overrides: list[str],
+    *,
+    tune: bool,
+    seed: int,
+    precision: str,
+    nll_only: bool,
+    eval_every: int,
 ) -> dict[str, Any]:
-    run = work / "aiayn"
     if run.exists():
         raise AiaynError(f"{run} exists; give another --work folder or remove it")
     budget = [f"max_minutes={minutes}"] if minutes else []
     budget += [f"max_steps={max_steps}"] if max_steps else []
+    settings = [f"threads={threads}", f"seed={seed}", f"precision={precision}", f"eval_every={eval_every}"]
+    if nll_only:
+        settings.append("valid_bleu_sentences=0")
     start = time.monotonic()
-    aiayn_cli(
-        "train", "--data", str(data), "--out", str(run), "--preset", "small", f"threads={threads}", *budget, *overrides
-    )
+    aiayn_cli("train", "--data", str(data), "--out", str(run), "--preset", "small", *settings, *budget, *overrides)
     train_s = time.monotonic() - start
+    with (run / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    timing = json.loads((run / "timing.json").read_text())
+    rates = [float(r["tokens_per_s"]) for r in rows if r.get("tokens_per_s")]
+    row = {
+        "system": "aiayn-small",
+        "precision": precision,
+        "seed": seed,
+        "updates": int(rows[-1]["step"]),
+        "epochs": int(rows[-1]["epoch"]),
+        "train_minutes": round(train_s / 60, 2),
+        "outside_updates": timing["outside_fraction"],
+        "tgt_tok_per_s": round(statistics.fmean(rates)) if rates else None,
+        "valid_nll": round(math.log(float(rows[-1]["valid_ppl"])), 4),
+        "curve": aiayn_curve(rows),
+        "overrides": overrides,
+    }
+    if nll_only:
+        return row
     start = time.monotonic()
     aiayn_cli("average", str(run), "--last", "5", "--sentences", "500")
     if tune:
@@ -72,10 +136,6 @@ def run_aiayn(
     select_s = time.monotonic() - start
     aiayn_cli("evaluate", "--model", str(run), "--data", str(data), "--split", "test", "--out", str(run / "eval"))
     scores = json.loads((run / "eval" / "scores.json").read_text())
-    with (run / "metrics.csv").open() as f:
-        rows = list(csv.DictReader(f))
-    steps = int(rows[-1]["step"])
-    rates = [float(r["tokens_per_s"]) for r in rows if r.get("tokens_per_s")]
     selection = json.loads(torch.load(run / "averaged.pt", weights_only=True).get("selection", "{}"))
     hyps = (run / "eval").glob("hyp.*")
     from aiayn.corpus import read_split
@@ -83,13 +143,8 @@ def run_aiayn(
     refs = read_split(data, "test")[1]
     hypotheses = next(hyps).read_text(encoding="utf-8").splitlines()
     return {
-        "system": "aiayn-small",
-        "updates": steps,
-        "epochs": int(rows[-1]["epoch"]),
-        "train_minutes": round(train_s / 60, 2),
+        **row,
         "select_minutes": round(select_s / 60, 2),
-        "tgt_tok_per_s": round(sum(rates) / max(len(rates), 1)),
-        "valid_nll": round(math.log(float(rows[-1]["valid_ppl"])), 4) if rows[-1].get("valid_ppl") else None,
         "averaging": selection.get("selected"),
         "beam": scores["beam_size"],
         "length_penalty": scores["length_penalty"],
@@ -97,16 +152,35 @@ def run_aiayn(
         "bleu": round(scores["bleu"], 2),
         "chrf": round(scores["chrf"], 2),
         "signature": scores["bleu_signature"],
-        "overrides": overrides,
         **bleu_details(hypotheses, refs),
     }
 
 
-def run_marian(data: Path, minutes: float, max_steps: int, threads: int) -> dict[str, Any]:
+def run_marian(
+    data: Path,
+    minutes: float,
+    max_steps: int,
+    threads: int,
+    *,
+    seed: int,
+    precision: str,
+    nll_only: bool,
+    eval_every: int,
+) -> dict[str, Any]:
     from bench import marian_peer
 
     torch.set_num_threads(threads)
-    found = marian_peer.run(data, minutes=minutes, max_steps=max_steps)
+    found = marian_peer.run(
+        data,
+        minutes=minutes,
+        max_steps=max_steps,
+        seed=seed,
+        bf16=precision == "bf16",
+        eval_every=eval_every,
+        split=None if nll_only else "test",
+    )
+    if nll_only:
+        return found
     from aiayn.corpus import read_split
 
     refs = read_split(data, "test")[1]
@@ -125,6 +199,8 @@ def run_marian(data: Path, minutes: float, max_steps: int, threads: int) -> dict
 
 COLUMNS = (
     "system",
+    "seed",
+    "precision",
     "updates",
     "train_minutes",
     "tgt_tok_per_s",
@@ -145,6 +221,75 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
 
 
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One system over its seeds: mean, sample standard deviation, min and max of each score."""
+    out: dict[str, Any] = {"system": runs[0]["system"], "seeds": [r["seed"] for r in runs], "runs": len(runs)}
+    for key in ("updates", "train_minutes", "tgt_tok_per_s", "valid_nll", "bleu", "chrf"):
+        values = [r[key] for r in runs if r.get(key) is not None]
+        if values:
+            out[key] = round(statistics.fmean(values), 4)
+            out[f"{key}_sd"] = round(statistics.stdev(values), 4) if len(values) > 1 else 0.0
+            out[f"{key}_range"] = [min(values), max(values)]
+    return out
+
+
+def plot(runs: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Valid NLL against updates and against minutes: each system's mean over seeds, and a band
+    from the lowest to the highest seed."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    systems = list(dict.fromkeys(r["system"] for r in runs))
+    for i, system in enumerate(systems):
+        color = f"C{i % 10}"
+        curves = [r["curve"] for r in runs if r["system"] == system and r.get("curve")]
+        if not curves:
+            continue
+        points = min(len(c) for c in curves)
+        for ax, x_key in zip(axes, ("step", "minutes")):
+            x = [statistics.fmean(c[i][x_key] for c in curves) for i in range(points)]
+            ys = [[c[i]["nll"] for c in curves] for i in range(points)]
+            ax.plot(x, [statistics.fmean(y) for y in ys], color=color, lw=2, label=f"{system} ({len(curves)} seeds)")
+            ax.fill_between(x, [min(y) for y in ys], [max(y) for y in ys], color=color, alpha=0.2, lw=0)
+    axes[0].set_xlabel("updates")
+    axes[1].set_xlabel("minutes of training")
+    axes[0].set_ylabel("valid NLL per target subword (float32)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.savefig(path, dpi=110)
+
+
+def replot(files: list[Path], work: Path) -> None:
+    """Runs made by separate invocations (one system each, other overrides, other days) in one
+    plot and one summary line per variant; a variant is a system with its aiayn overrides."""
+    runs = []
+    for f in files:
+        try:
+            lines = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        except (OSError, ValueError) as e:
+            raise AiaynError(f"{f}: not a bench.quality output ({e})") from None
+        for r in lines:
+            if r.get("bench") == "quality":
+                label = " ".join([r["system"], *r.get("overrides", [])])
+                runs.append({**r, "system": label})
+    if not runs:
+        raise AiaynError(f'{", ".join(map(str, files))}: no runs (lines with "bench": "quality") to plot')
+    for variant in dict.fromkeys(r["system"] for r in runs):
+        print(json.dumps({"bench": "quality-summary", **summarize([r for r in runs if r["system"] == variant])}))
+    work.mkdir(parents=True, exist_ok=True)
+    first = runs[0]
+    budget = f"{first['updates']} updates" if not first.get("minutes") else f"{first['minutes']:g} minutes"
+    plot(
+        runs,
+        work / "quality.png",
+        f"{Path(first['data']).name}: {budget} each, {first['cpu']}, {first['threads']} threads",
+    )
+    print(f"bench: plot: {work / 'quality.png'}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", help="a prepared data folder (default: data/bible, prepared if missing)")
@@ -155,7 +300,34 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-tune", action="store_true", help="decode aiayn with its config's settings (beam 4, α 0.6)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for both (default 2)")
     p.add_argument("--work", default="runs/quality", help="folder for both runs (default runs/quality)")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "bf16"),
+        help="aiayn's training precision: auto (default) runs aiayn's own probe once, here",
+    )
+    p.add_argument(
+        "--peer-precision",
+        default="auto",
+        choices=("auto", "fp32", "bf16"),
+        help="auto (default): the precision aiayn trains at (bf16 autocast where its probe picks bf16)",
+    )
+    p.add_argument("--seeds", type=int, default=1, help="train each system with seeds 1..K (default 1)")
+    p.add_argument(
+        "--nll-only", action="store_true", help="no decoding: compare the final valid NLL (and the curves) alone"
+    )
+    p.add_argument("--eval-every", type=int, default=250, help="updates between points of the valid-NLL curves")
+    p.add_argument(
+        "--replot",
+        nargs="+",
+        metavar="JSONL",
+        help="train nothing: plot and summarise the runs in these earlier outputs together (each run "
+        "labelled by its system and --aiayn-args) into WORK/quality.png",
+    )
     args = p.parse_args(argv)
+    if args.replot:
+        replot([Path(f) for f in args.replot], Path(args.work))
+        return
     data = Path(args.data) if args.data else find_data(None)
     if data is None or not (data / "meta.json").is_file():
         raise AiaynError(f"{args.data or 'data/bible'}: no prepared data folder; run `aiayn prepare bible` first")
@@ -165,21 +337,53 @@ def main(argv: list[str] | None = None) -> None:
     for s in systems:
         if s not in ("aiayn", "marian"):
             raise AiaynError(f"--systems: unknown system '{s}' (aiayn, marian)")
+    if args.eval_every < 1:
+        raise AiaynError(f"--eval-every must be at least 1 (got {args.eval_every})")
+    if args.seeds < 1:
+        raise AiaynError(f"--seeds must be at least 1 (got {args.seeds})")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     env = environment(torch.device("cpu"), args.threads)
+    aiayn_precision = probe_precision(data, args.threads) if args.precision == "auto" else args.precision
+    peer_precision = aiayn_precision if args.peer_precision == "auto" else args.peer_precision
     rows = []
     for system in systems:
-        if system == "aiayn":
-            row = run_aiayn(
-                data, work, args.minutes, args.max_steps, args.threads, shlex.split(args.aiayn_args), not args.no_tune
-            )
-        else:
-            row = run_marian(data, args.minutes, args.max_steps, args.threads)
-        row = {"bench": "quality", "data": str(data), "minutes": args.minutes, **row, **env}
-        print(json.dumps(row), flush=True)
-        rows.append(row)
-    print(f"\nquality: {data}, {args.minutes:g} minutes each, {env['cpu']}, {args.threads} threads", file=sys.stderr)
+        for seed in range(1, args.seeds + 1):
+            if system == "aiayn":
+                row = run_aiayn(
+                    data,
+                    work / f"aiayn-s{seed}",
+                    args.minutes,
+                    args.max_steps,
+                    args.threads,
+                    shlex.split(args.aiayn_args),
+                    tune=not args.no_tune,
+                    seed=seed,
+                    precision=aiayn_precision,
+                    nll_only=args.nll_only,
+                    eval_every=args.eval_every,
+                )
+            else:
+                row = run_marian(
+                    data,
+                    args.minutes,
+                    args.max_steps,
+                    args.threads,
+                    seed=seed,
+                    precision=peer_precision,
+                    nll_only=args.nll_only,
+                    eval_every=args.eval_every,
+                )
+            row = {"bench": "quality", "data": str(data), "minutes": args.minutes, **row, **env}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    for system in dict.fromkeys(r["system"] for r in rows):
+        summary = summarize([r for r in rows if r["system"] == system])
+        print(json.dumps({"bench": "quality-summary", "data": str(data), **summary, **env}), flush=True)
+    budget = f"{args.minutes:g} minutes" if args.minutes else f"{args.max_steps} updates"
+    title = f"{data.name}: {budget} each, {env['cpu']}, {args.threads} threads"
+    plot(rows, work / "quality.png", title)
+    print(f"\nquality: {title}; plot: {work / 'quality.png'}", file=sys.stderr)
     print(table(rows), file=sys.stderr)
 
 

@@ -93,6 +93,25 @@ def test_unshuffled_batches_come_in_length_order():
     assert flat == sorted(range(300), key=lambda i: (tgt_lens[i], src_lens[i], i))
 
 
+def test_sort_by_target_then_source_or_target_alone():
+    """sort=length orders by (target, source) length, sort=target by target length alone, sources
+    at random within one (in index order when unshuffled); both keep every pair once within the
+    budget, and sort=target's batches hold a wider range of source lengths."""
+    src, tgt = _random_pairs(2000, seed=4)
+    src_lens, tgt_lens = _lens(src, tgt)
+    flat = lambda batches: [i for b in batches for i in b]  # noqa: E731
+    unshuffled = make_batches(src_lens, tgt_lens, 500, shuffle=False, sort="target")
+    assert flat(unshuffled) == sorted(range(2000), key=lambda i: (tgt_lens[i], i))
+    spread = {}
+    for sort in ("length", "target"):
+        batches = make_batches(src_lens, tgt_lens, 500, seed=1, epoch=0, sort=sort)
+        assert sorted(flat(batches)) == list(range(2000))
+        assert all(len(b) == 1 or collate(b, src, tgt).src.numel() <= 500 for b in batches)
+        assert batches == make_batches(src_lens, tgt_lens, 500, seed=1, epoch=0, sort=sort)
+        spread[sort] = sum(max(src_lens[i] for i in b) - min(src_lens[i] for i in b) for b in batches) / len(batches)
+    assert spread["target"] > 1.4 * spread["length"]  # 8.5 against 5.2 here
+
+
 def test_shard_equal_disjoint_and_covering():
     batches = [[i] for i in range(10)]
     shards = [shard(batches, r, 3) for r in range(3)]

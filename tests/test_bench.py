@@ -194,17 +194,87 @@ def test_quality_harness_runs_both_systems_end_to_end(tmp_path):
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    rows = [json.loads(line) for line in done.stdout.splitlines()]  # nothing but JSON lines on stdout
+    lines = [json.loads(line) for line in done.stdout.splitlines()]  # nothing but JSON lines on stdout
+    rows = [r for r in lines if r["bench"] == "quality"]
     assert [r["system"] for r in rows] == ["aiayn-small", "hf-marian"]
     for r in rows:
         assert r["updates"] == 3 and r["beam"] == 4 and 0 <= r["bleu"] <= 100 and r["length_ratio"] > 0
         assert r["signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp")
+        assert r["valid_nll"] > 0 and r["seed"] == 1
+    # "auto": the peer trains at the precision aiayn's probe chose, whichever it was.
+    assert rows[0]["precision"] == rows[1]["precision"] in ("bf16", "fp32")
+    summaries = [r for r in lines if r["bench"] == "quality-summary"]
+    assert [(s["system"], s["runs"], s["updates"]) for s in summaries] == [("aiayn-small", 1, 3), ("hf-marian", 1, 3)]
     assert "length_ratio" in done.stderr and "hf-marian" in done.stderr  # the table
+    assert (tmp_path / "q" / "quality.png").stat().st_size > 10_000
     import random
 
     pairs = [([5] * a, [6] * b) for a, b in zip(range(1, 90), range(89, 0, -1))]
     for batch in marian_peer.token_batches(pairs, random.Random(0)):
         assert len(batch) * max(len(pairs[i][0]) + len(pairs[i][1]) for i in batch) <= marian_peer.MAX_TOKENS
+
+
+@needs_transformers
+def test_quality_harness_equal_updates_over_seeds(tmp_path):
+    """The per-update mode: both systems, the same four updates, two seeds, no decoding; each run
+    carries its valid-NLL curve every two updates, each system a summary over its seeds, and the
+    runs with the same seed start from the same weights only within a system (seeds differ)."""
+    from toydata import make_toy_data
+
+    data = make_toy_data(tmp_path / "toy", pairs=400)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.quality",
+            *("--data", str(data), "--minutes", "0", "--max-steps", "4", "--threads", "1"),
+            *("--seeds", "2", "--nll-only", "--eval-every", "2", "--precision", "fp32", "--work", str(tmp_path / "q")),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    runs = [r for r in lines if r["bench"] == "quality"]
+    assert [(r["system"], r["seed"], r["precision"]) for r in runs] == [
+        ("aiayn-small", 1, "fp32"),
+        ("aiayn-small", 2, "fp32"),
+        ("hf-marian", 1, "fp32"),
+        ("hf-marian", 2, "fp32"),
+    ]
+    for r in runs:
+        assert r["updates"] == 4 and "bleu" not in r
+        assert [c["step"] for c in r["curve"]] == [2, 4]
+        assert r["curve"][-1]["nll"] == pytest.approx(r["valid_nll"], abs=1e-3)  # the last point is the final model
+    assert runs[0]["valid_nll"] != runs[1]["valid_nll"]  # another seed, another run
+    summaries = {s["system"]: s for s in lines if s["bench"] == "quality-summary"}
+    aiayn = [r["valid_nll"] for r in runs[:2]]
+    assert summaries["aiayn-small"]["valid_nll"] == pytest.approx(sum(aiayn) / 2, abs=1e-4)
+    assert summaries["aiayn-small"]["valid_nll_range"] == [min(aiayn), max(aiayn)]
+    assert (tmp_path / "q" / "quality.png").stat().st_size > 10_000
+    # Runs of separate invocations, plotted and summarised together later.
+    (tmp_path / "runs.jsonl").write_text(done.stdout)
+    again = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.quality",
+            "--replot",
+            str(tmp_path / "runs.jsonl"),
+            "--work",
+            str(tmp_path / "r"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    replotted = {s["system"]: s for s in map(json.loads, again.stdout.splitlines())}
+    assert replotted["aiayn-small"]["valid_nll"] == summaries["aiayn-small"]["valid_nll"]
+    assert replotted["hf-marian"]["runs"] == 2 and (tmp_path / "r" / "quality.png").is_file()
 
 
 def test_load_bench_serves_a_short_load_without_errors():

@@ -60,20 +60,31 @@ def test_budgeted_peak_is_eq3_peak() -> None:
     assert BUDGET.peak == pytest.approx(InverseSqrtSchedule(256, 400, 0.4).peak, rel=1e-12)
 
 
+# Warmup ended with 20 % of the budget used: the fall runs from there (the peak) to 1 (zero).
 @pytest.mark.parametrize(
     "step, progress, expected",
     [
         (1, 0.0, 1.25e-3 / 400),  # warming up, step by step as Eq. 3 does
-        (200, 0.1, 1.25e-3 * 0.5 * 0.9),  # half-way up, 10 % of the budget used
-        (400, 0.2, 1.25e-3 * 0.8),  # warm: the linear decay alone
-        (1000, 0.5, 1.25e-3 * 0.5),
-        (1500, 0.9, 1.25e-4),
+        (200, 0.1, 1.25e-3 * 0.5),  # half-way up: the ramp alone, whatever the budget used
+        (400, 0.2, 1.25e-3),  # the last warmup update reaches the peak
+        (401, 0.2, 1.25e-3),  # the fall starts at the peak
+        (1000, 0.6, 1.25e-3 * 0.5),  # half of the fall: (1 - 0.6) / (1 - 0.2)
+        (1500, 0.92, 1.25e-4),  # (1 - 0.92) / 0.8 = 0.1
         (2000, 1.0, 0.0),  # zero at the end of the budget
         (2100, 1.3, 0.0),  # never negative past it
     ],
 )
 def test_linear_decay_by_hand(step: int, progress: float, expected: float) -> None:
-    assert BUDGET(step, progress) == pytest.approx(expected, rel=1e-12, abs=1e-18)
+    assert BUDGET(step, progress, 0.2) == pytest.approx(expected, rel=1e-12, abs=1e-18)
+
+
+def test_decay_starts_at_the_peak_not_from_the_first_update() -> None:
+    """The earlier schedule multiplied the warmup ramp by the decay line, so with 400 warmup
+    updates in a 500-update budget the rate never came near the peak. Now the ramp reaches it
+    and the fall shares the remaining budget."""
+    rates = [BUDGET(s, (s - 1) / 500, 399 / 500) for s in range(1, 501)]
+    assert max(rates) == pytest.approx(1.25e-3, rel=1e-12) == rates[399]
+    assert rates[-1] == pytest.approx(1.25e-3 / 101, rel=1e-9)  # one hundredth-and-one of the fall left
 
 
 def test_cosine_by_hand() -> None:
@@ -81,10 +92,11 @@ def test_cosine_by_hand() -> None:
     assert COSINE(800, 0.5) == pytest.approx(1.25e-3 / 2)  # cos(π/2) = 0
     assert COSINE(900, 0.25) == pytest.approx(1.25e-3 * (1 + math.cos(math.pi * 0.25)) / 2)
     assert COSINE(1000, 1.0) == pytest.approx(0.0, abs=1e-18)
+    assert COSINE(900, 0.6, 0.2) == pytest.approx(1.25e-3 / 2)  # half of the fall that began at 0.2
 
 
 def test_budgeted_rates_fall_monotonically_after_warmup() -> None:
-    rates = [BUDGET(400 + k, k / 1000) for k in range(1001)]
+    rates = [BUDGET(401 + k, 0.1 + k / 1000, 0.1) for k in range(901)]
     assert all(a > b for a, b in zip(rates, rates[1:]))
 
 

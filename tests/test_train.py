@@ -4,6 +4,7 @@ equal one process over the same global batches, damaged checkpoints fall back, N
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import random
@@ -80,6 +81,15 @@ def test_loss_decreases_and_run_folder_is_complete(toy, tmp_path, capsys):
     assert list((run / "tb").iterdir()), "TensorBoard events written"
     saved = ckpt.load_checkpoint(run / "checkpoints" / "step_00000300.pt")
     assert saved["step"] == 300 and '"d_model": 32' in saved["config"]
+    # What the budget went to besides updates: 3 validations in the loop, 3 checkpoint writes
+    # (the best valid loss at 100, 200 and 300 came with a scheduled write each).
+    timing = json.loads((run / "timing.json").read_text())
+    assert (timing["updates"], timing["validation_passes"], timing["checkpoint_writes"]) == (300, 3, 3)
+    assert 0 < timing["validation_minutes"] + timing["checkpoint_minutes"] < timing["minutes"]
+    assert timing["update_minutes"] == pytest.approx(
+        timing["minutes"] - timing["validation_minutes"] - timing["checkpoint_minutes"], abs=2e-3
+    )
+    assert "300 updates in" in capsys.readouterr().err
     # A second `train` into the same folder must not overwrite the work.
     assert main(["train", "--data", str(toy), "--out", str(run), *TINY]) == 2
     assert "--resume" in capsys.readouterr().err
@@ -87,11 +97,15 @@ def test_loss_decreases_and_run_folder_is_complete(toy, tmp_path, capsys):
 
 def test_sigkill_and_resume_is_bit_exact(toy, tmp_path):
     """Kill the run at random moments (several times), resume each time; the final weights
-    must equal those of an uninterrupted run of the same length (docs/pitfalls.md: "Resume")."""
+    must equal those of an uninterrupted run of the same length (docs/pitfalls.md: "Resume").
+    The budgeted schedule with a 2-update warmup: every resumed segment's rates depend on the
+    budget used when warmup ended, which only the checkpoint can give back."""
     common = [
         "--data",
         str(toy),
         *TINY,
+        "schedule=linear",
+        "warmup_steps=2",
         "dropout=0.1",
         "max_steps=160",
         "checkpoint_every_steps=4",
@@ -241,8 +255,9 @@ def test_nan_losses_skip_updates_then_stop_with_checkpoint_intact(toy, tmp_path,
 
 
 def test_budget_recipe_decays_to_zero_and_writes_the_tail_checkpoints(toy, tmp_path):
-    """recipe=budget: the rate follows warmup then a linear fall to zero at max_steps, and the
-    last five checkpoints sit in the last 10 % of the budget (what `aiayn average` averages)."""
+    """recipe=budget with schedule=linear: the rate rises to the peak over warmup, then falls
+    linearly from the peak to zero at max_steps, and the last five checkpoints sit in the last
+    10 % of the budget (what `aiayn average` averages)."""
     run = tmp_path / "run"
     assert (
         main(
@@ -254,6 +269,7 @@ def test_budget_recipe_decays_to_zero_and_writes_the_tail_checkpoints(toy, tmp_p
                 str(run),
                 *TINY,
                 "recipe=budget",
+                "schedule=linear",
                 "max_steps=200",
                 "warmup_steps=20",
                 "lr_scale=1.0",
@@ -268,11 +284,14 @@ def test_budget_recipe_decays_to_zero_and_writes_the_tail_checkpoints(toy, tmp_p
     assert [int(p.stem.split("_")[1]) for p in ckpt.list_checkpoints(run)] == [180, 185, 190, 195, 200]
     rows = [r for r in csv.DictReader((run / "metrics.csv").open()) if r["lr"]]
     peak = 32**-0.5 * 20**-0.5  # Eq. 3's peak for d_model 32, warmup 20
-    for r in rows:  # logged after update `step`, which used progress (step - 1) / max_steps
+    # Logged after update `step`, which used progress (step - 1) / max_steps; warmup ended at
+    # update 20, with progress 19 / 200.
+    for r in rows:
         step = int(r["step"])
-        expected = peak * min(1.0, step / 20) * (1 - (step - 1) / 200)
+        fall = (1 - (step - 1) / 200) / (1 - 19 / 200)
+        expected = peak * step / 20 if step <= 20 else peak * fall
         assert float(r["lr"]) == pytest.approx(expected, rel=1e-9), step
-    assert float(rows[-1]["lr"]) == pytest.approx(peak / 200)
+    assert float(rows[-1]["lr"]) == pytest.approx(peak / 181)
 
 
 def test_time_budget_progress_and_tail_marks():

@@ -204,6 +204,19 @@ def test_schedule_follows_eq3_and_marks_the_warmup(tmp_path):
     assert_png_matches(fig, v.save_figure(fig, tmp_path, "schedule")[0])
 
 
+def test_budgeted_schedule_figure_rises_then_falls_to_zero_by_hand():
+    """`small`'s default: a linear rise over 300 updates to 0.27713 · 256^-0.5 · 300^-0.5 ≈ 1e-3,
+    then a straight fall from there to zero at the budget's last update."""
+    fig = v.schedule_figure(d_model=256, warmup_steps=300, scale=0.27713, steps=1500, name="linear")
+    steps, rates = fig.axes[0].lines[0].get_xdata(), fig.axes[0].lines[0].get_ydata()
+    peak = 0.27713 * 256**-0.5 * 300**-0.5
+    assert peak == pytest.approx(1e-3, rel=1e-4)
+    hand = [peak * s / 300 if s <= 300 else peak * (1 - (s - 1) / 1500) / (1 - 299 / 1500) for s in steps]
+    np.testing.assert_allclose(rates, hand, rtol=1e-12)
+    assert steps[np.argmax(rates)] == 300 and rates[-1] == pytest.approx(peak / 1201)
+    assert "linear budget of 1,500 updates" in fig.axes[0].get_title()
+
+
 def write_metrics(run: Path, rows: list[dict]) -> None:
     from aiayn.runlog import METRICS
 

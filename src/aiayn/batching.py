@@ -99,22 +99,27 @@ def make_batches(
     seed: int = 0,
     epoch: int = 0,
     shuffle: bool = True,
+    sort: str = "length",
 ) -> list[list[int]]:
     """Group pair indices into batches of at most ``batch_tokens`` padded positions per side.
 
     ``src_lens``/``tgt_lens`` count subwords without specials; each side's row is one longer
-    (EOS, or BOS/EOS). Pairs are sorted by (target, source) length, ties broken at random, then
-    cut greedily; a pair that alone exceeds ``batch_tokens`` becomes a batch of one rather than
-    being lost. With ``shuffle`` the tie-breaking and the batch order come from a generator
-    seeded by (seed, epoch), so each epoch differs but is reproducible; without it the batches
-    come in length order (for decoding).
+    (EOS, or BOS/EOS). Pairs are sorted by target length, then (``sort="length"``) by source
+    length, ties broken at random, or (``sort="target"``) with the sources of one target length
+    in random order, as Hugging Face and fairseq-style length bucketing on one side do; then cut
+    greedily; a pair that alone exceeds ``batch_tokens`` becomes a batch of one rather than being
+    lost. ``length`` pads least; ``target`` gives each batch sources of many lengths, so batches
+    are less alike (docs/quality.md measures both). With ``shuffle`` the tie-breaking and the
+    batch order come from a generator seeded by (seed, epoch), so each epoch differs but is
+    reproducible; without it the batches come in length order (for decoding).
     """
     src_w = np.asarray(src_lens, dtype=np.int64) + 1
     tgt_w = np.asarray(tgt_lens, dtype=np.int64) + 1
     n = len(src_w)
     rng = np.random.default_rng([seed, epoch]) if shuffle else None
     tie = rng.permutation(n) if rng is not None else np.arange(n)
-    order = np.lexsort((tie, src_w, tgt_w))  # last key sorts first: target, source, tie
+    keys = (tie, src_w, tgt_w) if sort == "length" else (tie, tgt_w)
+    order = np.lexsort(keys)  # last key sorts first: target, (source,) tie
     widths = np.maximum(src_w, tgt_w)[order].tolist()
     # Greedy cut in length order: a batch grows while rows × widest row fits. Taking each pair's
     # wider side is exact, not conservative: max over rows of max(src, tgt) = max(S, T).
@@ -181,11 +186,12 @@ class BatchStream:
         rank: int = 0,
         world_size: int = 1,
         shuffle: bool = True,
+        sort: str = "length",
     ):
         if len(src_ids) != len(tgt_ids):
             raise ValueError(f"{len(src_ids)} source but {len(tgt_ids)} target sentences")
         self.src_ids, self.tgt_ids = src_ids, tgt_ids
-        self.batch_tokens, self.seed, self.shuffle = batch_tokens, seed, shuffle
+        self.batch_tokens, self.seed, self.shuffle, self.sort = batch_tokens, seed, shuffle, sort
         self.rank, self.world_size = rank, world_size
         self.kept = [i for i, (x, y) in enumerate(zip(src_ids, tgt_ids)) if len(x) <= max_len and len(y) <= max_len]
         self.n_dropped = len(src_ids) - len(self.kept)
@@ -201,7 +207,7 @@ class BatchStream:
         if self._cached is None or self._cached[0] != epoch:
             src_lens = [len(self.src_ids[i]) for i in self.kept]
             tgt_lens = [len(self.tgt_ids[i]) for i in self.kept]
-            local = make_batches(src_lens, tgt_lens, self.batch_tokens, self.seed, epoch, self.shuffle)
+            local = make_batches(src_lens, tgt_lens, self.batch_tokens, self.seed, epoch, self.shuffle, self.sort)
             mine = shard([[self.kept[j] for j in b] for b in local], self.rank, self.world_size)
             if not mine:
                 raise AiaynError(

@@ -64,6 +64,7 @@ class DataConfig:
 
     batch_tokens: int = 4096  # padded tokens per side in one batch (per rank)
     max_len: int = 256  # longer training pairs (in subwords, either side) are dropped
+    sort: str = "length"  # length: by target, then source length | target: sources at random within one
     valid_bleu_sentences: int = 200  # greedy BLEU on this many valid sentences at each evaluation; 0: no BLEU
 
 
@@ -182,6 +183,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 ENUMS = {
     ("model", "positional"): ("sinusoidal", "learned"),
+    ("data", "sort"): ("length", "target"),
     ("model", "norm"): ("post", "pre"),
     ("model", "init"): ("xavier", "normal"),
     ("model", "tie_embeddings"): ("all", "decoder", "none"),

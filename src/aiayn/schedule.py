@@ -6,12 +6,15 @@ Eq. 3 of §5.3 (``schedule=inverse_sqrt``, the paper's):
 
 It was made for 100k-step runs; a run boxed into minutes stops while the rate is still high,
 so its last weights are noisy and it never anneals. The budgeted schedules
-(``schedule=linear`` / ``cosine``) rise the same way to the same peak, then fall to zero
-exactly at the end of the budget — of ``max_steps`` or of ``max_minutes``, whichever the run
-reaches first — as the "budgeted training" literature recommends for fixed budgets.
+(``schedule=linear`` / ``cosine``) rise the same way to the same peak, then fall from the peak
+at the end of warmup to zero exactly at the end of the budget — of ``max_steps`` or of
+``max_minutes``, whichever the run reaches first — as the "budgeted training" literature
+recommends for fixed budgets. (An earlier version multiplied the warmup ramp by the decay line
+from the first update, so a short budget never reached the peak: docs/quality.md.)
 
-Every schedule is a plain function of (update number, budget used): both are in each
-checkpoint, so resuming a run needs nothing else (docs/pitfalls.md: "Resume").
+Every schedule is a plain function of (update number, budget used, budget used when warmup
+ended): all three are in each checkpoint, so resuming a run needs nothing else
+(docs/pitfalls.md: "Resume").
 """
 
 from __future__ import annotations
@@ -35,9 +38,9 @@ class InverseSqrtSchedule:
     warmup_steps: int
     scale: float = 1.0
 
-    def __call__(self, step: int, progress: float = 0.0) -> float:
-        """Learning rate of update number ``step`` (the first update is step 1); ``progress``
-        is accepted for a common signature and ignored."""
+    def __call__(self, step: int, progress: float = 0.0, warmup_progress: float = 0.0) -> float:
+        """Learning rate of update number ``step`` (the first update is step 1); the budget
+        arguments are accepted for a common signature and ignored."""
         step = max(step, 1)
         return self.scale * self.d_model**-0.5 * min(step**-0.5, step * self.warmup_steps**-1.5)
 
@@ -48,22 +51,25 @@ class InverseSqrtSchedule:
 
 @dataclass(frozen=True)
 class BudgetSchedule:
-    """Linear warmup to ``peak`` over ``warmup_steps``, then linear or cosine decay to zero at
-    ``progress`` = 1, the end of the run's budget."""
+    """Linear warmup to ``peak`` over ``warmup_steps``, then linear or cosine decay from the peak
+    to zero: ``warmup_progress`` (the budget used when warmup ended) maps to the peak and
+    ``progress`` = 1, the end of the run's budget, to zero."""
 
     peak: float
     warmup_steps: int
     shape: str = "linear"
 
-    def __call__(self, step: int, progress: float = 0.0) -> float:
+    def __call__(self, step: int, progress: float = 0.0, warmup_progress: float = 0.0) -> float:
         step = max(step, 1)
-        warm = min(1.0, step / self.warmup_steps)
-        remaining = min(max(1.0 - progress, 0.0), 1.0)
+        if step <= self.warmup_steps:
+            return self.peak * step / self.warmup_steps
+        span = max(1.0 - warmup_progress, 1e-12)
+        remaining = min(max((1.0 - progress) / span, 0.0), 1.0)
         if self.shape == "cosine":
             decay = 0.5 * (1.0 - math.cos(math.pi * remaining))
         else:
             decay = remaining
-        return self.peak * warm * decay
+        return self.peak * decay
 
 
 def make_schedule(name: str, d_model: int, warmup_steps: int, scale: float) -> InverseSqrtSchedule | BudgetSchedule:

@@ -40,8 +40,9 @@ class TrainingStep:
     forward: Callable[..., Tensor]  # ``ddp``, compiled when train.compile is set
     autocast: torch.dtype | None  # bf16 autocast, or None for float32
     optimizer: torch.optim.Optimizer
-    schedule: Callable[[int, float], float]  # (step, budget progress) -> learning rate
+    schedule: Callable[[int, float, float], float]  # (step, budget used, budget used at warmup's end) -> rate
     step: int = 0
+    warmup_progress: float = 0.0  # budget used when warmup ended: the budgeted schedules decay from there
 
     def all_reduce(self, values: list[float]) -> list[float]:
         """Sums over ranks (as they are in one process)."""
@@ -51,11 +52,13 @@ class TrainingStep:
         dist.all_reduce(t)
         return t.tolist()
 
-    def loss(self, batch: Batch, forward: Callable[..., Tensor] | None = None) -> tuple[Tensor, Tensor, int]:
-        """Label-smoothed loss sum, NLL sum and token count of one batch, under the run's precision."""
-        with torch.autocast(
-            self.rt.device.type, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None
-        ):
+    def loss(
+        self, batch: Batch, forward: Callable[..., Tensor] | None = None, *, exact: bool = False
+    ) -> tuple[Tensor, Tensor, int]:
+        """Label-smoothed loss sum, NLL sum and token count of one batch, under the run's precision,
+        or in float32 with ``exact`` (validation: its figures then compare across precisions)."""
+        bf16 = self.autocast is not None and not exact
+        with torch.autocast(self.rt.device.type, dtype=self.autocast or torch.bfloat16, enabled=bf16):
             logits = (forward or self.forward)(batch.src, batch.tgt_in, batch.src_mask, batch.tgt_mask)  # (n, V)
         return label_smoothed_cross_entropy(logits, batch.tgt_out[batch.tgt_mask], self.cfg.train.label_smoothing)
 
@@ -89,11 +92,13 @@ class TrainingStep:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)) if finite else math.nan
         finite = finite and math.isfinite(grad_norm)
         if finite:
-            lr = self.schedule(self.step + 1, progress)
+            lr = self.schedule(self.step + 1, progress, self.warmup_progress)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             self.optimizer.step()
             self.step += 1
+            if self.step == self.cfg.train.warmup_steps:
+                self.warmup_progress = progress
         self.optimizer.zero_grad(set_to_none=True)
         return {
             "finite": finite,
@@ -101,7 +106,7 @@ class TrainingStep:
             "nll": nll_sum / tokens,
             "tokens": tokens,
             "grad_norm": grad_norm,
-            "lr": self.schedule(max(self.step, 1), progress),
+            "lr": self.schedule(max(self.step, 1), progress, self.warmup_progress),
         }
 
 

@@ -46,7 +46,14 @@ class Trainer:
             raise AiaynError(f"{data_dir}: the train split is empty; run `aiayn prepare` again")
         t = cfg.train
         self.stream = BatchStream(
-            src, tgt, cfg.data.batch_tokens, cfg.data.max_len, t.seed, runtime.rank, runtime.world_size
+            src,
+            tgt,
+            cfg.data.batch_tokens,
+            cfg.data.max_len,
+            t.seed,
+            runtime.rank,
+            runtime.world_size,
+            sort=cfg.data.sort,
         )
         # Micro-batches per rank and update, so that one update sees ≈ update_tokens target tokens.
         self.accumulate = max(1, math.ceil(t.update_tokens / (cfg.data.batch_tokens * runtime.world_size)))
@@ -66,9 +73,13 @@ class Trainer:
             self.training.optimizer.load_state_dict(resume["optimizer"])
             self.stream.load_state_dict(resume["stream"][runtime.rank])
             self.training.step, self.minutes_before = int(resume["step"]), float(resume["minutes"])
+            self.training.warmup_progress = float(resume.get("warmup_progress", 0.0))
             self.best_valid = float(resume["best_valid"])
             set_rng_state(resume["rng"][runtime.rank])
         self.log = MetricsLog(run_dir, self.step) if runtime.is_main else None
+        # Seconds and count of the work inside the budget that is not updates: it buys no learning,
+        # so every run says what it cost (``timing.json``, and a line at the end).
+        self.outside = {"validation": [0.0, 0], "checkpoints": [0.0, 0]}
 
     @property
     def step(self) -> int:
@@ -77,12 +88,13 @@ class Trainer:
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
     def validate(self, final: bool = False) -> dict:
-        """Valid loss and perplexity; greedy BLEU on a fixed subset, or at the end of training
-        beam-search BLEU (the config's decoding settings) on the whole valid split."""
+        """Valid loss and perplexity, in float32 whatever the training precision; greedy BLEU on a
+        fixed subset, or at the end of training beam-search BLEU (the config's decoding settings)
+        on the whole valid split."""
         self.model.eval()
         loss_sum = nll_sum = tokens = 0.0
         for batch in self.valid_batches:
-            loss, nll, n = self.training.loss(batch.to(self.rt.device), forward=self.model)
+            loss, nll, n = self.training.loss(batch.to(self.rt.device), forward=self.model, exact=True)
             loss_sum, nll_sum, tokens = loss_sum + loss.item(), nll_sum + nll.item(), tokens + n
         result = {"valid_loss": loss_sum / max(tokens, 1), "valid_ppl": math.exp(min(nll_sum / max(tokens, 1), 50))}
         n_bleu = self.cfg.data.valid_bleu_sentences if self.rt.is_main and self.valid_src else 0  # others: loss only
@@ -110,19 +122,38 @@ class Trainer:
             "stream": streams,
             "rng": rngs,
             "best_valid": self.best_valid,
+            "warmup_progress": self.training.warmup_progress,
         }
 
     def save(self, minutes: float, best: bool = False) -> None:
+        start = time.monotonic()
         state = self.state(minutes)  # every rank joins the gathers; rank 0 writes
         if self.rt.is_main:
             ckpt.save_checkpoint(ckpt.step_path(self.run_dir, self.step), state)
             if best:
-                ckpt.save_checkpoint(
-                    ckpt.checkpoint_dir(self.run_dir) / "best.pt",
-                    {"model": state["model"], "config": state["config"], "step": self.step},
-                )
+                self.save_best(state["model"], state["config"])
             ckpt.prune_checkpoints(self.run_dir, self.cfg.train.keep_last)
         self.saved_step = self.step
+        self._count("checkpoints", start)
+
+    def save_best(self, model: dict | None = None, config: str | None = None) -> None:
+        """best.pt: the weights alone, a third of a full checkpoint (no Adam moments)."""
+        start = time.monotonic()
+        if self.rt.is_main:
+            ckpt.save_checkpoint(
+                ckpt.checkpoint_dir(self.run_dir) / "best.pt",
+                {
+                    "model": model or self.model.state_dict(),
+                    "config": config or json.dumps(self.cfg.to_dict()),
+                    "step": self.step,
+                },
+            )
+        if model is None:
+            self._count("checkpoints", start)
+
+    def _count(self, kind: str, start: float) -> None:
+        self.outside[kind][0] += time.monotonic() - start
+        self.outside[kind][1] += 1
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict:
@@ -179,7 +210,9 @@ class Trainer:
                 row = self._train_row(last, epoch, minutes(), meter.rate(), bar, first_step)
             best = False
             if self.step % t.eval_every == 0:
+                started = time.monotonic()
                 row.update(self.validate())
+                self._count("validation", started)
                 best = row["valid_loss"] < self.best_valid
                 self.best_valid = min(self.best_valid, row["valid_loss"])
                 bar.write(
@@ -191,11 +224,17 @@ class Trainer:
             due = (t.checkpoint_every_steps and self.step % t.checkpoint_every_steps == 0) or (
                 t.checkpoint_every_minutes and minutes() - last_ckpt_minutes >= t.checkpoint_every_minutes
             )
-            if self.training.all_reduce([float(bool(due or best))])[0]:
-                self.save(minutes(), best)
+            # A better valid loss alone writes only best.pt; a full checkpoint waits for its turn,
+            # and a write of either kind restarts the minutes timer.
+            due, best = self.training.all_reduce([float(bool(due)), float(best)])
+            if due:
+                self.save(minutes(), bool(best))
+                last_ckpt_minutes = minutes()
+            elif best:
+                self.save_best()
                 last_ckpt_minutes = minutes()
         bar.close()
-        return self.finish(minutes())
+        return self.finish(minutes(), minutes() - self.minutes_before, self.step - first_step)
 
     def describe(self) -> str:
         return (
@@ -225,8 +264,11 @@ class Trainer:
             "grad_norm": last["grad_norm"],
         }
 
-    def finish(self, minutes: float) -> dict:
-        """After the budget: beam BLEU on all of valid, the final checkpoint, the last metrics row."""
+    def finish(self, minutes: float, run_minutes: float = 0.0, updates: int = 0) -> dict:
+        """After the budget: what the time inside it went to, beam BLEU on all of valid, the final
+        checkpoint, the last metrics row."""
+        if self.rt.is_main and run_minutes > 0:
+            self.report_outside(run_minutes, updates)
         if self.rt.is_main and self.step and self.cfg.data.valid_bleu_sentences:
             print(
                 f"aiayn: beam-{self.cfg.decode.beam_size} BLEU on all {len(self.valid_src)} valid sentences ...",
@@ -240,6 +282,29 @@ class Trainer:
         if self.log:
             self.log.write({"step": self.step, "epoch": self.stream.epoch, "minutes": round(minutes, 3), **final})
         return {"step": self.step, "minutes": minutes, **final}
+
+    def report_outside(self, run_minutes: float, updates: int) -> None:
+        """One line and ``timing.json``: the budget's minutes, and how much of them went to
+        validation and checkpoint writes rather than updates."""
+        (val_s, val_n), (ckpt_s, ckpt_n) = self.outside["validation"], self.outside["checkpoints"]
+        outside = (val_s + ckpt_s) / 60
+        timing = {
+            "updates": updates,
+            "minutes": round(run_minutes, 3),
+            "update_minutes": round(run_minutes - outside, 3),
+            "validation_minutes": round(val_s / 60, 3),
+            "validation_passes": val_n,
+            "checkpoint_minutes": round(ckpt_s / 60, 3),
+            "checkpoint_writes": ckpt_n,
+            "outside_fraction": round(outside / max(run_minutes, 1e-9), 4),
+        }
+        (self.run_dir / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
+        print(
+            f"aiayn: {updates:,} updates in {run_minutes:.1f} min; outside the updates: validation "
+            f"{val_s / 60:.2f} min ({val_n} passes), checkpoints {ckpt_s / 60:.2f} min ({ckpt_n} writes), "
+            f"{100 * timing['outside_fraction']:.1f} % of the run",
+            file=sys.stderr,
+        )
 
     def _broadcast(self, values: list[float]) -> list[float]:
         t = torch.tensor(values, dtype=torch.float64, device=self.rt.device)

@@ -34,7 +34,7 @@ from PIL import Image  # a dependency of matplotlib
 from aiayn.batching import source_row
 from aiayn.config import BOS_ID, PAD_ID, AiaynError, load_config
 from aiayn.layers import sinusoid_table
-from aiayn.schedule import InverseSqrtSchedule
+from aiayn.schedule import make_schedule
 from aiayn.translate import Translator
 
 KINDS = {
@@ -250,15 +250,27 @@ def positions_figure(d_model: int = 512, max_len: int = 100) -> Figure:
     return fig
 
 
-def schedule_figure(d_model: int, warmup_steps: int, scale: float = 1.0, steps: int = 100_000) -> Figure:
-    """Eq. 3: lrate = scale · d_model^-0.5 · min(step^-0.5, step · warmup^-1.5), warmup marked."""
+def schedule_figure(
+    d_model: int, warmup_steps: int, scale: float = 1.0, steps: int = 100_000, name: str = "inverse_sqrt"
+) -> Figure:
+    """The learning rate against the step, warmup marked: Eq. 3, lrate = scale · d_model^-0.5 ·
+    min(step^-0.5, step · warmup^-1.5), or a budgeted schedule (``name``) over a budget of
+    ``steps`` updates, as training computes it."""
     if steps < 1:
         raise AiaynError(f"--steps must be positive, got {steps}")
-    schedule = InverseSqrtSchedule(d_model, warmup_steps, scale)
+    schedule = make_schedule(name, d_model, warmup_steps, scale)
     x = np.unique(np.concatenate([np.linspace(1, steps, 2000).round(), [min(warmup_steps, steps)]])).astype(int)
+    # Update s reads the budget used before it, (s - 1) / steps; warmup ends with update warmup_steps.
+    warmup_progress = (warmup_steps - 1) / steps
     fig = Figure(figsize=(8, 4.5), layout="constrained")
     ax = fig.subplots()
-    ax.plot(x, [schedule(int(s)) for s in x], color="tab:blue", lw=2, label="learning rate")
+    ax.plot(
+        x,
+        [schedule(int(s), (s - 1) / steps, warmup_progress) for s in x],
+        color="tab:blue",
+        lw=2,
+        label="learning rate",
+    )
     ax.axvline(warmup_steps, color="tab:red", ls="--", lw=1.2, label=f"warmup_steps = {warmup_steps:,}")
     if warmup_steps <= steps:
         ax.annotate(
@@ -273,7 +285,8 @@ def schedule_figure(d_model: int, warmup_steps: int, scale: float = 1.0, steps: 
     ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
     ax.legend()
     ax.grid(alpha=0.3)
-    ax.set_title(f"Eq. 3 learning rate: d_model = {d_model}, warmup_steps = {warmup_steps:,}, scale = {scale:g}")
+    what = "Eq. 3" if name == "inverse_sqrt" else f"{name} budget of {steps:,} updates,"
+    ax.set_title(f"{what} learning rate: d_model = {d_model}, warmup_steps = {warmup_steps:,}, scale = {scale:g}")
     return fig
 
 
@@ -382,7 +395,8 @@ def run_plot(args: Any) -> None:
     elif args.what == "schedule":
         cfg = load_config(args.preset, args.config, args.overrides)
         steps = args.steps or cfg.train.max_steps
-        fig = schedule_figure(cfg.model.d_model, cfg.train.warmup_steps, cfg.train.lr_scale, steps)
+        t = cfg.train
+        fig = schedule_figure(cfg.model.d_model, t.warmup_steps, t.lr_scale, steps, t.schedule)
         stem, out = "schedule", args.out or "."
     else:
         fig, stem, out = run_figure(Path(args.run_dir)), "curves", args.out or args.run_dir

@@ -166,10 +166,14 @@ def add_plot(sub) -> None:
     pos = what.add_parser("positions", help="the sinusoidal positional encoding (§3.5) as a heatmap")
     pos.add_argument("--d-model", type=int, default=512, help="dimensions (default 512)")
     pos.add_argument("--max-len", type=int, default=100, help="positions (default 100)")
-    sched = what.add_parser("schedule", help="the learning rate of Eq. 3 against the step, warmup marked")
+    sched = what.add_parser(
+        "schedule", help="the learning rate (Eq. 3, or the preset's budgeted schedule) against the step, warmup marked"
+    )
     sched.add_argument("--preset", help="tiny | small | base | big (default base, or the config file's)")
     sched.add_argument("--config", help="YAML file applied after the preset")
-    sched.add_argument("--steps", type=int, help="last step drawn (default: train.max_steps)")
+    sched.add_argument(
+        "--steps", type=int, help="last step drawn, and a budgeted schedule's budget (default: train.max_steps)"
+    )
     sched.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. warmup_steps=400")
     run = what.add_parser("run", help="training curves of a run folder (metrics.csv) as a 2x2 panel")
     run.add_argument("run_dir")
