@@ -158,9 +158,9 @@ def test_round_trips(tmp_path: Path) -> None:
 
 
 def test_recipes_paper_and_budget(tmp_path: Path) -> None:
-    """Every preset trains with the paper's recipe; `recipe=budget` switches the schedule, the
-    checkpoints to average and the initialisation in one word, and `recipe=paper` brings them back."""
-    for name in ("base", "big", "small", "tiny"):
+    """`small` trains with `recipe=budget` by default, the other presets with the paper's; one word
+    switches, and switching back restores the preset's own values (no leftovers of the other)."""
+    for name in ("base", "big", "tiny"):
         cfg = load_config(name)
         assert (cfg.recipe, cfg.train.schedule, cfg.train.tail_fraction, cfg.model.init) == (
             "paper",
@@ -168,20 +168,34 @@ def test_recipes_paper_and_budget(tmp_path: Path) -> None:
             0.0,
             "xavier",
         )
-    budget = load_config("small", overrides=["recipe=budget"])
-    assert (budget.recipe, budget.train.schedule, budget.train.tail_fraction) == ("budget", "linear", 0.1)
-    paper = load_config("small", overrides=["recipe=budget", "recipe=paper"])
-    assert paper == load_config("small")
-    assert (paper.model.init, budget.model.init) == ("xavier", "normal")  # the network's shape stays
-    assert dataclasses.replace(paper.model, init="normal") == budget.model
+    small = load_config("small")
+    t = small.train
+    assert (small.recipe, t.schedule, t.tail_fraction, small.model.init) == ("budget", "inverse_sqrt", 0.1, "normal")
+    assert (t.warmup_steps, t.lr_scale, t.checkpoint_every_steps, small.data.sort) == (300, 0.27713, 0, "target")
+    paper = load_config("small", overrides=["recipe=paper"])
+    t = paper.train
+    assert (paper.recipe, t.schedule, t.tail_fraction, paper.model.init) == ("paper", "inverse_sqrt", 0.0, "xavier")
+    # small's own values, as before the budget recipe existed
+    assert (t.warmup_steps, t.lr_scale, t.checkpoint_every_steps, paper.data.sort) == (400, 0.4, 200, "length")
+    assert load_config("small", overrides=["recipe=paper", "recipe=budget"]) == small
+    assert dataclasses.replace(paper.model, init="normal") == small.model  # the network's shape stays
     # Later keys win over the recipe, in either order of the command line.
+    assert load_config("small", overrides=["recipe=paper", "warmup_steps=500"]).train.warmup_steps == 500
+    assert load_config("small", overrides=["warmup_steps=500", "recipe=paper"]).train.warmup_steps == 400
     assert load_config("small", overrides=["recipe=budget", "schedule=cosine"]).train.schedule == "cosine"
-    assert load_config("small", overrides=["schedule=cosine", "recipe=budget"]).train.schedule == "linear"
+    assert load_config("small", overrides=["schedule=cosine", "recipe=budget"]).train.schedule == "inverse_sqrt"
     path = tmp_path / "run.yaml"
     path.write_text("recipe: budget\ntrain:\n  schedule: cosine\n")
     cfg = load_config("base", path)
-    assert (cfg.recipe, cfg.train.schedule, cfg.train.tail_fraction) == ("budget", "cosine", 0.1)
+    assert (cfg.recipe, cfg.train.schedule, cfg.train.tail_fraction, cfg.data.sort) == (
+        "budget",
+        "cosine",
+        0.1,
+        "target",
+    )
     assert from_dict(cfg.to_dict()) == cfg
+    path.write_text("preset: small\nrecipe: paper\n")
+    assert load_config(path=path) == paper
     with pytest.raises(AiaynError, match="unknown recipe 'fast'.*paper, budget"):
         load_config("small", overrides=["recipe=fast"])
 

@@ -139,20 +139,37 @@ class Config:
 
 SECTIONS = ("model", "data", "train", "decode")
 
-# Recipes: named bundles of training settings, applied on top of a preset (``recipe=budget``).
-# ``paper`` is §5 as written and every preset's default: Eq. 3, a checkpoint every 10 minutes,
-# and tensor2tensor's Xavier initialisation (the paper names none). ``budget`` is for runs boxed
-# into minutes: the same warmup and peak, then a linear decay to zero at the end of the budget;
-# the checkpoints to average taken from its last 10 %; and N(0, 0.02) initial weights.
-# docs/quality.md has what each measured so far.
+# Recipes: named bundles of training settings, applied on top of a preset (``recipe=paper``).
+# ``paper`` is §5 as written: Eq. 3 with the preset's warmup and scale, batches sorted by both
+# lengths, checkpoints at the preset's cadence, and tensor2tensor's Xavier initialisation (the
+# paper names none); it is the default of ``base``, ``big`` and ``tiny``. ``budget`` is for runs
+# boxed into minutes or updates, and the default of ``small``. Each of its changes was measured
+# per update against a Hugging Face Marian of the same shape (docs/quality.md):
+# - N(0, 0.02) initial weights, as Marian, BERT and GPT-2: sublayers start small against the
+#   residual stream, so each Adam step moves them relatively more;
+# - batches sorted by target length alone, sources of any length within one: batches of
+#   narrow (target, source) slices learned less per update;
+# - Eq. 3 with a 300-update warmup to a peak of 1e-3 at d_model 256 (Eq. 3's own formula);
+# - the checkpoints to average written in the last 10 % of the budget, and no others but one
+#   every 10 minutes for resuming.
+# A key a recipe does not name takes the preset's value, so switching recipes never leaves
+# another recipe's settings behind.
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {"model": dict(init="xavier"), "train": dict(schedule="inverse_sqrt", tail_fraction=0.0)},
-    "budget": {"model": dict(init="normal"), "train": dict(schedule="linear", tail_fraction=0.1)},
+    "budget": {
+        "model": dict(init="normal"),
+        "data": dict(sort="target"),
+        "train": dict(
+            schedule="inverse_sqrt", tail_fraction=0.1, warmup_steps=300, lr_scale=0.27713, checkpoint_every_steps=0
+        ),
+    },
 }
 
 # Presets as data. ``base`` and ``big`` are the paper's; ``small`` trains on a CPU in
 # minutes; ``tiny`` exists for tests. Small data wants a short warmup: the Bible corpus
-# gives ~1,000 updates in 20 CPU minutes, so the paper's 4,000 warmup steps would never end.
+# gives ~1,000–2,000 updates in 20 CPU minutes, so the paper's 4,000 warmup steps would never
+# end. ``recipe`` names the preset's default recipe (``paper`` when absent); the preset's own
+# train values are what ``recipe=paper`` runs with.
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
         "model": dict(vocab_size=64, d_model=32, d_ff=64, n_heads=4, n_layers=2, dropout=0.0, max_len=256),
@@ -168,6 +185,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         ),
     },
     "small": {
+        "recipe": "budget",
         "model": dict(vocab_size=8000, d_model=256, d_ff=1024, n_heads=4, n_layers=3, dropout=0.1),
         "data": dict(batch_tokens=3000),
         "train": dict(
@@ -260,20 +278,34 @@ def _apply_tree(cfg: Config, tree: dict[str, Any], origin: str) -> None:
             apply(cfg, section, name, value)
 
 
+# Every (section, key) some recipe sets: switching recipes resets each of them.
+RECIPE_KEYS = tuple(dict.fromkeys((s, k) for r in RECIPES.values() for s, values in r.items() for k in values))
+
+
+def _preset_value(preset_name: str, section: str, key: str) -> Any:
+    """The value the preset itself gives a key, before any recipe: its own, else the dataclass default."""
+    own = PRESETS.get(preset_name, {}).get(section, {})
+    return own[key] if key in own else _section_fields(section)[key].default
+
+
 def apply_recipe(cfg: Config, name: Any, origin: str = "recipe") -> None:
+    """Set every recipe key: the recipe's value where it names one, else the preset's."""
     if name not in RECIPES:
         raise AiaynError(f"{origin}: unknown recipe '{name}' (choose from {', '.join(RECIPES)})")
     cfg.recipe = name
-    for section, values in RECIPES[name].items():
-        for key, value in values.items():
-            apply(cfg, section, key, value)
+    for section, key in RECIPE_KEYS:
+        value = RECIPES[name].get(section, {}).get(key, _preset_value(cfg.preset, section, key))
+        apply(cfg, section, key, value)
 
 
 def preset(name: str) -> Config:
+    """The preset's values, then its default recipe on top."""
     if name not in PRESETS:
         raise AiaynError(f"unknown preset '{name}' (choose from {', '.join(PRESETS)})")
     cfg = Config(preset=name)
-    _apply_tree(cfg, PRESETS[name], f"preset {name}")
+    tree = {k: v for k, v in PRESETS[name].items() if k != "recipe"}
+    _apply_tree(cfg, tree, f"preset {name}")
+    apply_recipe(cfg, PRESETS[name].get("recipe", "paper"), f"preset {name}")
     return cfg
 
 
