@@ -1,11 +1,14 @@
-"""Two gloo ranks stopped halfway and resumed end where an uninterrupted run ends, bit for bit;
-resuming their checkpoint with another number of processes is a one-line error."""
+"""Two gloo ranks killed with SIGKILL mid-run, between two checkpoints, and resumed end where an
+uninterrupted run ends, bit for bit; resuming their checkpoint with another number of processes is
+a one-line error."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,11 +17,11 @@ from toydata import make_toy_data
 
 from aiayn import checkpoint as ckpt
 
-STEPS = 16
+STEPS, EVERY = 24, 4  # a checkpoint every EVERY steps
 # dropout on, so that a rank whose random state were not restored would draw other masks
 COMMON = [
     *("--preset", "tiny", "threads=1", "valid_bleu_sentences=0", "precision=fp32", "dropout=0.1"),
-    *("eval_every=1000", "checkpoint_every_steps=1000", "checkpoint_every_minutes=0"),
+    *("eval_every=1000", f"checkpoint_every_steps={EVERY}", "checkpoint_every_minutes=0", f"max_steps={STEPS}"),
 ]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 # --standalone: a rendezvous on a free local port, so the test never collides with another job
@@ -55,21 +58,47 @@ def assert_equal_tensors(a, b, where: str = "") -> None:
         assert a == b, where
 
 
-def test_two_ranks_stopped_halfway_resume_bit_exactly_and_refuse_one_process(toy, tmp_path):
-    full, halves = tmp_path / "full", tmp_path / "halves"
-    torchrun("train", "--data", str(toy), "--out", str(full), *COMMON, f"max_steps={STEPS}")
-    torchrun("train", "--data", str(toy), "--out", str(halves), *COMMON, f"max_steps={STEPS // 2}")
-    assert [p.name for p in ckpt.list_checkpoints(halves)] == [ckpt.step_path(halves, STEPS // 2).name]
-    torchrun("train", "--resume", str(halves), f"max_steps={STEPS}")
+def newest_step(run: Path) -> int:
+    paths = ckpt.list_checkpoints(run)
+    return int(paths[-1].stem.split("_")[1]) if paths else 0
+
+
+def kill_after_first_checkpoint(*args: str) -> int:
+    """Start the two-rank run, SIGKILL torchrun and both ranks (their whole process group) as soon
+    as the first checkpoint is there, so the kill lands after it and before the next; return the
+    step of the newest checkpoint left."""
+    proc = subprocess.Popen(
+        [*TORCHRUN, *args], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    run = Path(args[args.index("--out") + 1])
+    try:
+        deadline = time.monotonic() + 240
+        while newest_step(run) == 0 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return newest_step(run)
+
+
+def test_two_ranks_killed_between_checkpoints_resume_bit_exactly_and_refuse_one_process(toy, tmp_path):
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    torchrun("train", "--data", str(toy), "--out", str(full), *COMMON)
+    left = kill_after_first_checkpoint("train", "--data", str(toy), "--out", str(killed), *COMMON)
+    assert EVERY <= left < STEPS  # killed mid-run, with at least one checkpoint written
+    torchrun("train", "--resume", str(killed))
 
     # Weights, Adam's moments and step counts, each rank's data position and random states.
-    expected, resumed = final_state(full), final_state(halves)
+    expected, resumed = final_state(full), final_state(killed)
     for key in ("model", "optimizer", "stream", "rng"):
         assert_equal_tensors(expected[key], resumed[key], key)
 
     # The same checkpoint resumed by one process: the world-size error, one line, no traceback.
     done = subprocess.run(
-        [sys.executable, "-m", "aiayn", "train", "--resume", str(halves), f"max_steps={STEPS + 4}"],
+        [sys.executable, "-m", "aiayn", "train", "--resume", str(killed), f"max_steps={STEPS + 4}"],
         env=ENV,
         capture_output=True,
         text=True,
@@ -81,4 +110,4 @@ def test_two_ranks_stopped_halfway_resume_bit_exactly_and_refuse_one_process(toy
         "aiayn: error: the checkpoint was written by 2 process(es); resume it with the same number (now 1)"
     ]
     assert "Traceback" not in done.stderr
-    assert ckpt.list_checkpoints(halves)[-1].name == ckpt.step_path(halves, STEPS).name  # nothing written
+    assert ckpt.list_checkpoints(killed)[-1].name == ckpt.step_path(killed, STEPS).name  # nothing written
