@@ -215,6 +215,8 @@ MAXIMA = {
     ("train", "threads"): 1024,
     ("decode", "beam_size"): 64,
     ("decode", "nbest"): 64,
+    ("decode", "min_len"): 1024,  # output subwords; also at most model.max_len (validate)
+    ("decode", "max_len_offset"): 1024,  # the paper's is 50
 }
 # 8 GB of float32 weights, ten times the paper's big model (213 M): bounds the product of the
 # sizes above, each of which alone still allows far more.
