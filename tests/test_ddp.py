@@ -4,6 +4,7 @@ a one-line error."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -63,24 +64,53 @@ def newest_step(run: Path) -> int:
     return int(paths[-1].stem.split("_")[1]) if paths else 0
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants, from /proc: torchrun starts each rank in a session of its own,
+    so killing torchrun's process group would leave the ranks running on."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])  # "pid (name) state ppid ..."
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop())
+        todo += children.get(tree[-1], [])
+    return tree
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def kill_after_first_checkpoint(*args: str) -> int:
-    """Start the two-rank run, SIGKILL torchrun and both ranks (their whole process group) as soon
-    as the first checkpoint is there, so the kill lands after it and before the next; return the
-    step of the newest checkpoint left."""
-    proc = subprocess.Popen(
-        [*TORCHRUN, *args], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
+    """Start the two-rank run and SIGKILL torchrun and both ranks as soon as the first checkpoint
+    is there, so the kill lands after it and before the next; return the step of the newest
+    checkpoint left, once no process of the run is left to write another."""
+    proc = subprocess.Popen([*TORCHRUN, *args], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run = Path(args[args.index("--out") + 1])
+    tree = []
     try:
         deadline = time.monotonic() + 240
         while newest_step(run) == 0 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)
         assert proc.poll() is None, "the run ended before it could be killed"
-        os.killpg(proc.pid, signal.SIGKILL)
+        tree = process_tree(proc.pid)
+        assert len(tree) >= 3, f"torchrun and two ranks expected, found {len(tree)} processes"
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        for pid in tree or [proc.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         proc.wait()
+    deadline = time.monotonic() + 30
+    while any(alive(pid) for pid in tree) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(pid) for pid in tree), "a rank outlived SIGKILL"
     return newest_step(run)
 
 
