@@ -220,7 +220,11 @@ TUNED = {"beam_size": 6, "length_penalty": "fairseq", "alpha": 1, "valid_bleu": 
         (json.dumps({**TUNED, "beam_size": True}), "key 'beam_size' must be int, got bool"),
         (json.dumps({**TUNED, "alpha": [0.6]}), "key 'alpha' must be float, got list"),
         (json.dumps({**TUNED, "alpha": float("nan")}), "config key 'decode.alpha' must be a finite number"),
-        (json.dumps({**TUNED, "length_penalty": "wu"}), "key 'length_penalty' is 'wu'"),
+        (
+            json.dumps({**TUNED, "length_penalty": "wu"}),
+            "key 'length_penalty' must be one of gnmt, fairseq, none, got 'wu'",
+        ),
+        (json.dumps({**TUNED, "grid": ["x" * 1_000_000]}), "bytes, more than tune-decoding ever writes"),
         (json.dumps({**TUNED, "min_len": 100_000}), "unknown key 'min_len'"),
         (json.dumps({"beam_size": 4, "alpha": 0.6}), "key 'length_penalty' is missing"),
         (json.dumps([4, 0.6]), "expected a JSON object"),

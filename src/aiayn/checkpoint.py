@@ -41,6 +41,7 @@ SAFE_TORCH = (2, 6)  # weights_only=True runs no code from the file from this ve
 # What tune-decoding writes: the settings it chose, then the record of how it chose them.
 DECODING_SETTINGS = {"beam_size": int, "length_penalty": str, "alpha": float}
 DECODING_RECORD = ("valid_bleu", "valid_sentences", "model", "grid", "stops")
+MAX_DECODING_BYTES = 1_000_000  # tune-decoding writes a few KB: its grid and the stopping rules compared
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -204,6 +205,8 @@ def tuned_decoding(model_path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     fix = "delete it or run `aiayn tune-decoding` again"
+    if path.stat().st_size > MAX_DECODING_BYTES:
+        raise AiaynError(f"{path}: {path.stat().st_size:,} bytes, more than tune-decoding ever writes; {fix}")
     try:
         found = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, RecursionError):  # not UTF-8 JSON, or nested past Python's recursion limit
@@ -222,8 +225,12 @@ def tuned_decoding(model_path: Path) -> dict[str, Any] | None:
         if isinstance(value, bool) or not (isinstance(value, kind) or numeric):
             raise AiaynError(f"{path}: key '{key}' must be {kind.__name__}, got {type(value).__name__}; {fix}")
         settings[key] = float(value) if numeric else value
-    if settings["length_penalty"] not in ENUMS["decode", "length_penalty"]:
-        raise AiaynError(f"{path}: key 'length_penalty' is {settings['length_penalty'][:40]!r}; {fix}")
+    allowed = ENUMS["decode", "length_penalty"]
+    if settings["length_penalty"] not in allowed:
+        raise AiaynError(
+            f"{path}: key 'length_penalty' must be one of {', '.join(allowed)}, "
+            f"got {settings['length_penalty'][:40]!r}; {fix}"
+        )
     return settings
 
 
