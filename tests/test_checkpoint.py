@@ -102,6 +102,7 @@ def test_a_checkpoint_without_config_is_a_one_line_error(run):
         ("{not json", "config is unusable"),
         (json.dumps({"model": {"d_modle": 32}}), "unknown config key 'model.d_modle'"),
         (None, "config is unusable"),
+        ("[" * 100_000 + "]" * 100_000, "config is unusable (maximum recursion depth exceeded"),
     ],
 )
 def test_an_unusable_config_is_a_one_line_error(run, config, message):
