@@ -38,11 +38,21 @@ def table_order() -> list[str]:
 
 def imports(path: Path) -> tuple[set[str], set[str]]:
     """(aiayn modules imported at the top, everything imported inside a function or method)."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
+    parts = ("aiayn", *path.relative_to(PACKAGE).with_suffix("").parts)
+    return imports_in(path.read_text(encoding="utf-8"), ".".join(parts if parts[-1] == "__init__" else parts[:-1]))
+
+
+def imports_in(source: str, package: str) -> tuple[set[str], set[str]]:
+    """``imports`` of the source of a module of ``package`` (e.g. "aiayn.export"): relative imports
+    (``from ..config import X``, ``from . import common``) count as the absolute ones they mean."""
     top, inner = set(), set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module:
-            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: up level - 1 packages from this module's own
+                here = package.split(".")
+                base = ".".join(here[: len(here) - node.level + 1] + ([node.module] if node.module else []))
+            names = [base] + [f"{base}.{a.name}" for a in node.names]
         elif isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         else:
@@ -52,6 +62,13 @@ def imports(path: Path) -> tuple[set[str], set[str]]:
         if node.col_offset:
             inner.update(n for n in names if not n.startswith("aiayn"))
     return top, inner
+
+
+def test_relative_imports_are_read_as_the_modules_they_name():
+    source = "from ..config import AiaynError\nfrom . import common\nfrom .ct2 import x\n"
+    top, inner = imports_in(source + "def f():\n    from .. import model\n", "aiayn.export")
+    assert top == {"config", "export", "export.common", "export.ct2"} and "model" in inner  # as if absolute
+    assert imports_in("from .model import Transformer\n", "aiayn")[0] == {"model"}
 
 
 def test_every_module_is_in_the_table_once():

@@ -248,7 +248,8 @@ def test_prepare_bible_passes_apt_update_on(tmp_path, monkeypatch):
 
 
 # The real corpus (tests/conftest.py builds it once per machine from the Debian packages; the tests
-# that need it end in _debian_packages and skip, saying why, when the packages cannot be had).
+# that need it end in _debian_packages and skip, saying why, when the packages cannot be had, except
+# in CI and `make test`, where that fails the run: tests/strict_skips.py).
 
 
 def verses(folder: Path) -> dict[str, tuple[str, str, str]]:

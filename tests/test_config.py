@@ -9,7 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from aiayn.config import AiaynError, Config, from_dict, load_config, preset, resolve_key
+from aiayn.config import (
+    MAX_PARAMETERS,
+    MAXIMA,
+    AiaynError,
+    Config,
+    from_dict,
+    load_config,
+    parameter_count,
+    preset,
+    resolve_key,
+)
 
 
 def test_paper_presets() -> None:
@@ -212,3 +222,17 @@ def test_recipes_paper_and_budget(tmp_path: Path) -> None:
 def test_new_keys_are_checked(overrides: list[str], key: str) -> None:
     with pytest.raises(AiaynError, match=key.replace(".", r"\.")):
         load_config("small", overrides=overrides)
+
+
+def test_bounds_pass_the_paper_models_and_refuse_one_more() -> None:
+    """Every value that sizes memory or time has an upper bound the paper's big model is inside;
+    one past it is a one-line error naming the key."""
+    for name in ("base", "big"):
+        assert parameter_count(load_config(name).model) <= MAX_PARAMETERS
+    for (section, name), most in MAXIMA.items():
+        with pytest.raises(AiaynError, match=rf"^config key '{section}\.{name}' must be at most {most:,}, got"):
+            load_config("tiny", overrides=[f"{section}.{name}={most + 1}"])
+    with pytest.raises(AiaynError, match=r"^config keys 'model\.\*' make [\d,]+ weights, over the 2,000,000,000"):
+        load_config("big", overrides=["n_layers=80"])
+    with pytest.raises(AiaynError, match=r"^config key 'decode\.min_len' \(257\) cannot exceed model\.max_len \(256\)"):
+        load_config("tiny", overrides=["min_len=257"])

@@ -9,7 +9,8 @@ import torch
 from modelkit import make_model, max_diff, random_batch, randomize_
 
 from aiayn.config import AiaynError
-from aiayn.fused import FusedDecoder
+from aiayn.fused import FusedDecoder, _Map
+from aiayn.layers import ONEDNN_LINEAR
 from aiayn.quantize import pack_model, quantize_model
 from aiayn.translate import Translator
 
@@ -63,17 +64,28 @@ def run_both(model, fused, *, beam: int, steps: int, seed: int = 0):
 def test_fused_step_equals_decode_at_every_step(overrides, beam, min_macs, monkeypatch):
     """Logits and the cache's keys and values equal up to float32 rounding (relative 1e-5) at every
     step; the cache grows past its capacity on the way (4 positions reserved, 6 decoded). Every
-    linear map runs packed (the FFN's ReLU inside oneDNN's matmul), or none does."""
+    linear map runs packed (the FFN's ReLU inside oneDNN's matmul), or none does: a spy on oneDNN's
+    matmul records which packed weights the step used."""
     monkeypatch.setattr("aiayn.quantize.PACKED_MIN_MACS", min_macs)
+    used = set()
+
+    def spy(x, weight, *args):
+        used.add(id(weight))
+        return ONEDNN_LINEAR(x, weight, *args)
+
+    monkeypatch.setattr("aiayn.fused.ONEDNN_LINEAR", spy)
     model = make_model(seed=3, **overrides)
     randomize_(model, seed=5)  # biases and norm gains too, which start at 0 and 1
     fused = FusedDecoder(model, pack_model(model))
+    maps = [m for layer in fused.layers for m in vars(layer).values() if isinstance(m, _Map)] + [fused.out]
+    assert len(maps) == 6 * len(fused.layers) + 1 and all(m.packed is not None for m in maps)
     for _, logits, fused_logits, ref, ours in run_both(model, fused, beam=beam, steps=6):
         assert fused_logits.shape == logits.shape
         assert torch.allclose(fused_logits, logits, rtol=1e-5, atol=1e-5)
         assert ours.length == ref.length and ours.rows == ref.rows
         for (k, v), (k2, v2) in zip(ref.filled(), ours.filled()):
             assert torch.allclose(k2, k, rtol=1e-5, atol=1e-6) and torch.allclose(v2, v, rtol=1e-5, atol=1e-6)
+    assert used == ({id(m.packed) for m in maps} if min_macs == 1 else set())
 
 
 def test_int8_fused_step_agrees_with_the_int8_model():

@@ -1,5 +1,5 @@
 """quantize.py: int8 linear layers approximate float32 ones, the tied output projection keeps
-working, and int8 translations score as float32 ones do (BLEU within 0.5 on Bible verses);
+working, and int8 translations score as float32 ones do (BLEU within 0.5 on a trained toy model);
 float32 layers packed for oneDNN compute nn.Linear's function, share the model's parameters and
 never use a stale packed weight."""
 
@@ -49,36 +49,37 @@ def test_quantized_copy_keeps_the_original_and_the_shared_embedding():
     assert (out - ref).abs().max() < 0.05 * ref.abs().max()
 
 
-def test_int8_translations_score_as_float32_ones(bible_run, bible_data):
-    """On a briefly trained Bible model: BLEU of int8 within 0.5 of float32 (beam 4, 100 test
-    verses), and int8 outputs close to float32's (BLEU of one against the other)."""
-    sources, references = (x[:100] for x in read_split(bible_data, "test"))
-    fp32 = Translator.load(bible_run, "cpu")
-    int8 = Translator.load(bible_run, quantize="int8")
+def test_int8_translations_score_as_float32_ones(toy_run, toy_corpus):
+    """On the trained toy model (BLEU about 80): BLEU of int8 within 1.5 of float32 (beam 4, 100
+    test sentences: one sentence is worth about 1), and int8 outputs close to float32's (BLEU of
+    one against the other); at d_model 32 a weight's int8 rounding weighs more than in real models."""
+    sources, references = (x[:100] for x in read_split(toy_corpus, "test"))
+    fp32 = Translator.load(toy_run, "cpu")
+    int8 = Translator.load(toy_run, quantize="int8")
     assert int8.device.type == "cpu" and int8.quantize == "int8"
     ours = [t[0].text for t in fp32.translate(sources)]
     theirs = [t[0].text for t in int8.translate(sources)]
     bleu_fp32, bleu_int8 = corpus_scores(ours, references)["bleu"], corpus_scores(theirs, references)["bleu"]
     agreement = corpus_scores(theirs, ours)["bleu"]
     print(f"BLEU fp32 {bleu_fp32:.2f}, int8 {bleu_int8:.2f}; int8 against fp32: {agreement:.1f}")
-    assert abs(bleu_int8 - bleu_fp32) <= 0.5
-    assert agreement > 50
+    assert bleu_fp32 > 50 and abs(bleu_int8 - bleu_fp32) <= 1.5
+    assert agreement > 85
 
 
-def test_quantize_flag_of_the_commands(bible_run, bible_data, tmp_path, capsys):
+def test_quantize_flag_of_the_commands(toy_run, toy_corpus, tmp_path, capsys):
     import json
 
     from aiayn.serve import Explorer
 
-    lines = "\n".join(read_split(bible_data, "test")[0][:3]) + "\n"
+    lines = "\n".join(read_split(toy_corpus, "test")[0][:3]) + "\n"
     (tmp_path / "in.es").write_text(lines, encoding="utf-8")
-    (tmp_path / "ref.en").write_text("\n".join(read_split(bible_data, "test")[1][:3]) + "\n", encoding="utf-8")
+    (tmp_path / "ref.en").write_text("\n".join(read_split(toy_corpus, "test")[1][:3]) + "\n", encoding="utf-8")
     assert (
         main(
             [
                 "translate",
                 "--model",
-                str(bible_run),
+                str(toy_run),
                 "--quantize",
                 "int8",
                 "--input",
@@ -95,7 +96,7 @@ def test_quantize_flag_of_the_commands(bible_run, bible_data, tmp_path, capsys):
             [
                 "evaluate",
                 "--model",
-                str(bible_run),
+                str(toy_run),
                 "--quantize",
                 "int8",
                 "--src",
@@ -109,12 +110,12 @@ def test_quantize_flag_of_the_commands(bible_run, bible_data, tmp_path, capsys):
         == 0
     )
     assert json.loads((tmp_path / "eval" / "scores.json").read_text())["quantize"] == "int8"
-    explorer = Explorer.load(bible_run, quantize="int8")
+    explorer = Explorer.load(toy_run, quantize="int8")
     assert explorer.translator.quantize == "int8"
-    assert len(explorer.translate({"sentences": ["Dios es amor."]})["translations"]) == 1
+    assert len(explorer.translate({"sentences": ["el que y la"]})["translations"]) == 1
     capsys.readouterr()
     with pytest.raises(SystemExit):
-        main(["translate", "--model", str(bible_run), "--quantize", "int4"])
+        main(["translate", "--model", str(toy_run), "--quantize", "int4"])
     assert "invalid choice: 'int4'" in capsys.readouterr().err
 
 
@@ -194,15 +195,15 @@ def test_packed_model_shares_the_parameters_and_computes_the_same():
 
 
 @needs_onednn
-def test_float_translator_packs_and_translates_as_before(bible_run, bible_data, monkeypatch):
+def test_float_translator_packs_and_translates_as_before(toy_run, toy_corpus, monkeypatch):
     """Same greedy and beam-4 translations with the packed layers as with nn.Linear's path."""
     import aiayn.quantize
 
-    sources = read_split(bible_data, "test")[0][:20]
-    packed = Translator.load(bible_run, "cpu")
+    sources = read_split(toy_corpus, "test")[0][:20]
+    packed = Translator.load(toy_run, "cpu")
     assert isinstance(packed.model.out_proj, PackedLinear)
     monkeypatch.setattr(aiayn.quantize, "ONEDNN_REORDER", None)
-    plain = Translator.load(bible_run, "cpu")
+    plain = Translator.load(toy_run, "cpu")
     assert type(plain.model.out_proj) is Linear
     for beam in (1, 4):
         assert [t[0].tokens for t in packed.translate(sources, beam_size=beam)] == [

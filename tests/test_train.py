@@ -317,3 +317,29 @@ def test_kernel_caches_are_bounded_unless_the_user_set_them(monkeypatch):
     bound_kernel_caches()
     assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == LIMITS["ONEDNN_PRIMITIVE_CACHE_CAPACITY"]
     assert os.environ["LRU_CACHE_CAPACITY"] == "3" and int(LIMITS["ONEDNN_PRIMITIVE_CACHE_CAPACITY"]) <= 64
+
+
+def test_train_bounds_the_kernel_caches_before_the_first_bf16_matmul(toy, tmp_path, monkeypatch):
+    """oneDNN reads its cache sizes once, at its first primitive: the bound must be in force when
+    the precision probe runs its first bf16 matmul, which is before any training step's."""
+    from aiayn import step
+    from aiayn.kernel_caches import LIMITS
+    from aiayn.train import train
+
+    for name in LIMITS:
+        monkeypatch.delenv(name, raising=False)
+    seen = []
+    real = step.choose_precision
+
+    def spy(*args, **kwargs):
+        seen.append({name: os.environ.get(name) for name in LIMITS})
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(step, "choose_precision", spy)
+    overrides = ["threads=1", "valid_bleu_sentences=0", "precision=auto", "max_steps=1", "eval_every=1000"]
+    threads = torch.get_num_threads()
+    try:
+        train(toy, tmp_path / "run", "tiny", overrides=overrides)
+    finally:
+        torch.set_num_threads(threads)
+    assert seen == [LIMITS]

@@ -1,11 +1,13 @@
 """Translator on a tiny random-weight model (preset tiny, vocabulary 64) with a SentencePiece
 model trained here: cached == uncached decoding, batch invariance, limits, order, edge cases,
-and the `aiayn translate` command end to end."""
+and the `aiayn translate` command end to end, reading its input a chunk at a time and refusing an
+endless line."""
 
 from __future__ import annotations
 
 import io
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -20,9 +22,10 @@ from aiayn import search
 from aiayn.batching import source_row
 from aiayn.cli import main
 from aiayn.config import BOS_ID, EOS_ID, PAD_ID, AiaynError, Config, preset
+from aiayn.corpus import MAX_LINE_BYTES, arriving_chunks
 from aiayn.model import Transformer
 from aiayn.tokenizer import Tokenizer
-from aiayn.translate import BANNED, Translator, arriving_chunks, format_translations, length_batches, make_step_fn
+from aiayn.translate import BANNED, Translator, format_translations, length_batches, make_step_fn
 
 LINES = [
     "en el principio",
@@ -330,3 +333,67 @@ def test_stream_answers_each_line_before_input_ends(run_dir, translator):
         assert proc.wait(timeout=60) == 0
     finally:
         proc.kill()
+
+
+class Typist:
+    """stdin of ``lines`` lines that fails the test when a line past ``wait`` is asked for before
+    ``done`` lines of output have been written: what a reader that waited for the end would do."""
+
+    def __init__(self, out: io.StringIO, lines: int, wait: int, done: int):
+        self.out, self.lines, self.wait, self.done, self.n = out, lines, wait, done, 0
+
+    def readline(self, size: int = -1) -> bytes:
+        self.n += 1
+        if self.n > self.lines:
+            return b""
+        if self.n > self.wait:
+            assert self.out.getvalue().count("\n") >= self.done, f"line {self.n} read before any translation"
+        return (LINES[self.n % len(LINES)] + "\n").encode()
+
+    def __iter__(self):
+        return iter(lambda: self.readline(), b"")
+
+
+def test_translate_command_translates_stdin_a_chunk_at_a_time(run_dir, translator, monkeypatch):
+    """Lines 1-4 are translated and written before line 6 is read (chunks of 2 lines here)."""
+    monkeypatch.setattr("aiayn.corpus.CHUNK_LINES", 2)
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(
+        sys, "stdin", type("Stdin", (), {"buffer": Typist(out, 7, 5, 4), "isatty": lambda self: False})()
+    )
+    assert main(["translate", "--model", str(run_dir), "--device", "cpu", "--beam", "1"]) == 0
+    expected = [LINES[n % len(LINES)] for n in range(1, 8)]
+    assert out.getvalue() == "".join(t[0].text + "\n" for t in translator.translate(expected, beam_size=1))
+
+
+def test_translate_command_refuses_a_line_past_the_limit_with_its_number(run_dir, tmp_path, capsys):
+    src = tmp_path / "in.txt"
+    src.write_bytes(b"el mar\nla luz\n" + b"a " * (MAX_LINE_BYTES // 2) + b"b\nel dia\n")
+    assert main(["translate", "--model", str(run_dir), "--input", str(src), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"aiayn: error: {src}:3: a line of more than 100,000 bytes; put one sentence on each line\n"
+    src.write_bytes(b"el mar\n" + b"a " * (MAX_LINE_BYTES // 2 - 1) + b"b\n")  # exactly the limit: fine
+    assert main(["translate", "--model", str(run_dir), "--input", str(src), "--device", "cpu", "--beam", "1"]) == 0
+
+
+def test_translate_command_ends_quickly_on_dev_zero_in_bounded_memory(run_dir):
+    """/dev/zero is one endless line: refused at once, within 2 GiB of address space beyond what
+    importing torch takes, where reading the whole input first would grow without limit."""
+
+    def bounded():
+        limit = 2 * 1024**3 + int(open("/proc/self/status").read().split("VmSize:")[1].split()[0]) * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    done = subprocess.run(
+        [sys.executable, "-m", "aiayn", "translate", "--model", str(run_dir), "--input", "/dev/zero"],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=bounded,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert (
+        done.stderr == "aiayn: error: /dev/zero:1: a line of more than 100,000 bytes; put one sentence on each line\n"
+    )

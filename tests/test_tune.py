@@ -4,6 +4,7 @@ and then used by translate and evaluate."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,10 @@ import torch
 from toydata import make_toy_data
 
 from aiayn import checkpoint as ckpt
-from aiayn import corpus, evaluate, tune
+from aiayn import tune
 from aiayn.cli import main
+from aiayn.config import AiaynError
+from aiayn.corpus import read_split
 from aiayn.evaluate import corpus_scores
 from aiayn.translate import Translator
 from aiayn.tune import Setting, choose_average, grid
@@ -106,22 +109,27 @@ def test_average_that_wins_on_valid_is_kept(trained, tmp_path):
     assert found["averaged_steps"] == [10, 20, 30, 40, 50]
 
 
-def test_tune_decoding_picks_the_best_on_valid_and_translate_uses_it(trained, monkeypatch, capsys):
+def test_tune_decoding_picks_the_best_on_valid_and_translate_uses_it(trained, tmp_path, capsys):
+    """Tuned on a copy of the data whose test files are folders, which no read can get through
+    (root's included): decoding is never chosen on the test split."""
     data, run = trained
-    read_split = corpus.read_split
-
-    def valid_only(folder, split):
-        assert split != "test", "decoding must never be chosen on the test split"
-        return read_split(folder, split)
-
-    for module in (corpus, tune, evaluate):  # every module that reads splits on this path
-        monkeypatch.setattr(module, "read_split", valid_only)
+    blind = tmp_path / "data"
+    shutil.copytree(data, blind)
+    tests = sorted(blind.glob("test.*"))
+    assert len(tests) >= 2  # both sides (and test.tsv when the corpus has references)
+    for path in tests:
+        path.unlink()
+        path.mkdir()
+    with pytest.raises(AiaynError, match="is a folder, expected a text file"):  # the control
+        read_split(blind, "test")
     assert (
         main(
             [
                 "tune-decoding",
                 "--model",
                 str(run),
+                "--data",
+                str(blind),
                 "--beams",
                 "1,3",
                 "--penalties",

@@ -1,13 +1,20 @@
 """Checkpoints: written atomically, loaded without executing pickled code, averaged as §6.1.
 
 A checkpoint is one ``torch.save`` file holding only tensors, numbers and strings, so it
-loads with ``torch.load(weights_only=True)``: no code from the file ever runs. It is written
-to a temporary file, fsynced and renamed, so a kill mid-write leaves the previous one intact.
+loads with ``torch.load(weights_only=True)``: no code from the file ever runs (on torch >= 2.6;
+before, a crafted file could run code even so, CVE-2025-32434, and loading refuses to start). It
+is written to a temporary file, fsynced and renamed, so a kill mid-write leaves the previous one
+intact. A run folder may come from elsewhere: its config and decoding.json are checked against
+the bounds of aiayn.config, and the weights' shapes against the config, before any tensor of the
+model is allocated.
 
 Run folder layout:
     RUN/config.yaml   resolved config          RUN/metrics.csv, RUN/tb/   logs
     RUN/spm.model     tokenizer (copied)       RUN/checkpoints/step_00001000.pt, best.pt
     RUN/averaged.pt   from ``aiayn average``  RUN/decoding.json  from ``aiayn tune-decoding``
+
+A checkpoint file's companions (spm.model, decoding.json) are read from its run folder only
+(``run_folder``): RUN for RUN/checkpoints/*.pt, else the file's own folder.
 """
 
 from __future__ import annotations
@@ -23,13 +30,18 @@ from typing import Any
 
 import torch
 
-from aiayn.config import AiaynError, Config, from_dict
+from aiayn.config import ENUMS, AiaynError, Config, from_dict, validate
 from aiayn.model import Transformer
 from aiayn.tokenizer import Tokenizer
 
 FORMAT = "aiayn-checkpoint-1"
 DECODING_FILE = "decoding.json"  # decoding settings chosen on valid by `aiayn tune-decoding`
 STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
+SAFE_TORCH = (2, 6)  # weights_only=True runs no code from the file from this version on (CVE-2025-32434)
+# What tune-decoding writes: the settings it chose, then the record of how it chose them.
+DECODING_SETTINGS = {"beam_size": int, "length_penalty": str, "alpha": float}
+DECODING_RECORD = ("valid_bleu", "valid_sentences", "model", "grid", "stops")
+MAX_DECODING_BYTES = 1_000_000  # tune-decoding writes a few KB: its grid and the stopping rules compared
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -66,6 +78,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise AiaynError(f"{path}: no such checkpoint")
+    check_torch()
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, bad pickle, refused global: all mean "not usable"
@@ -76,6 +89,15 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != FORMAT or "model" not in state:
         raise AiaynError(f"{path}: not an aiayn checkpoint (expected format {FORMAT})")
     return state
+
+
+def check_torch() -> None:
+    """Refuse to load any checkpoint with a torch on which ``weights_only`` is not a safe loader."""
+    if torch.torch_version.TorchVersion(torch.__version__) < SAFE_TORCH:
+        raise AiaynError(
+            f"torch {torch.__version__} can run code hidden in a checkpoint (CVE-2025-32434); "
+            f"install torch >= {'.'.join(map(str, SAFE_TORCH))} (pip install -U torch) to load one"
+        )
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -152,11 +174,19 @@ def resolve_model_path(path: Path) -> Path:
     raise AiaynError(f"{path}: no checkpoint found; train one with `aiayn train --out {path}`")
 
 
+def run_folder(model_path: Path) -> Path:
+    """The run folder a checkpoint file belongs to, where its companions are: RUN for
+    RUN/checkpoints/NAME.pt, else the file's own folder. Never further up: a file copied into
+    some/dir/ must not pick up a tokenizer or decoding settings of whatever lies around it."""
+    folder = Path(model_path).parent
+    return folder.parent if folder.name == checkpoint_dir(folder.parent).name else folder
+
+
 def find_tokenizer(model_path: Path) -> Path:
-    for folder in (model_path.parent, model_path.parent.parent):
-        if (folder / "spm.model").is_file():
-            return folder / "spm.model"
-    raise AiaynError(f"{model_path}: no spm.model beside the checkpoint or in its run folder")
+    path = run_folder(model_path) / "spm.model"
+    if not path.is_file():
+        raise AiaynError(f"{model_path}: no spm.model in its run folder {run_folder(model_path)}")
+    return path
 
 
 @dataclass
@@ -169,19 +199,54 @@ class Loaded:
 
 
 def tuned_decoding(model_path: Path) -> dict[str, Any] | None:
-    """The decoding.json beside a checkpoint or in its run folder, if ``tune-decoding`` wrote one."""
-    for folder in (model_path.parent, model_path.parent.parent):
-        path = folder / DECODING_FILE
-        if path.is_file():
-            try:
-                found = json.loads(path.read_text())
-                return {k: found[k] for k in ("beam_size", "length_penalty", "alpha")}
-            except (ValueError, KeyError, TypeError):
-                raise AiaynError(
-                    f"{path}: not a decoding file written by `aiayn tune-decoding`; "
-                    "delete it or run tune-decoding again"
-                ) from None
-    return None
+    """The settings of the decoding.json in the checkpoint's run folder, if ``tune-decoding``
+    wrote one; checked as strictly as a config, since a run folder may come from elsewhere."""
+    path = run_folder(model_path) / DECODING_FILE
+    if not path.is_file():
+        return None
+    fix = "delete it or run `aiayn tune-decoding` again"
+    if path.stat().st_size > MAX_DECODING_BYTES:
+        raise AiaynError(f"{path}: {path.stat().st_size:,} bytes, more than tune-decoding ever writes; {fix}")
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError):  # not UTF-8 JSON, or nested past Python's recursion limit
+        raise AiaynError(f"{path}: not a decoding file written by `aiayn tune-decoding`; {fix}") from None
+    if not isinstance(found, dict):
+        raise AiaynError(f"{path}: expected a JSON object of decoding settings; {fix}")
+    for key in found:
+        if key not in DECODING_SETTINGS and key not in DECODING_RECORD:
+            raise AiaynError(f"{path}: unknown key {str(key)[:40]!r}; {fix}")
+    settings = {}
+    for key, kind in DECODING_SETTINGS.items():
+        if key not in found:
+            raise AiaynError(f"{path}: key '{key}' is missing; {fix}")
+        value = found[key]
+        numeric = kind is float and isinstance(value, int)
+        if isinstance(value, bool) or not (isinstance(value, kind) or numeric):
+            raise AiaynError(f"{path}: key '{key}' must be {kind.__name__}, got {type(value).__name__}; {fix}")
+        settings[key] = float(value) if numeric else value
+    allowed = ENUMS["decode", "length_penalty"]
+    if settings["length_penalty"] not in allowed:
+        raise AiaynError(
+            f"{path}: key 'length_penalty' must be one of {', '.join(allowed)}, "
+            f"got {settings['length_penalty'][:40]!r}; {fix}"
+        )
+    return settings
+
+
+def apply_tuned(config: Config, model_path: Path) -> None:
+    """Replace ``config``'s decoding settings by those of the run's decoding.json, refusing values
+    past the config's own bounds (e.g. a beam of 100,000,000) with the file and key named."""
+    settings = tuned_decoding(model_path)
+    if settings is None:
+        return
+    for key, value in settings.items():
+        setattr(config.decode, key, value)
+    try:
+        validate(config)
+    except AiaynError as e:
+        path = run_folder(model_path) / DECODING_FILE
+        raise AiaynError(f"{path}: {e}; delete it or run `aiayn tune-decoding` again") from None
 
 
 def _misfit(expected: dict[str, torch.Tensor], weights: Any) -> str:
@@ -216,20 +281,23 @@ def load_for_inference(path: str | Path, device: str | torch.device = "cpu", use
         )
     try:
         config = from_dict(json.loads(state["config"]))
-    except (TypeError, ValueError, AiaynError) as e:  # not a JSON string, or not a config
+    except (TypeError, ValueError, RecursionError, AiaynError) as e:  # not a JSON string, or not a config
+        reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
         raise AiaynError(
-            f"{model_path}: the checkpoint's config is unusable ({str(e).splitlines()[0][:120]}); "
+            f"{model_path}: the checkpoint's config is unusable ({reason}); "
             "use one written by `aiayn train` or `aiayn average`"
         ) from None
-    for key, value in ((tuned_decoding(model_path) if use_tuned else None) or {}).items():
-        setattr(config.decode, key, value)
-    model = Transformer(config.model)
-    misfit = _misfit(model.state_dict(), state["model"])
+    if use_tuned:
+        apply_tuned(config, model_path)
+    with torch.device("meta"):  # the shapes the config makes, without allocating them
+        expected = Transformer(config.model).state_dict()
+    misfit = _misfit(expected, state["model"])
     if misfit:
         raise AiaynError(
             f"{model_path}: the weights do not fit the checkpoint's own config ({misfit}); "
             "the file was damaged or edited, use another checkpoint"
         )
+    model = Transformer(config.model)
     model.load_state_dict(state["model"])
     model.to(device).eval()
     return Loaded(model, config, Tokenizer.load(find_tokenizer(model_path)), model_path, int(state.get("step", 0)))

@@ -211,6 +211,49 @@ ENUMS = {
 }
 
 
+# Upper bounds on every value that sizes memory or time, checked before anything is built: a run
+# folder from elsewhere is untrusted input, and a config saying max_len = 200,000,000 would make a
+# sinusoid table of hundreds of GB. Generous for real use: the paper's big model is far inside.
+MAXIMA = {
+    ("model", "vocab_size"): 1_000_000,
+    ("model", "d_model"): 16_384,
+    ("model", "d_ff"): 65_536,
+    ("model", "n_heads"): 256,
+    ("model", "d_k"): 4096,
+    ("model", "d_v"): 4096,
+    ("model", "n_layers"): 128,
+    ("model", "n_decoder_layers"): 128,
+    ("model", "max_len"): 8192,  # positions, hence also the longest output and the decoding steps
+    ("data", "batch_tokens"): 1_048_576,
+    ("data", "max_len"): 8192,
+    ("data", "valid_bleu_sentences"): 1_000_000,
+    ("train", "warmup_steps"): 100_000_000,
+    ("train", "max_steps"): 100_000_000,
+    ("train", "max_epochs"): 1_000_000,
+    ("train", "update_tokens"): 100_000_000,
+    ("train", "keep_last"): 1000,
+    ("train", "threads"): 1024,
+    ("decode", "beam_size"): 64,
+    ("decode", "nbest"): 64,
+    ("decode", "min_len"): 1024,  # output subwords; also at most model.max_len (validate)
+    ("decode", "max_len_offset"): 1024,  # the paper's is 50
+}
+# 8 GB of float32 weights, ten times the paper's big model (213 M): bounds the product of the
+# sizes above, each of which alone still allows far more.
+MAX_PARAMETERS = 2_000_000_000
+
+
+def parameter_count(m: ModelConfig) -> int:
+    """The model's weights as the config sizes them (biases and norms left out): what building it
+    would allocate, known before it is built."""
+    d, h = m.d_model, m.n_heads
+    attention = 2 * d * h * (m.head_dim_k + m.head_dim_v)  # W^Q, W^K (d_k wide), W^V and W^O (d_v wide)
+    ffn = 2 * d * m.d_ff
+    tables = {"all": 1, "decoder": 2, "none": 3}.get(m.tie_embeddings, 3) * m.vocab_size * d
+    positions = 2 * m.max_len * d if m.positional == "learned" else 0
+    return tables + positions + m.n_layers * (attention + ffn) + m.decoder_layers * (2 * attention + ffn)
+
+
 def _section_fields(section: str) -> dict[str, dataclasses.Field]:
     cls = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "decode": DecodeConfig}[section]
     return {f.name: f for f in dataclasses.fields(cls)}
@@ -391,6 +434,14 @@ def validate(cfg: Config) -> Config:
         value = getattr(m, name)
         if value is not None and value <= 0:
             raise AiaynError(f"config key 'model.{name}' must be positive")
+    for (section, name), most in MAXIMA.items():
+        value = getattr(getattr(cfg, section), name)
+        if value is not None and value > most:
+            raise AiaynError(f"config key '{section}.{name}' must be at most {most:,}, got {value:,}")
+    if parameter_count(m) > MAX_PARAMETERS:
+        raise AiaynError(
+            f"config keys 'model.*' make {parameter_count(m):,} weights, over the {MAX_PARAMETERS:,} allowed"
+        )
     if (m.d_k is None or m.d_v is None) and m.d_model % m.n_heads:
         raise AiaynError(
             f"config key 'model.d_model' ({m.d_model}) must be divisible by model.n_heads "
@@ -426,4 +477,10 @@ def validate(cfg: Config) -> Config:
         raise AiaynError("config key 'decode.nbest' cannot exceed decode.beam_size")
     if cfg.decode.alpha < 0 or cfg.decode.min_len < 0 or cfg.decode.max_len_offset < 0:
         raise AiaynError("config keys 'decode.alpha', 'decode.min_len', 'decode.max_len_offset' cannot be negative")
+    if not math.isfinite(cfg.decode.alpha):
+        raise AiaynError(f"config key 'decode.alpha' must be a finite number, got {cfg.decode.alpha}")
+    for name in ("min_len", "max_len_offset"):  # no output is longer than the model's positions
+        value = getattr(cfg.decode, name)
+        if value > m.max_len:
+            raise AiaynError(f"config key 'decode.{name}' ({value:,}) cannot exceed model.max_len ({m.max_len:,})")
     return cfg

@@ -15,12 +15,17 @@ writes (see docs/architecture.md) is what every later stage reads:
 
 from __future__ import annotations
 
+import itertools
 import json
+import queue
 import random
 import re
+import threading
 import unicodedata
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from aiayn.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID, AiaynError
 from aiayn.tokenizer import Tokenizer
@@ -29,6 +34,11 @@ SPLITS = ("train", "valid", "test")
 META_NAME = "meta.json"
 HOLDOUT_MAX, HOLDOUT_FRACTION = 1000, 0.05
 Pair = tuple[str, str, str]  # (ref, src, tgt); ref is "" when the corpus has none
+# One sentence a line: a model of 8,192 positions (config.MAXIMA) reads about 40 KB of text.
+MAX_LINE_BYTES = 100_000
+# `aiayn translate` reads its input in chunks of this many lines or characters, whichever comes
+# first: sorted by length within a chunk, batches stay full; the input is never held whole.
+CHUNK_LINES, CHUNK_CHARS = 1000, 1_000_000
 
 
 def normalize(text: str) -> str:
@@ -59,6 +69,71 @@ def read_lines(path: Path) -> list[str]:
     if lines[-1] == "":
         lines.pop()
     return [line.removesuffix("\r") for line in lines]
+
+
+def stream_lines(stream: BinaryIO, name: str) -> Iterator[str]:
+    """Lines of a binary stream as they arrive, decoded as UTF-8 whatever the locale says, read as
+    ``read_lines`` reads a file. At most one line is held: a line over ``MAX_LINE_BYTES`` (a file
+    without line breaks, ``/dev/zero``) is an error naming its number, and is read no further."""
+    for n in itertools.count(1):
+        raw = stream.readline(MAX_LINE_BYTES + 1)  # a full line of MAX_LINE_BYTES, and its \n
+        if not raw:
+            return
+        if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+            raise AiaynError(f"{name}:{n}: a line of more than {MAX_LINE_BYTES:,} bytes; put one sentence on each line")
+        try:
+            line = raw.decode("utf-8").removesuffix("\n").removesuffix("\r")
+        except UnicodeDecodeError:
+            raise AiaynError(
+                f"{name}:{n}: invalid UTF-8; convert the input to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+            ) from None
+        yield line.removeprefix("\ufeff") if n == 1 else line
+
+
+def line_chunks(lines: Iterator[str]) -> Iterator[list[str]]:
+    """``lines`` in chunks of ``CHUNK_LINES`` lines or ``CHUNK_CHARS`` characters, whichever comes
+    first: enough for length-sorted batches, and all that is held of an input of any size."""
+    chunk, chars = [], 0
+    for line in lines:
+        chunk.append(line)
+        chars += len(line)
+        if len(chunk) == CHUNK_LINES or chars >= CHUNK_CHARS:
+            yield chunk
+            chunk, chars = [], 0
+    if chunk:
+        yield chunk
+
+
+def arriving_chunks(lines: Iterator[str], size: int = 16) -> Iterator[list[str]]:
+    """Chunks of ``lines`` as they arrive: wait for one line, then take those already waiting (up
+    to ``size``), so a pipe is answered line by line while a fast producer still gets batches."""
+    waiting: queue.Queue[str | BaseException | None] = queue.Queue()
+
+    def read() -> None:
+        try:
+            for line in lines:
+                waiting.put(line)
+        except BaseException as e:  # handed to the main thread, which raises it
+            waiting.put(e)
+        waiting.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    while True:
+        chunk, item = [], waiting.get()  # wait for the first line of a chunk
+        while isinstance(item, str):
+            chunk.append(item)
+            if len(chunk) == size:
+                break
+            try:
+                item = waiting.get_nowait()
+            except queue.Empty:
+                break
+        if chunk:
+            yield chunk
+        if item is None:
+            return
+        if isinstance(item, BaseException):
+            raise item
 
 
 def read_parallel(src: Path, tgt: Path) -> list[Pair]:

@@ -13,13 +13,11 @@ Output length is limited to the source length + ``decode.max_len_offset`` subwor
 from __future__ import annotations
 
 import json
-import queue
 import sys
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 import torch
 from torch import Tensor
@@ -30,7 +28,7 @@ from aiayn.batching import pad_rows, source_row
 from aiayn.cache import DecoderCache
 from aiayn.checkpoint import load_for_inference
 from aiayn.config import BOS_ID, EOS_ID, PAD_ID, AiaynError, Config, from_dict
-from aiayn.corpus import read_lines
+from aiayn.corpus import arriving_chunks, line_chunks, stream_lines
 from aiayn.fused import FusedDecoder
 from aiayn.model import Transformer
 from aiayn.quantize import check_quantization, pack_model, quantize_model
@@ -283,48 +281,19 @@ def format_translations(index: int, translations: list[Translation], nbest: int)
     return "".join(f"{index}\t{t.score:.4f}\t{t.text}\n" for t in translations)
 
 
-def stdin_lines() -> Iterator[str]:
-    """Lines of stdin as they arrive, decoded as UTF-8 whatever the locale says."""
-    for n, raw in enumerate(sys.stdin.buffer, 1):
-        try:
-            line = raw.decode("utf-8").rstrip("\r\n")
-        except UnicodeDecodeError:
-            raise AiaynError(
-                f"stdin:{n}: invalid UTF-8; convert the input to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
-            ) from None
-        yield line.removeprefix("\ufeff") if n == 1 else line
-
-
-def arriving_chunks(lines: Iterator[str], size: int = 16) -> Iterator[list[str]]:
-    """Chunks of ``lines`` as they arrive: wait for one line, then take those already waiting (up
-    to ``size``), so a pipe is answered line by line while a fast producer still gets batches."""
-    waiting: queue.Queue[str | BaseException | None] = queue.Queue()
-
-    def read() -> None:
-        try:
-            for line in lines:
-                waiting.put(line)
-        except BaseException as e:  # handed to the main thread, which raises it
-            waiting.put(e)
-        waiting.put(None)
-
-    threading.Thread(target=read, daemon=True).start()
-    while True:
-        chunk, item = [], waiting.get()  # wait for the first line of a chunk
-        while isinstance(item, str):
-            chunk.append(item)
-            if len(chunk) == size:
-                break
-            try:
-                item = waiting.get_nowait()
-            except queue.Empty:
-                break
-        if chunk:
-            yield chunk
-        if item is None:
-            return
-        if isinstance(item, BaseException):
-            raise item
+def _open_input(path: str | None) -> BinaryIO | None:
+    """The --input file opened for reading (None: stdin), before the model loads, so that a wrong
+    name is told at once."""
+    if not path:
+        return None
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise AiaynError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise AiaynError(f"{path}: is a folder, expected a text file") from None
+    except OSError as e:
+        raise AiaynError(f"{path}: cannot read the input ({e.strerror})") from None
 
 
 def _open_output(path: str | None) -> TextIO:
@@ -337,8 +306,17 @@ def _open_output(path: str | None) -> TextIO:
 
 
 def run(args: Any) -> None:
-    """``aiayn translate``: files or stdin to files or stdout (see cli.py for the options)."""
-    lines = read_lines(Path(args.input)) if args.input else None
+    """``aiayn translate``: files or stdin to files or stdout (see cli.py for the options). The
+    input is read as it is translated, a chunk at a time (``line_chunks``), never whole."""
+    source = _open_input(args.input)
+    try:
+        _translate_input(args, source)
+    finally:
+        if source is not None:
+            source.close()
+
+
+def _translate_input(args: Any, source: BinaryIO | None) -> None:
     translator = Translator.load(args.model, args.device, quantize=args.quantize)
     nbest = args.nbest if args.nbest is not None else (1 if args.sample else translator.config.decode.nbest)
     options = dict(
@@ -353,24 +331,26 @@ def run(args: Any) -> None:
         batch_tokens=args.batch_tokens,
         seed=args.seed,
     )
-    interactive = lines is None and sys.stdin.isatty()
-    stream = lines is None and not interactive and (args.stream or args.interactive)
-    if lines is None and not interactive and not stream:
-        lines = list(stdin_lines())
+    interactive = source is None and sys.stdin.isatty()
+    stream = source is None and not interactive and (args.stream or args.interactive)
+    lines = stream_lines(sys.stdin.buffer if source is None else source, args.input or "stdin")
     out = _open_output(args.output)
     try:
         if interactive:
             _interactive(translator, options, nbest, out)
-        elif stream:
-            index = 0
-            for chunk in arriving_chunks(stdin_lines()):
-                for t in translator.translate(chunk, **options):
-                    out.write(format_translations(index, t, nbest))
-                    index += 1
+            return
+        index, bar = 0, None
+        for chunk in arriving_chunks(lines) if stream else line_chunks(lines):
+            for t in translator.translate(chunk, **options):
+                out.write(format_translations(index, t, nbest))
+                index += 1
+            if stream:
                 out.flush()
-        else:
-            for i, t in enumerate(translator.translate(lines, progress=args.input is not None, **options)):
-                out.write(format_translations(i, t, nbest))
+            if source is not None:  # shown from the first chunk on: an input refused at once draws no bar
+                bar = bar or tqdm(unit="sent", file=sys.stderr, dynamic_ncols=True)
+                bar.update(len(chunk))
+        if bar is not None:
+            bar.close()
     finally:
         if out is not sys.stdout:
             out.close()

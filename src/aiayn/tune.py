@@ -25,7 +25,7 @@ from sacrebleu.metrics import BLEU
 from tqdm import tqdm
 
 from aiayn import checkpoint as ckpt
-from aiayn.checkpoint import DECODING_FILE, resolve_model_path
+from aiayn.checkpoint import DECODING_FILE, resolve_model_path, run_folder
 from aiayn.config import TUNE_ALPHAS, TUNE_BEAMS, TUNE_PENALTIES, TUNE_SENTENCES, AiaynError
 from aiayn.corpus import read_split
 from aiayn.evaluate import corpus_scores
@@ -163,7 +163,7 @@ def tune_decoding(
     if any(a < 0 for a in alphas):
         raise AiaynError("--alphas: α cannot be negative")
     model_path = resolve_model_path(Path(model))
-    run_dir = Path(model) if Path(model).is_dir() else model_path.parent
+    run_dir = Path(model) if Path(model).is_dir() else run_folder(model_path)  # where translate looks
     translator = Translator.load(model, device, use_tuned=False)
     src, ref = valid_split(run_data_dir(run_dir, data), sentences)
     rows = []

@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from aiayn.checkpoint import find_tokenizer, load_for_inference
+from aiayn.checkpoint import load_for_inference, run_folder
 from aiayn.config import AiaynError
 from aiayn.export import ct2, huggingface
 from aiayn.export.card import model_card, read_json
@@ -83,7 +83,7 @@ def export(
             f"{loaded.tokenizer.model_path}: {loaded.tokenizer.vocab_size} pieces but the model has "
             f"{loaded.config.model.vocab_size} rows; export the run folder the model was trained in"
         )
-    run_dir = find_tokenizer(loaded.path).parent
+    run_dir = run_folder(loaded.path)
     meta = read_json(run_dir / "data_meta.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     folder = out.with_name(f".{out.name}.{os.getpid()}.partial")
