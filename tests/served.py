@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from aiayn.serve import Explorer
-from aiayn.serve_http import ExplorerServer
+from aiayn.serve_loop import ExplorerServer
 
 
 @contextmanager

@@ -263,3 +263,57 @@ def test_serve_flags_are_checked_in_one_line(run_dir, capsys, flags, message):
     assert main(["serve", "--model", str(run_dir), "--port", "0", *flags]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
+
+
+def test_decoding_stops_at_the_time_limit_inside_a_chunk(explorer):
+    """8 sentences of 256 positions at beam 8: one chunk, about a second of decoding here. The
+    limit is checked before every decoding step, so the request ends a step after it."""
+    limited = serve.Explorer(explorer.translator, explorer.path, explorer.step, decode_seconds=0.05)
+    with serving(limited) as server:
+        start = time.monotonic()
+        status, answer, _ = call(server, "POST", "/translate", {"sentences": [LONG] * 8, "beam": 8})
+        took = time.monotonic() - start
+    assert status == 503 and "within 0.05 s" in answer["error"]
+    assert took < 0.4, f"{took:.2f} s"
+
+
+def test_the_model_goes_to_waiting_requests_first_come_first_served():
+    """Two requests wait while a third holds the model; the holder lets go and asks again at once,
+    as a request of many chunks does: it comes after them. (A plain lock goes to whichever thread
+    asks first once it is free, most often the one that just let it go.)"""
+    turns, order = serve.Turns(), []
+    deadline = time.monotonic() + 30
+
+    def wait_in_line(name: str) -> None:
+        with turns.turn(deadline) as mine:
+            order.append((name, mine))
+
+    waiting = [threading.Thread(target=wait_in_line, args=(name,)) for name in ("b", "c")]
+    with turns.turn(deadline) as mine:
+        assert mine
+        for n, thread in enumerate(waiting, 2):
+            thread.start()
+            while len(turns.line) < n and time.monotonic() < deadline:
+                time.sleep(0.001)
+    wait_in_line("a")
+    for thread in waiting:
+        thread.join()
+    assert order == [("b", True), ("c", True), ("a", True)]
+
+
+def test_waiting_for_the_model_ends_at_the_deadline():
+    turns = serve.Turns()
+    with turns.turn(time.monotonic() + 30):
+        start = time.monotonic()
+        with turns.turn(start + 0.1) as mine:
+            assert not mine and 0.1 <= time.monotonic() - start < 1
+    assert not turns.line
+
+
+def test_attention_works_when_the_runs_nbest_exceeds_the_beam(tmp_path):
+    """A run tuned with decode.nbest = 3: /attention at beam 1 needs only the best translation."""
+    wide = serve.Explorer.load(random_run(tmp_path, min_len=4, max_len_offset=0, nbest=3))
+    with serving(wide) as server:
+        status, answer, _ = call(server, "POST", "/attention", {"sentence": SENTENCE, "beam": 1})
+    assert status == 200, answer
+    assert answer["translation"] == wide.translator.translate([SENTENCE], beam_size=1, nbest=1)[0][0].text
