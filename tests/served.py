@@ -74,17 +74,20 @@ def post(path: str, body: bytes, **headers: str) -> bytes:
 class Stand:
     """A translator that passes calls to ``real`` but first counts them, notes any that overlap
     (it keeps each one busy for ``delay`` seconds so that overlaps would happen), and waits for
-    ``gate`` when one is given; ``entered`` is set once a call has begun."""
+    ``gate`` when one is given; ``entered`` is set once a call has begun; ``lines`` holds each
+    call's first line, in the order the calls began."""
 
     def __init__(self, real: Any, delay: float = 0.0, gate: threading.Event | None = None):
         self.real, self.config, self.tokenizer, self.model = real, real.config, real.tokenizer, real.model
         self.delay, self.gate, self.entered = delay, gate, threading.Event()
         self.calls = self.active = self.most_active = 0
+        self.lines: list[str] = []
         self.count = threading.Lock()
 
     def translate(self, lines: list[str], **options: Any) -> Any:
         with self.count:
             self.calls += 1
+            self.lines.append(lines[0])
             self.active += 1
             self.most_active = max(self.most_active, self.active)
         self.entered.set()

@@ -317,3 +317,43 @@ def test_attention_works_when_the_runs_nbest_exceeds_the_beam(tmp_path):
         status, answer, _ = call(server, "POST", "/attention", {"sentence": SENTENCE, "beam": 1})
     assert status == 200, answer
     assert answer["translation"] == wide.translator.translate([SENTENCE], beam_size=1, nbest=1)[0][0].text
+
+
+def held_server_test(explorer, decode_seconds: float, requests: list[list[str]], wait: float = 0.0):
+    """One worker, held by a first request while ``requests`` arrive in order and wait in the queue;
+    released ``wait`` seconds later. Returns the statuses of all and the stand's first lines."""
+    gate = threading.Event()
+    held, stand = stand_in(explorer, gate=gate)
+    held.decode_seconds = decode_seconds
+    statuses: dict[int, int] = {}
+    with serving(held, workers=1) as server:
+
+        def ask(n: int, lines: list[str]) -> None:
+            statuses[n] = call(server, "POST", "/translate", {"sentences": lines, "beam": 1})[0]
+
+        threads = [threading.Thread(target=ask, args=(n, lines)) for n, lines in enumerate([["la luz"], *requests])]
+        threads[0].start()
+        assert stand.entered.wait(30)
+        for n, thread in enumerate(threads[1:], 1):
+            thread.start()
+            deadline = time.monotonic() + 30
+            while server.waiting.qsize() < n and time.monotonic() < deadline:
+                time.sleep(0.01)
+        time.sleep(wait)
+        gate.set()
+        for thread in threads:
+            thread.join()
+    return [statuses[n] for n in range(len(threads))], stand.lines
+
+
+def test_waiting_requests_get_a_worker_smallest_first(explorer):
+    """A request of 24 sentences, then one of one sentence, wait for the one worker: the small one
+    goes first, so that a burst of large requests does not hold up small ones."""
+    statuses, lines = held_server_test(explorer, 30.0, [["dios"] * 3 * serve.CHUNK_SENTENCES, ["los cielos"]])
+    assert statuses == [200, 200, 200] and lines == ["la luz", "los cielos", "dios", "dios", "dios"]
+
+
+def test_the_time_limit_counts_from_the_requests_arrival(explorer):
+    """A request that waited for a worker past its limit gets its 503 without being decoded."""
+    statuses, lines = held_server_test(explorer, 0.5, [["los cielos"]], wait=0.6)
+    assert statuses[1] == 503 and lines == ["la luz"]

@@ -22,12 +22,12 @@ Retry-After: too many connections, the queue is full, or the decoding time limit
                         T target positions (T at its longest, S + max_len_offset): /health gives the
                         source subwords this allows for the model; weights rounded to 4 decimals
     time                10 s from the accept to receive a request (head and body), 30 s to send an answer,
-                        30 s from a worker taking a request to its last decoding step, waiting for the
-                        model included; checked before every decoding step, so a request ends within
-                        one step of its limit
+                        30 s from a request's last byte to its last decoding step, waiting for a worker
+                        and for the model included; checked before every decoding step, so a request
+                        ends within one step of its limit
     concurrency         256 open connections, idle or not (each one a socket, not a thread); 4 worker
-                        threads for /translate and /attention, 32 whole requests waiting for them;
-                        beyond either, 503 (Retry-After: 1) at once
+                        threads for /translate and /attention, 32 whole requests waiting for them,
+                        the smallest body first; beyond either, 503 (Retry-After: 1) at once
 
 The model decodes one chunk of 8 sentences at a time, for the requests in turn, first come first
 served, so a request waits for at most one chunk of each request ahead of it (a chunk ends at its
@@ -193,8 +193,10 @@ class Explorer:
             step_hook()  # it may have left, or the time run out, while waiting for the model
             return work(step_hook=step_hook)
 
-    def translate(self, body: dict, client_gone: Callable[[], bool] = lambda: False) -> dict[str, Any]:
-        deadline = time.monotonic() + self.decode_seconds
+    def translate(
+        self, body: dict, client_gone: Callable[[], bool] = lambda: False, received: float | None = None
+    ) -> dict[str, Any]:
+        deadline = (time.monotonic() if received is None else received) + self.decode_seconds
         only(body, ("sentences", "beam", "nbest", "alpha"))
         sentences = body.get("sentences")
         if not isinstance(sentences, list):
@@ -223,8 +225,10 @@ class Explorer:
             )
         return {"translations": [[{"text": t.text, "score": round(t.score, 4)} for t in nb] for nb in found]}
 
-    def attention(self, body: dict, client_gone: Callable[[], bool] = lambda: False) -> dict[str, Any]:
-        deadline = time.monotonic() + self.decode_seconds
+    def attention(
+        self, body: dict, client_gone: Callable[[], bool] = lambda: False, received: float | None = None
+    ) -> dict[str, Any]:
+        deadline = (time.monotonic() if received is None else received) + self.decode_seconds
         only(body, ("sentence", "beam"))
         text = sentence(body.get("sentence"), "'sentence'")
         if not text.strip():

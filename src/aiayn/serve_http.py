@@ -135,9 +135,9 @@ class Handler(BaseHTTPRequestHandler):
             elif where == "/health":
                 self._send_json(200, explorer.health())
             elif where == "/translate":
-                self._send_json(200, explorer.translate(self._read_json(), self.request.gone))
+                self._send_json(200, explorer.translate(self._read_json(), self.request.gone, self.request.received))
             else:
-                self._send_json(200, explorer.attention(self._read_json(), self.request.gone))
+                self._send_json(200, explorer.attention(self._read_json(), self.request.gone, self.request.received))
         except RequestError as e:
             self._send_json(e.status, {"error": str(e)}, e.headers)
         except ClientGone:

@@ -11,12 +11,17 @@ before it closes, since closing on unread input resets the connection and can de
 A waiting client costs a socket and its buffers, never a thread. Requests that need no model
 (GET /, /health, and every request refused before its body is read) are answered in that thread at
 once; a POST to /translate or /attention goes, once whole, to ``WORKERS`` threads through a queue
-of ``QUEUE``, and is answered 503 at once when the queue is full. Beyond ``MAX_CONNECTIONS`` open
+of ``QUEUE``, and is answered 503 at once when the queue is full. The queue hands out the smallest
+body first: a request's work is bounded by its sentences' length times its beam, so a one-sentence
+request does not wait behind a burst of large ones (a large one that waits too long gets its 503
+when its time limit, counted from its arrival, has passed). Beyond ``MAX_CONNECTIONS`` open
 connections, a new one gets 503 at once and is closed.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 import queue
 import selectors
 import socket
@@ -54,6 +59,7 @@ class Connection:
         self.sock, self.address, self.deadline = sock, address, deadline
         self.state = READING
         self.data = bytearray()  # the request as received
+        self.received = time.monotonic()  # when its last byte came; until then, the accept
         self.reply = b""  # the whole answer; b"" for none
         self.sent = 0  # bytes of the answer sent
         self.dropped = 0  # bytes read and dropped after the request
@@ -104,7 +110,9 @@ class ExplorerServer:
         self.socket = socket.create_server((host, port), backlog=128)  # binds, or raises OSError
         self.socket.setblocking(False)
         self.server_address = self.socket.getsockname()
-        self.waiting: queue.Queue[Connection | None] = queue.Queue(queue_size)
+        # (body length, arrival order, connection): the smallest first (see the module docstring)
+        self.waiting: queue.PriorityQueue[tuple[float, int, Connection | None]] = queue.PriorityQueue(queue_size)
+        self.arrivals = itertools.count()
         self.answered: queue.SimpleQueue[Connection] = queue.SimpleQueue()
         self.wake, self.woken = socket.socketpair()  # a worker's answer wakes the loop
         self.wake.setblocking(False)
@@ -185,9 +193,9 @@ class ExplorerServer:
             self._answer_here(conn)
         elif len(conn.data) >= end + 4 + length:
             self.selector.unregister(conn.sock)
-            conn.state = WORKING
+            conn.state, conn.received = WORKING, time.monotonic()
             try:
-                self.waiting.put_nowait(conn)
+                self.waiting.put_nowait((length, next(self.arrivals), conn))
             except queue.Full:
                 conn.busy = True
                 self._answer_here(conn)
@@ -268,7 +276,7 @@ class ExplorerServer:
     def _work(self) -> None:
         while not self.stopping.is_set():
             try:
-                conn = self.waiting.get(timeout=0.5)
+                _, _, conn = self.waiting.get(timeout=0.5)
             except queue.Empty:
                 continue
             if conn is None:  # server_close's wake-up call
@@ -299,7 +307,7 @@ class ExplorerServer:
         self.stopped.wait(1)
         for _ in self.workers:
             try:
-                self.waiting.put_nowait(None)
+                self.waiting.put_nowait((math.inf, next(self.arrivals), None))
             except queue.Full:
                 break
         for thread in self.workers:
