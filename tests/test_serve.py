@@ -257,6 +257,8 @@ def test_serve_warns_that_there_is_no_authentication_beyond_loopback(run_dir, ca
         (["--allow-origin", "gpu-box"], "--allow-origin 'gpu-box': expected scheme://host[:port]"),
         (["--allow-origin", "http://gpu-box/page"], "expected scheme://host[:port]"),
         (["--queue", "0"], "--workers and --queue must be at least 1"),
+        (["--decode-seconds", "0"], "--decode-seconds must be above 0 and at most 3600, got 0"),
+        (["--decode-seconds", "nan"], "--decode-seconds must be above 0"),
     ],
 )
 def test_serve_flags_are_checked_in_one_line(run_dir, capsys, flags, message):
@@ -286,11 +288,11 @@ def test_the_model_goes_to_waiting_requests_first_come_first_served():
 
     def wait_in_line(name: str) -> None:
         with turns.turn(deadline) as mine:
-            order.append((name, mine))
+            order.append((name, mine is not None))
 
     waiting = [threading.Thread(target=wait_in_line, args=(name,)) for name in ("b", "c")]
     with turns.turn(deadline) as mine:
-        assert mine
+        assert mine is not None
         for n, thread in enumerate(waiting, 2):
             thread.start()
             while len(turns.line) < n and time.monotonic() < deadline:
@@ -301,12 +303,33 @@ def test_the_model_goes_to_waiting_requests_first_come_first_served():
     assert order == [("b", True), ("c", True), ("a", True)]
 
 
+def test_a_request_waiting_for_the_model_has_it_between_two_steps_of_another():
+    turns, order = serve.Turns(), []
+    deadline = time.monotonic() + 30
+
+    def short() -> None:
+        with turns.turn(deadline):
+            order.append("short")
+
+    waiting = threading.Thread(target=short)
+    with turns.turn(deadline) as share:
+        order.append("long, step 1")
+        waiting.start()
+        while len(turns.line) < 2 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert share()
+        order.append("long, step 2")
+        assert share()  # nobody waits: at once
+    waiting.join()
+    assert order == ["long, step 1", "short", "long, step 2"]
+
+
 def test_waiting_for_the_model_ends_at_the_deadline():
     turns = serve.Turns()
     with turns.turn(time.monotonic() + 30):
         start = time.monotonic()
         with turns.turn(start + 0.1) as mine:
-            assert not mine and 0.1 <= time.monotonic() - start < 1
+            assert mine is None and 0.1 <= time.monotonic() - start < 1
     assert not turns.line
 
 
@@ -353,7 +376,62 @@ def test_waiting_requests_get_a_worker_smallest_first(explorer):
     assert statuses == [200, 200, 200] and lines == ["la luz", "los cielos", "dios", "dios", "dios"]
 
 
-def test_the_time_limit_counts_from_the_requests_arrival(explorer):
-    """A request that waited for a worker past its limit gets its 503 without being decoded."""
-    statuses, lines = held_server_test(explorer, 0.5, [["los cielos"]], wait=0.6)
-    assert statuses[1] == 503 and lines == ["la luz"]
+def test_a_request_waiting_for_a_worker_gets_its_503_at_its_time_limit(explorer):
+    """The limit counts from the request's arrival, and a request still waiting for a worker then
+    is answered at once, not once a worker is free, and never decoded."""
+    gate = threading.Event()
+    held, stand = stand_in(explorer, gate=gate)
+    held.decode_seconds = 0.5
+    with serving(held, workers=1) as server:
+        first = threading.Thread(target=call, args=(server, "POST", "/translate", {"sentences": ["la luz"]}))
+        first.start()
+        assert stand.entered.wait(30)
+        start = time.monotonic()
+        status, answer, _ = call(server, "POST", "/translate", {"sentences": [SENTENCE]})
+        took = time.monotonic() - start
+        gate.set()
+        first.join()
+    assert status == 503 and "within 0.5 s" in answer["error"] and 0.5 <= took < 1.0
+    assert stand.lines == ["la luz"]
+
+
+def test_time_spent_waiting_for_a_worker_counts_against_the_limit(explorer):
+    """Held 0.6 s in the queue, then a second of decoding under a 1 s limit: the 503 comes 1 s after
+    the request arrived, not 1 s after a worker took it."""
+    gate = threading.Event()
+    held, stand = stand_in(explorer, gate=gate)
+    held.decode_seconds = 1.0
+    with serving(held, workers=1) as server:
+        first = threading.Thread(target=call, args=(server, "POST", "/translate", {"sentences": ["la luz"]}))
+        first.start()
+        assert stand.entered.wait(30)
+        threading.Timer(0.6, gate.set).start()
+        start = time.monotonic()
+        status, answer, _ = call(server, "POST", "/translate", {"sentences": [LONG] * 8, "beam": 8})
+        took = time.monotonic() - start
+        first.join()
+    assert status == 503 and "within 1 s" in answer["error"] and 1.0 <= took < 1.4, took
+
+
+def test_a_request_answered_at_its_time_limit_is_left_alone_by_the_worker_that_pops_it(explorer):
+    """The 503 of a request that timed out in the queue is sent while the request is still queued;
+    the worker that pops it later must leave that connection to the loop, which closes it when the
+    client leaves (once, a worker's mark on it left its closed socket registered, and the next
+    connection given the same descriptor stopped the loop)."""
+    gate = threading.Event()
+    held, stand = stand_in(explorer, gate=gate)
+    held.decode_seconds = 0.5
+    with serving(held, workers=1) as server:
+        first = threading.Thread(target=call, args=(server, "POST", "/translate", {"sentences": ["la luz"]}))
+        first.start()
+        assert stand.entered.wait(30)
+        with socket.create_connection(server.server_address[:2], timeout=10) as late:
+            late.sendall(post("/translate", json.dumps({"sentences": [SENTENCE]}).encode()))
+            assert b"".join(iter(lambda: late.recv(65536), b"")).startswith(b"HTTP/1.1 503")
+            gate.set()
+            first.join()
+            time.sleep(0.2)  # the worker pops it
+        time.sleep(0.2)  # the loop closes it
+        assert not [key for key in server.selector.get_map().values() if key.fileobj.fileno() == -1]
+        assert call(server, "GET", "/health")[0] == 200
+    assert stand.calls == 1

@@ -83,23 +83,38 @@ def model_name(path: Path) -> str:
 
 
 class Turns:
-    """The model, lent to one chunk of work at a time, first come first served. (A
-    ``threading.Lock`` lets the thread that releases it take it straight back, so one request of
-    many chunks would keep the others waiting until its end.)"""
+    """The model, lent to one request at a time, first come first served, and passed on between
+    two decoding steps to the requests waiting for it, in turn: a request waits for one step of
+    each request ahead of it, not for their end. (A ``threading.Lock`` lets the thread that
+    releases it take it straight back, so one long request kept the others waiting.)"""
 
     def __init__(self) -> None:
         self.changed = threading.Condition()
         self.line: deque[object] = deque()
 
     @contextmanager
-    def turn(self, deadline: float) -> Iterator[bool]:
-        """Waits in line until this turn comes or ``deadline`` passes; yields whether it came."""
+    def turn(self, deadline: float) -> Iterator[Callable[[], bool] | None]:
+        """Waits in line until this turn comes or ``deadline`` passes. Yields None when it did not
+        come, else ``share``: called between two steps, it lets every request waiting in line have
+        the model until its own next ``share``, and says whether the turn came back before ``deadline``."""
         ticket = object()
+
+        def wait() -> bool:
+            return self.changed.wait_for(lambda: self.line[0] is ticket, timeout=max(0.0, deadline - time.monotonic()))
+
+        def share() -> bool:
+            with self.changed:
+                if len(self.line) == 1:
+                    return True
+                self.line.rotate(-1)  # this ticket, first in line, goes last
+                self.changed.notify_all()
+                return wait()
+
         with self.changed:
             self.line.append(ticket)
-            mine = self.changed.wait_for(lambda: self.line[0] is ticket, timeout=max(0.0, deadline - time.monotonic()))
+            mine = wait()
         try:
-            yield mine
+            yield share if mine else None
         finally:
             with self.changed:
                 self.line.remove(ticket)
@@ -107,7 +122,7 @@ class Turns:
 
 
 class Explorer:
-    """The model behind the service. Requests share it, one chunk at a time in turn (``Turns``)."""
+    """The model behind the service. Requests share it, a decoding step at a time in turn (``Turns``)."""
 
     def __init__(self, translator: Any, path: Path, step: int, decode_seconds: float = DECODE_SECONDS):
         self.translator, self.path, self.step = translator, Path(path), step
@@ -119,11 +134,17 @@ class Explorer:
         )
 
     @classmethod
-    def load(cls, model: str | Path, device: str | None = None, *, quantize: str | None = None) -> Explorer:
+    def load(
+        cls,
+        model: str | Path,
+        device: str | None = None,
+        *,
+        quantize: str | None = None,
+        decode_seconds: float = DECODE_SECONDS,
+    ) -> Explorer:
         loaded = load_for_inference(model, resolve_device(device, cpu_only=quantize is not None))
-        return cls(
-            Translator(loaded.model, loaded.tokenizer, loaded.config, quantize=quantize), loaded.path, loaded.step
-        )
+        translator = Translator(loaded.model, loaded.tokenizer, loaded.config, quantize=quantize)
+        return cls(translator, loaded.path, loaded.step, decode_seconds)
 
     def health(self) -> dict[str, Any]:
         cfg = self.translator.config
@@ -171,25 +192,30 @@ class Explorer:
         target = min(1 + min(source + offset, m.max_len), m.max_len)  # BOS + tokens
         return m.n_heads * (m.n_layers * source**2 + m.decoder_layers * (target**2 + target * source))
 
-    def _with_model(self, work: Callable[..., Any], deadline: float, client_gone: Callable[[], bool]) -> Any:
-        """``work(step_hook=...)`` in the model's next turn. The hook, called before every decoding
-        step, stops the work there when the time is up or the client has left."""
-        late = busy(
+    def late(self) -> RequestError:
+        """The answer to a request that ran out of time (waiting or decoding)."""
+        return busy(
             f"decoding did not finish within {self.decode_seconds:g} s (the limit per request); "
             "retry later, or send fewer sentences or a smaller beam"
         )
 
-        def step_hook() -> None:
-            if client_gone():
-                raise ClientGone
-            if time.monotonic() > deadline:
-                raise late
-
+    def _with_model(self, work: Callable[..., Any], deadline: float, client_gone: Callable[[], bool]) -> Any:
+        """``work(step_hook=...)`` in the model's turn. The hook, called before every decoding step,
+        stops the work there when the time is up or the client has left, and lets the requests
+        waiting for the model have it first."""
+        late = self.late()
         if client_gone():
             raise ClientGone
-        with self.turns.turn(deadline) as mine:
-            if not mine:
+        with self.turns.turn(deadline) as share:
+            if share is None:
                 raise late
+
+            def step_hook() -> None:
+                if client_gone():
+                    raise ClientGone
+                if time.monotonic() > deadline or not share():
+                    raise late
+
             step_hook()  # it may have left, or the time run out, while waiting for the model
             return work(step_hook=step_hook)
 
@@ -244,9 +270,11 @@ class Explorer:
         maps = self._with_model(
             functools.partial(sentence_attention, self.translator, text, beam), deadline, client_gone
         )
-        # float64 before rounding, or float32's nearest value prints as 0.4050000011920929
+        # float64 before rounding, or float32's nearest value prints as 0.4050000011920929; one
+        # (layer, head) map at a time, since one tolist() of a million numbers holds the GIL 50 ms
         rounded = {
-            k: np.round(getattr(maps, k).astype(np.float64), 4).tolist() for k in ("encoder", "decoder", "cross")
+            k: [[np.round(m.astype(np.float64), 4).tolist() for m in layer] for layer in getattr(maps, k)]
+            for k in ("encoder", "decoder", "cross")
         }
         return {"source": maps.source, "target": maps.target, "translation": maps.translation, "weights": rounded}
 
@@ -260,7 +288,9 @@ def run(args: Any) -> None:
             raise AiaynError(
                 f"--allow-origin {origin!r}: expected scheme://host[:port], e.g. http://gpu-box:8000"
             ) from None
-    explorer = Explorer.load(args.model, args.device, quantize=args.quantize)
+    if not 0 < args.decode_seconds <= 3600:
+        raise AiaynError(f"--decode-seconds must be above 0 and at most 3600, got {args.decode_seconds:g}")
+    explorer = Explorer.load(args.model, args.device, quantize=args.quantize, decode_seconds=args.decode_seconds)
     try:
         server = ExplorerServer(
             explorer,

@@ -44,16 +44,17 @@ from aiayn.serve_limits import (
     WORKERS,
     WRITE_SECONDS,
     Origins,
+    busy,
 )
 
 DRAIN_SECONDS = 2.0  # how long input after the answer is read and dropped before the connection closes
 TICK = 0.05  # seconds between two checks of the connections' deadlines
-READING, WORKING, WRITING, DRAINING = "reading", "working", "writing", "draining"
+READING, QUEUED, WORKING, WRITING, DRAINING = "reading", "queued", "working", "writing", "draining"
 
 
 class Connection:
     """One client: its socket, the request as it arrives, the answer as it leaves. The loop thread
-    owns it, except while a worker answers it (``WORKING``)."""
+    owns it, except once a worker has taken it from the queue (``WORKING``)."""
 
     def __init__(self, sock: socket.socket, address: Any, deadline: float):
         self.sock, self.address, self.deadline = sock, address, deadline
@@ -63,7 +64,8 @@ class Connection:
         self.reply = b""  # the whole answer; b"" for none
         self.sent = 0  # bytes of the answer sent
         self.dropped = 0  # bytes read and dropped after the request
-        self.continued = self.busy = self.probed = self.left = False
+        self.refusal: Exception | None = None  # the 503 to answer instead of the request
+        self.continued = self.probed = self.left = False
 
     def gone(self) -> bool:
         """True once the client has closed its connection. End-of-file alone does not say so: a
@@ -117,6 +119,7 @@ class ExplorerServer:
         self.wake, self.woken = socket.socketpair()  # a worker's answer wakes the loop
         self.wake.setblocking(False)
         self.connections: set[Connection] = set()
+        self.taking = threading.Lock()
         self.selector = selectors.DefaultSelector()
         self.stopping, self.stopped = threading.Event(), threading.Event()
         self.stopped.set()  # until serve_forever runs
@@ -146,12 +149,27 @@ class ExplorerServer:
                         self._drop(key.data)
                 if time.monotonic() - checked >= TICK:
                     checked = time.monotonic()
-                    for conn in [c for c in self.connections if c.state != WORKING and c.deadline < checked]:
-                        self._close(conn)  # too slow to send its request, read its answer or leave
+                    self._expire(checked)
         finally:
             for sock in (self.socket, self.woken):
                 self.selector.unregister(sock)
             self.stopped.set()
+
+    def _expire(self, now: float) -> None:
+        for conn in list(self.connections):
+            if conn.state not in (QUEUED, WORKING) and conn.deadline < now:
+                self._close(conn)  # too slow to send its request, read its answer or leave
+            elif conn.state == QUEUED and now > conn.received + self.explorer.decode_seconds and self._take(conn):
+                conn.refusal = self.explorer.late()  # answered at its time limit, not once a worker is free
+                self._answer_here(conn)
+
+    def _take(self, conn: Connection) -> bool:
+        """Takes a queued request for a worker or for its 503, once: whichever comes first."""
+        with self.taking:
+            if conn.state != QUEUED:
+                return False
+            conn.state = WORKING
+            return True
 
     def _accept(self) -> None:
         while True:
@@ -193,11 +211,12 @@ class ExplorerServer:
             self._answer_here(conn)
         elif len(conn.data) >= end + 4 + length:
             self.selector.unregister(conn.sock)
-            conn.state, conn.received = WORKING, time.monotonic()
+            conn.state, conn.received = QUEUED, time.monotonic()
             try:
                 self.waiting.put_nowait((length, next(self.arrivals), conn))
             except queue.Full:
-                conn.busy = True
+                conn.state = WORKING
+                conn.refusal = busy(f"the server is busy ({self.queue_size} requests waiting); retry later")
                 self._answer_here(conn)
         elif expect and not conn.continued and len(conn.data) == end + 4:
             conn.continued = True
@@ -266,7 +285,7 @@ class ExplorerServer:
             self._close(conn)
 
     def _close(self, conn: Connection) -> None:
-        if conn.state != WORKING:
+        if conn.state not in (QUEUED, WORKING):
             self.selector.unregister(conn.sock)
         conn.sock.close()
         self.connections.discard(conn)
@@ -279,7 +298,7 @@ class ExplorerServer:
                 _, _, conn = self.waiting.get(timeout=0.5)
             except queue.Empty:
                 continue
-            if conn is None:  # server_close's wake-up call
+            if conn is None or not self._take(conn):  # server_close's wake-up call, or answered 503
                 continue
             self._handle(conn)
             self.answered.put(conn)

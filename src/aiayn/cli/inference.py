@@ -215,7 +215,7 @@ def _serve(args: argparse.Namespace) -> None:
 
 
 def add_serve(sub) -> None:
-    from aiayn.serve_limits import QUEUE, WORKERS
+    from aiayn.serve_limits import DECODE_SECONDS, QUEUE, WORKERS
 
     p = sub.add_parser(
         "serve",
@@ -247,6 +247,12 @@ def add_serve(sub) -> None:
         type=int,
         default=QUEUE,
         help=f"whole requests waiting for a worker before new ones get 503 (default {QUEUE})",
+    )
+    p.add_argument(
+        "--decode-seconds",
+        type=float,
+        default=DECODE_SECONDS,
+        help=f"a request's time limit, from its arrival to its last decoding step (default {DECODE_SECONDS:g})",
     )
     _add_quantize(p)
     p.set_defaults(func=_serve)
