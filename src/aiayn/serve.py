@@ -29,12 +29,13 @@ Retry-After: too many connections, the queue is full, or the decoding time limit
                         threads for /translate and /attention, 32 whole requests waiting for them,
                         the smallest body first; beyond either, 503 (Retry-After: 1) at once
 
-The model decodes one chunk of 8 sentences at a time, for the requests in turn, first come first
-served, so a request waits for at most one chunk of each request ahead of it (a chunk ends at its
-own request's limit), and there are at most 3 others (4 workers). A client that has closed its
-connection is noticed before the next decoding step and its request stops there; one that only shut
-its sending side (``nc -N``) gets its answer. There is no authentication: the service binds to
-127.0.0.1 unless ``--host`` says otherwise, and warns when it does.
+The model serves one request at a time (in chunks of 8 sentences), first come first served, and
+passes to the requests waiting for it between two decoding steps, in turn (``Turns``): waiting for
+the model costs a request one decoding step (plus an encoder pass) of each of the at most 3 others
+(4 workers) per step of its own, and counts against its time limit like waiting for a worker. A
+client that has closed its connection is noticed before the next decoding step and its request
+stops there; one that only shut its sending side (``nc -N``) gets its answer. There is no
+authentication: the service binds to 127.0.0.1 unless ``--host`` says otherwise, and warns when it does.
 """
 
 from __future__ import annotations
