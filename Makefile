@@ -13,7 +13,7 @@ DEMO_MINUTES ?= 30
 TORCH  ?= torch==2.13.0
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: setup check-cpu-torch demo test test-slow bench bench-quality bench-load bench-memory clean
+.PHONY: setup check-cpu-torch demo test test-slow bench bench-quality bench-load bench-attack bench-memory clean
 
 $(STAMP): pyproject.toml
 	@# Debian's python3 lacks ensurepip (and so venv) until python3-venv is installed.
@@ -87,6 +87,16 @@ bench-load: $(STAMP)
 	@mkdir -p $(BENCH_OUT)
 	$(BIN)/python -m bench.load $(LOAD_ARGS) > $(BENCH_OUT)/load.jsonl
 	@echo "JSON lines: $(BENCH_OUT)/load.jsonl"
+
+# An attack on `aiayn serve` (loopback only) while a well-behaved client asks /health and /translate
+# once a second: 100 idle sockets, 20 clients that never read their answers, the longest decoding the
+# limits allow, a half-closed client, the malformed requests. The client's p50/p99 quiet and attacked
+# and its errors (must be 0), the longest request past its limit, the server's RSS (docs/performance.md,
+# "The service under attack"). About 2 minutes; ATTACK_ARGS="--model runs/demo" loads a trained model.
+bench-attack: $(STAMP)
+	@mkdir -p $(BENCH_OUT)
+	$(BIN)/python -m bench.attack $(ATTACK_ARGS) > $(BENCH_OUT)/attack.jsonl
+	@echo "JSON lines: $(BENCH_OUT)/attack.jsonl"
 
 # Resident memory of `aiayn train --preset small max_minutes=MEMORY_MINUTES`, sampled every 5 s, in
 # fp32 then bf16, one run after the other (docs/performance.md, "Training memory"). About

@@ -139,7 +139,7 @@ def client(port: int, seed: int, requests: int, malformed: float, deadline: floa
 class Server:
     """``aiayn serve`` in a subprocess on a free loopback port, and its memory."""
 
-    def __init__(self, model: Path, threads: int, workers: int, queue: int):
+    def __init__(self, model: Path, threads: int, workers: int, queue: int, *options: str):
         command = [
             sys.executable,
             "-m",
@@ -156,16 +156,24 @@ class Server:
             str(workers),
             "--queue",
             str(queue),
+            *options,
         ]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        # A file, not a pipe: nobody reads the server's warnings while it runs, and a full pipe would stall it.
+        self.log = tempfile.TemporaryFile("w+")
+        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
         ready, _, _ = select.select([self.proc.stdout], [], [], 120)
         line = self.proc.stdout.readline() if ready else ""
         found = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
         if not found:
             self.stop()
-            raise AiaynError(f"aiayn serve did not start: {line.strip() or self.proc.stderr.read()[-500:]}")
+            raise AiaynError(f"aiayn serve did not start: {line.strip() or self.errors()}")
         self.port = int(found.group(1))
+
+    def errors(self) -> str:
+        """The end of what the server wrote to stderr."""
+        self.log.seek(0)
+        return self.log.read()[-2000:]
 
     def memory_mb(self, field: str) -> float:
         return status_kib(field, self.proc.pid) / 1024
@@ -177,6 +185,7 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        self.log.close()
 
 
 def percentile(values: list[float], q: float) -> float:

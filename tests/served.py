@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from aiayn.serve import Explorer
-from aiayn.serve_http import ExplorerServer
+from aiayn.serve_loop import ExplorerServer
 
 
 @contextmanager
@@ -74,25 +74,40 @@ def post(path: str, body: bytes, **headers: str) -> bytes:
 class Stand:
     """A translator that passes calls to ``real`` but first counts them, notes any that overlap
     (it keeps each one busy for ``delay`` seconds so that overlaps would happen), and waits for
-    ``gate`` when one is given; ``entered`` is set once a call has begun."""
+    ``gate`` when one is given; ``entered`` is set once a call has begun; ``lines`` holds each
+    call's first line, in the order the calls began. A call waiting in its step hook (for the
+    model, which another request has between two steps) is not active meanwhile."""
 
     def __init__(self, real: Any, delay: float = 0.0, gate: threading.Event | None = None):
         self.real, self.config, self.tokenizer, self.model = real, real.config, real.tokenizer, real.model
         self.delay, self.gate, self.entered = delay, gate, threading.Event()
         self.calls = self.active = self.most_active = 0
+        self.lines: list[str] = []
         self.count = threading.Lock()
 
-    def translate(self, lines: list[str], **options: Any) -> Any:
+    def _activity(self, change: int) -> None:
+        with self.count:
+            self.active += change
+            self.most_active = max(self.most_active, self.active)
+
+    def translate(self, lines: list[str], step_hook: Any = None, **options: Any) -> Any:
+        def hook() -> None:
+            self._activity(-1)
+            try:
+                if step_hook is not None:
+                    step_hook()
+            finally:
+                self._activity(+1)
+
         with self.count:
             self.calls += 1
-            self.active += 1
-            self.most_active = max(self.most_active, self.active)
+            self.lines.append(lines[0])
+        self._activity(+1)
         self.entered.set()
         try:
             time.sleep(self.delay)
             if self.gate is not None:
                 self.gate.wait(30)
-            return self.real.translate(lines, **options)
+            return self.real.translate(lines, step_hook=hook, **options)
         finally:
-            with self.count:
-                self.active -= 1
+            self._activity(-1)

@@ -311,6 +311,25 @@ def test_load_bench_serves_a_short_load_without_errors():
     assert "5xx answers" in done.stderr
 
 
+def test_attack_bench_reports_the_client_the_attackers_and_the_server():
+    """bench.attack, a few seconds of each phase with a few of each attacker: four JSON lines, every
+    attacker at work; the bar itself is for `make bench-attack` (docs/performance.md)."""
+    options = ["--quiet-seconds", "2", "--seconds", "3", "--idle", "5", "--stalled", "2", "--decode-seconds", "1"]
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.attack", *options], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0 or "missed the bar" in done.stderr, done.stderr[-2000:]
+    quiet, attack, attackers, server = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["phase"] for r in (quiet, attack, attackers, server)] == ["quiet", "attack", "attackers", "server"]
+    assert quiet["requests"] == 4 and attack["requests"] == 6
+    assert quiet["latency_p50_ms"] <= quiet["latency_p99_ms"]
+    counts = attackers["counts"]
+    assert counts["idle_opened"] >= 5 and counts["stalled_requests"] == 2 and counts["malformed_requests"] >= 1
+    assert counts["longest_requests"] >= 1 and counts["half_closed_requests"] >= 1
+    assert server["rss_peak_mb"] >= server["rss_loaded_mb"] > 0
+    assert "attacked" in done.stderr
+
+
 def test_memory_bench_samples_a_short_training_run(tmp_path):
     """bench.memory on a toy folder, a few seconds of the tiny preset per precision: one JSON line
     each, with the updates made and RSS figures in order, and the table."""

@@ -257,9 +257,181 @@ def test_serve_warns_that_there_is_no_authentication_beyond_loopback(run_dir, ca
         (["--allow-origin", "gpu-box"], "--allow-origin 'gpu-box': expected scheme://host[:port]"),
         (["--allow-origin", "http://gpu-box/page"], "expected scheme://host[:port]"),
         (["--queue", "0"], "--workers and --queue must be at least 1"),
+        (["--decode-seconds", "0"], "--decode-seconds must be above 0 and at most 3600, got 0"),
+        (["--decode-seconds", "nan"], "--decode-seconds must be above 0"),
     ],
 )
 def test_serve_flags_are_checked_in_one_line(run_dir, capsys, flags, message):
     assert main(["serve", "--model", str(run_dir), "--port", "0", *flags]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
+
+
+def test_decoding_stops_at_the_time_limit_inside_a_chunk(explorer):
+    """8 sentences of 256 positions at beam 8: one chunk, about a second of decoding here. The
+    limit is checked before every decoding step, so the request ends a step after it."""
+    limited = serve.Explorer(explorer.translator, explorer.path, explorer.step, decode_seconds=0.05)
+    with serving(limited) as server:
+        start = time.monotonic()
+        status, answer, _ = call(server, "POST", "/translate", {"sentences": [LONG] * 8, "beam": 8})
+        took = time.monotonic() - start
+    assert status == 503 and "within 0.05 s" in answer["error"]
+    assert took < 0.4, f"{took:.2f} s"
+
+
+def test_the_model_goes_to_waiting_requests_first_come_first_served():
+    """Two requests wait while a third holds the model; the holder lets go and asks again at once,
+    as a request of many chunks does: it comes after them. (A plain lock goes to whichever thread
+    asks first once it is free, most often the one that just let it go.)"""
+    turns, order = serve.Turns(), []
+    deadline = time.monotonic() + 30
+
+    def wait_in_line(name: str) -> None:
+        with turns.turn(deadline) as mine:
+            order.append((name, mine is not None))
+
+    waiting = [threading.Thread(target=wait_in_line, args=(name,)) for name in ("b", "c")]
+    with turns.turn(deadline) as mine:
+        assert mine is not None
+        for n, thread in enumerate(waiting, 2):
+            thread.start()
+            while len(turns.line) < n and time.monotonic() < deadline:
+                time.sleep(0.001)
+    wait_in_line("a")
+    for thread in waiting:
+        thread.join()
+    assert order == [("b", True), ("c", True), ("a", True)]
+
+
+def test_a_request_waiting_for_the_model_has_it_between_two_steps_of_another():
+    turns, order = serve.Turns(), []
+    deadline = time.monotonic() + 30
+
+    def short() -> None:
+        with turns.turn(deadline):
+            order.append("short")
+
+    waiting = threading.Thread(target=short)
+    with turns.turn(deadline) as share:
+        order.append("long, step 1")
+        waiting.start()
+        while len(turns.line) < 2 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert share()
+        order.append("long, step 2")
+        assert share()  # nobody waits: at once
+    waiting.join()
+    assert order == ["long, step 1", "short", "long, step 2"]
+
+
+def test_waiting_for_the_model_ends_at_the_deadline():
+    turns = serve.Turns()
+    with turns.turn(time.monotonic() + 30):
+        start = time.monotonic()
+        with turns.turn(start + 0.1) as mine:
+            assert mine is None and 0.1 <= time.monotonic() - start < 1
+    assert not turns.line
+
+
+def test_attention_works_when_the_runs_nbest_exceeds_the_beam(tmp_path):
+    """A run tuned with decode.nbest = 3: /attention at beam 1 needs only the best translation."""
+    wide = serve.Explorer.load(random_run(tmp_path, min_len=4, max_len_offset=0, nbest=3))
+    with serving(wide) as server:
+        status, answer, _ = call(server, "POST", "/attention", {"sentence": SENTENCE, "beam": 1})
+    assert status == 200, answer
+    assert answer["translation"] == wide.translator.translate([SENTENCE], beam_size=1, nbest=1)[0][0].text
+
+
+def held_server_test(explorer, decode_seconds: float, requests: list[list[str]], wait: float = 0.0):
+    """One worker, held by a first request while ``requests`` arrive in order and wait in the queue;
+    released ``wait`` seconds later. Returns the statuses of all and the stand's first lines."""
+    gate = threading.Event()
+    held, stand = stand_in(explorer, gate=gate)
+    held.decode_seconds = decode_seconds
+    statuses: dict[int, int] = {}
+    with serving(held, workers=1) as server:
+
+        def ask(n: int, lines: list[str]) -> None:
+            statuses[n] = call(server, "POST", "/translate", {"sentences": lines, "beam": 1})[0]
+
+        threads = [threading.Thread(target=ask, args=(n, lines)) for n, lines in enumerate([["la luz"], *requests])]
+        threads[0].start()
+        assert stand.entered.wait(30)
+        for n, thread in enumerate(threads[1:], 1):
+            thread.start()
+            deadline = time.monotonic() + 30
+            while server.waiting.qsize() < n and time.monotonic() < deadline:
+                time.sleep(0.01)
+        time.sleep(wait)
+        gate.set()
+        for thread in threads:
+            thread.join()
+    return [statuses[n] for n in range(len(threads))], stand.lines
+
+
+def test_waiting_requests_get_a_worker_smallest_first(explorer):
+    """A request of 24 sentences, then one of one sentence, wait for the one worker: the small one
+    goes first, so that a burst of large requests does not hold up small ones."""
+    statuses, lines = held_server_test(explorer, 30.0, [["dios"] * 3 * serve.CHUNK_SENTENCES, ["los cielos"]])
+    assert statuses == [200, 200, 200] and lines == ["la luz", "los cielos", "dios", "dios", "dios"]
+
+
+def test_a_request_waiting_for_a_worker_gets_its_503_at_its_time_limit(explorer):
+    """The limit counts from the request's arrival, and a request still waiting for a worker then
+    is answered at once, not once a worker is free, and never decoded."""
+    gate = threading.Event()
+    held, stand = stand_in(explorer, gate=gate)
+    held.decode_seconds = 0.5
+    with serving(held, workers=1) as server:
+        first = threading.Thread(target=call, args=(server, "POST", "/translate", {"sentences": ["la luz"]}))
+        first.start()
+        assert stand.entered.wait(30)
+        start = time.monotonic()
+        status, answer, _ = call(server, "POST", "/translate", {"sentences": [SENTENCE]})
+        took = time.monotonic() - start
+        gate.set()
+        first.join()
+    assert status == 503 and "within 0.5 s" in answer["error"] and 0.5 <= took < 1.0
+    assert stand.lines == ["la luz"]
+
+
+def test_time_spent_waiting_for_a_worker_counts_against_the_limit(explorer):
+    """Held 0.6 s in the queue, then a second of decoding under a 1 s limit: the 503 comes 1 s after
+    the request arrived, not 1 s after a worker took it."""
+    gate = threading.Event()
+    held, stand = stand_in(explorer, gate=gate)
+    held.decode_seconds = 1.0
+    with serving(held, workers=1) as server:
+        first = threading.Thread(target=call, args=(server, "POST", "/translate", {"sentences": ["la luz"]}))
+        first.start()
+        assert stand.entered.wait(30)
+        threading.Timer(0.6, gate.set).start()
+        start = time.monotonic()
+        status, answer, _ = call(server, "POST", "/translate", {"sentences": [LONG] * 8, "beam": 8})
+        took = time.monotonic() - start
+        first.join()
+    assert status == 503 and "within 1 s" in answer["error"] and 1.0 <= took < 1.4, took
+
+
+def test_a_request_answered_at_its_time_limit_is_left_alone_by_the_worker_that_pops_it(explorer):
+    """The 503 of a request that timed out in the queue is sent while the request is still queued;
+    the worker that pops it later must leave that connection to the loop, which closes it when the
+    client leaves (once, a worker's mark on it left its closed socket registered, and the next
+    connection given the same descriptor stopped the loop)."""
+    gate = threading.Event()
+    held, stand = stand_in(explorer, gate=gate)
+    held.decode_seconds = 0.5
+    with serving(held, workers=1) as server:
+        first = threading.Thread(target=call, args=(server, "POST", "/translate", {"sentences": ["la luz"]}))
+        first.start()
+        assert stand.entered.wait(30)
+        with socket.create_connection(server.server_address[:2], timeout=10) as late:
+            late.sendall(post("/translate", json.dumps({"sentences": [SENTENCE]}).encode()))
+            assert b"".join(iter(lambda: late.recv(65536), b"")).startswith(b"HTTP/1.1 503")
+            gate.set()
+            first.join()
+            time.sleep(0.2)  # the worker pops it
+        time.sleep(0.2)  # the loop closes it
+        assert not [key for key in server.selector.get_map().values() if key.fileobj.fileno() == -1]
+        assert call(server, "GET", "/health")[0] == 200
+    assert stand.calls == 1

@@ -134,7 +134,7 @@ def test_a_client_still_sending_a_refused_body_can_finish_and_read_the_413(serve
             s.sendall(body[start : start + 20_000])
             time.sleep(0.01)
         reply = b"".join(iter(lambda: s.recv(65536), b""))
-    assert reply.startswith(b"HTTP/1.0 413") and b"request body of 200000 bytes" in reply
+    assert reply.startswith(b"HTTP/1.1 413") and b"request body of 200000 bytes" in reply
 
 
 @pytest.mark.parametrize("method", ["HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"])
@@ -266,3 +266,86 @@ def test_slow_clients_are_cut_off(explorer):
         assert closed_within(server, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n" * 2 + b"\r\n", 10, drip=0.1) < 3
         assert closed_within(server, post("/translate", b'{"sentences": []}')[:-5], 10) < 3  # a short body
         assert call(server, "GET", "/health")[0] == 200
+
+
+def test_idle_connections_hold_no_worker(explorer):
+    """Twenty sockets that send nothing, against one worker and a queue of one: /health and
+    /translate are still answered at once (a worker per connection would wait on each for 3 s)."""
+    with serving(explorer, workers=1, queue_size=1, read_seconds=3) as server:
+        idle = [socket.create_connection(server.server_address[:2]) for _ in range(20)]
+        try:
+            start = time.monotonic()
+            assert call(server, "GET", "/health")[0] == 200
+            assert call(server, "POST", "/translate", {"sentences": [SENTENCE], "beam": 1})[0] == 200
+            assert time.monotonic() - start < 1.5
+        finally:
+            for s in idle:
+                s.close()
+
+
+def test_the_time_to_send_a_request_counts_from_the_accept(explorer):
+    """Four silent sockets opened at once are all closed one read time after they connected, not
+    one after another."""
+    with serving(explorer, workers=1, read_seconds=0.5) as server:
+        start = time.monotonic()
+        idle = [socket.create_connection(server.server_address[:2], timeout=10) for _ in range(4)]
+        for s in idle:
+            with s:
+                assert s.recv(1) == b""
+        assert time.monotonic() - start < 1.3
+
+
+def test_beyond_the_connection_limit_a_client_gets_503_at_once(explorer):
+    with serving(explorer, max_connections=3) as server:
+        idle = [socket.create_connection(server.server_address[:2]) for _ in range(3)]
+        try:
+            with socket.create_connection(server.server_address[:2], timeout=2) as s:
+                reply = b"".join(iter(lambda: s.recv(65536), b""))  # without sending a byte
+            head, _, body = reply.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 503") and b"Retry-After: 1" in head
+            assert "3 connections open" in json_error(body)
+        finally:
+            for s in idle:
+                s.close()
+        time.sleep(0.3)  # the server notices that they left
+        assert call(server, "GET", "/health")[0] == 200
+
+
+def test_a_client_that_never_reads_its_answer_holds_no_worker(explorer):
+    """/attention's 7 MB answer to a client that reads nothing (a small receive buffer, so that the
+    socket buffers cannot take it): the one worker is free for the next request at once."""
+    sentence = "y " * (explorer.attention_source - 1)
+    with serving(explorer, workers=1) as server:
+        stalled = socket.socket()
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.connect(server.server_address[:2])
+        try:
+            stalled.sendall(post("/attention", json.dumps({"sentence": sentence, "beam": 1}).encode()))
+            time.sleep(1.0)  # the answer is made and being sent
+            start = time.monotonic()
+            assert call(server, "POST", "/translate", {"sentences": [SENTENCE], "beam": 1})[0] == 200
+            assert time.monotonic() - start < 2
+        finally:
+            stalled.close()
+
+
+@pytest.mark.parametrize(
+    "path, body", [("/translate", {"sentences": [SENTENCE], "beam": 2}), ("/attention", {"sentence": SENTENCE})]
+)
+def test_a_half_closed_client_gets_its_answer(server, path, body):
+    """``shutdown(SHUT_WR)`` after the body, as ``nc -N`` does: the client still reads."""
+    status, headers, answer = raw(server, post(path, json.dumps(body).encode()), close_write=True)
+    assert status == 200 and headers["content-type"] == "application/json"
+    assert json.loads(answer)
+
+
+def test_expect_100_continue_is_answered_before_the_body(server):
+    body = json.dumps({"sentences": [SENTENCE], "beam": 1}).encode()
+    with socket.create_connection(server.server_address[:2], timeout=30) as s:
+        s.sendall(post("/translate", b"", **{"Content-Length": str(len(body)), "Expect": "100-continue"}))
+        s.settimeout(0.5)  # curl waits 1 s before it sends the body anyway
+        assert s.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        s.settimeout(30)
+        s.sendall(body)
+        reply = b"".join(iter(lambda: s.recv(65536), b""))
+    assert reply.startswith(b"HTTP/1.1 200 OK\r\n") and b'"translations"' in reply

@@ -25,12 +25,14 @@ MAX_BEAM_TOKENS = 16_384  # /translate: source subwords (EOS included) x beam, s
 MAX_ATTENTION_WEIGHTS = 1_000_000  # /attention: layers x heads x (S² + T² + T·S) at the longest T
 MAX_DIGITS = 20  # digits of a JSON integer; longer ones are never a usable value
 MAX_DISCARD = 1024 * 1024  # bytes of a refused body read and dropped so that the client sees the answer
-DECODE_SECONDS = 30.0  # decoding time of one request, checked before each chunk of sentences
-CHUNK_SENTENCES = 8  # sentences decoded between two checks of the time limit and of the client
-READ_SECONDS = 10.0  # to receive one request, head and body together
+DECODE_SECONDS = 30.0  # from a request's last byte to its last decoding step, all waiting included
+CHUNK_SENTENCES = 8  # sentences decoded together; requests waiting for the model get it between two steps
+READ_SECONDS = 10.0  # from the accept to the request's last byte, head and body together
+MAX_HEAD = 128 * 1024  # bytes of request line and headers (http.server refuses any line over 64 KiB)
 WRITE_SECONDS = 30.0  # to send one answer
-WORKERS = 4  # threads answering requests (the model itself answers one at a time)
-QUEUE = 32  # accepted connections waiting for a worker; more get 503
+WORKERS = 4  # threads answering /translate and /attention (the model itself answers one at a time)
+QUEUE = 32  # whole requests waiting for a worker; more get 503
+MAX_CONNECTIONS = 256  # open at once (idle, sending, waiting or being answered); more get 503
 RETRY_AFTER = 1  # seconds, in the Retry-After header of a 503
 
 

@@ -53,14 +53,23 @@ def _log_probs(logits: Tensor) -> Tensor:
 
 
 def make_step_fn(
-    model: Any, memory: Tensor, src_mask: Tensor, *, capacity: int = 0, fused: FusedDecoder | None = None
+    model: Any,
+    memory: Tensor,
+    src_mask: Tensor,
+    *,
+    capacity: int = 0,
+    fused: FusedDecoder | None = None,
+    hook: Callable[[], None] | None = None,
 ) -> tuple[Callable[[Tensor, DecoderCache], tuple[Tensor, DecoderCache]], DecoderCache]:
     """A ``search`` step function and its initial state, the decoder cache of one encoded batch
     (``model.init_cache``, room for ``capacity`` steps): each step feeds only the newest token,
     whose keys and values are written into the cache; by ``fused.step`` when given, else by
-    ``model.decode``."""
+    ``model.decode``. ``hook()`` runs first at every step, inside the search loop, so that what
+    it raises stops a search between two steps."""
 
     def step(prefix: Tensor, cache: DecoderCache) -> tuple[Tensor, DecoderCache]:
+        if hook is not None:
+            hook()
         if fused is not None:
             logits, cache = fused.step(prefix[:, -1], cache)  # (N, V)
             return _log_probs(logits), cache
@@ -160,6 +169,7 @@ class Translator:
         batch_tokens: int | None = None,
         seed: int | None = None,
         progress: bool = False,
+        step_hook: Callable[[], None] | None = None,
     ) -> list[list[Translation]]:
         """Translate ``lines``; per line, ``nbest`` translations, best first, in input order.
 
@@ -167,7 +177,8 @@ class Translator:
         (``search.STOPS``). ``sample`` draws ``nbest`` samples per line instead
         (``seed`` makes them repeatable). ``batch_tokens`` bounds rows × longest source per batch.
         Empty lines give an empty translation; lines longer than the model's positions are
-        truncated with a warning.
+        truncated with a warning. ``step_hook`` is called before every decoding step: what it raises
+        ends the call there (aiayn serve stops a request at its time limit, or when its client left).
         """
         d = self.config.decode
         beam_size = d.beam_size if beam_size is None else beam_size
@@ -209,6 +220,7 @@ class Translator:
             top_k=top_k,
             top_p=top_p,
             generator=generator,
+            step_hook=step_hook,
         )
 
         was_training = self.model.training
@@ -243,6 +255,7 @@ class Translator:
         top_k: int,
         top_p: float,
         generator: torch.Generator | None,
+        step_hook: Callable[[], None] | None,
     ) -> list[list[Hypothesis]]:
         d, limit = self.config.decode, self.config.model.max_len
         src, src_mask = pad_rows(rows)  # (B, S) ids, (B, S) True = real token
@@ -256,13 +269,13 @@ class Translator:
         B = len(rows)
         if sample:  # nbest independent samples: each sentence's encoder output repeated nbest times
             memory, src_mask, max_len = (x.repeat_interleave(nbest, dim=0) for x in (memory, src_mask, max_len))
-            step_fn, state = make_step_fn(self.model, memory, src_mask, capacity=steps, fused=fused)
+            step_fn, state = make_step_fn(self.model, memory, src_mask, capacity=steps, fused=fused, hook=step_hook)
             found = search.sample(
                 step_fn, state, B * nbest, BOS_ID, EOS_ID, max_len, temperature, top_k, top_p, generator, d.min_len
             )
             groups = [found[b * nbest : (b + 1) * nbest] for b in range(B)]
             return [sorted(g, key=lambda h: (not h.finished, -h.score)) for g in groups]
-        step_fn, state = make_step_fn(self.model, memory, src_mask, capacity=steps, fused=fused)
+        step_fn, state = make_step_fn(self.model, memory, src_mask, capacity=steps, fused=fused, hook=step_hook)
         if beam_size == 1:
             return [[h] for h in search.greedy_search(step_fn, state, B, BOS_ID, EOS_ID, max_len, d.min_len)]
         return search.beam_search(

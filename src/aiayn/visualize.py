@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,13 +105,17 @@ def attention_weights(
     return {"encoder": _stack(enc), "decoder": _stack(dec["self"]), "cross": _stack(dec["cross"])}
 
 
-def sentence_attention(translator: Any, sentence: str, beam_size: int | None = None) -> AttentionMaps:
+def sentence_attention(
+    translator: Any, sentence: str, beam_size: int | None = None, step_hook: Callable[[], None] | None = None
+) -> AttentionMaps:
     """Translate ``sentence`` with ``translator`` (a ``translate.Translator``), then read the
-    attention of the model run once on (sentence, BOS + its best translation)."""
+    attention of the model run once on (sentence, BOS + its best translation). Only the best is
+    needed, so the run's ``decode.nbest`` (which may exceed ``beam_size``) is not asked for;
+    ``step_hook`` as in ``Translator.translate``."""
     if not sentence.strip():
         raise AiaynError("attention: the sentence is empty; give a sentence to translate")
     tok = translator.tokenizer
-    best = translator.translate([sentence], beam_size=beam_size)[0][0]
+    best = translator.translate([sentence], beam_size=beam_size, nbest=1, step_hook=step_hook)[0][0]
     limit = translator.config.model.max_len
     src = source_row(tok.encode(sentence), limit)
     tgt = [BOS_ID, *best.tokens][:limit]  # a hypothesis cut off at the length limit fills every position

@@ -219,7 +219,7 @@ def _serve(args: argparse.Namespace) -> None:
 
 
 def add_serve(sub) -> None:
-    from aiayn.serve_limits import QUEUE, WORKERS
+    from aiayn.serve_limits import DECODE_SECONDS, QUEUE, WORKERS
 
     p = sub.add_parser(
         "serve",
@@ -243,12 +243,20 @@ def add_serve(sub) -> None:
         help="also accept pages and requests from ORIGIN (scheme://host[:port], e.g. a name this "
         "machine is reached by); repeatable. Other hosts and origins get 403 (DNS rebinding)",
     )
-    p.add_argument("--workers", type=int, default=WORKERS, help=f"threads answering requests (default {WORKERS})")
+    p.add_argument(
+        "--workers", type=int, default=WORKERS, help=f"threads answering /translate and /attention (default {WORKERS})"
+    )
     p.add_argument(
         "--queue",
         type=int,
         default=QUEUE,
-        help=f"connections waiting for a worker before new ones get 503 (default {QUEUE})",
+        help=f"whole requests waiting for a worker before new ones get 503 (default {QUEUE})",
+    )
+    p.add_argument(
+        "--decode-seconds",
+        type=float,
+        default=DECODE_SECONDS,
+        help=f"a request's time limit, from its arrival to its last decoding step (default {DECODE_SECONDS:g})",
     )
     _add_quantize(p)
     p.set_defaults(func=_serve)
