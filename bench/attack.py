@@ -17,7 +17,7 @@ second. Then the same client for ``--seconds`` while these attack the server, al
   2 s shows them cut);
 - a half-closed client, once a second: a /translate, ``shutdown(SHUT_WR)``, then it reads the answer;
 - the malformed requests of the hardening round, in turn, each expecting its 4xx: bench.load's, the
-  raw ones of tests/test_serve_http.py (Content-Length in other digits or twice, a chunked body, a
+  raw ones of tests/serve/test_handler.py (Content-Length in other digits or twice, a chunked body, a
   bad request line, HTTP/9.9, a 70 KB path, 5 MB announced and 300 KB sent), and a client that
   sends its head a byte every half second, which must be cut off at the read limit.
 
@@ -48,7 +48,7 @@ from typing import Any
 import torch
 
 from aiayn.config import AiaynError
-from aiayn.serve_limits import DECODE_SECONDS, MAX_SENTENCES, READ_SECONDS
+from aiayn.serve.limits import DECODE_SECONDS, MAX_SENTENCES, READ_SECONDS
 from bench.common import Reporter, run_main
 from bench.load import MALFORMED, Server, percentile, random_model, send
 

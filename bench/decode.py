@@ -5,7 +5,7 @@
 The peers run aiayn's own network, converted by ``aiayn export``'s functions (aiayn/export/):
 ``marian_from_aiayn`` builds a ``MarianMTModel`` of the same shape holding aiayn's weights (model
 dimensions permuted to Marian's sin-half | cos-half sinusoids), ``ct2_from_aiayn`` writes a
-CTranslate2 model from them, loaded in fp32 and int8; tests/test_export.py checks that both
+CTranslate2 model from them, loaded in fp32 and int8; tests/export/test_export.py checks that both
 compute aiayn's function. aiayn itself runs in float32 and, with ``--quantize int8``'s
 ``Translator``, with int8 linear layers.
 
@@ -39,15 +39,15 @@ from typing import Any
 
 import torch
 
-from aiayn.batching import pad_rows, source_row
-from aiayn.checkpoint import load_for_inference
 from aiayn.config import BOS_ID, EOS_ID, PAD_ID, AiaynError, Config
+from aiayn.data.batching import pad_rows, source_row
 from aiayn.export.common import token_strings
 from aiayn.export.ct2 import ct2_from_aiayn
 from aiayn.export.huggingface import marian_from_aiayn
-from aiayn.model import Transformer
+from aiayn.inference.translate import BANNED, Translator
+from aiayn.models.transformer import Transformer
 from aiayn.runtime import reuse_freed_memory
-from aiayn.translate import BANNED, Translator
+from aiayn.training.checkpoint import load_for_inference
 from bench.common import (
     Reporter,
     find_data,
@@ -236,7 +236,7 @@ def load_subject(
     if model_path is not None:
         if data_dir is None:
             raise AiaynError(f"--model {model_path}: no Bible test sentences; pass --data DIR (from `aiayn prepare`)")
-        from aiayn.corpus import read_split
+        from aiayn.data.corpus import read_split
 
         lines = [line for line in read_split(data_dir, "test")[0] if line.strip()][:BATCH]
         rows = [source_row(x, cfg.model.max_len) for x in loaded.tokenizer.encode_batch(lines)]
@@ -445,8 +445,8 @@ def int8(translator: Translator) -> Translator:
 def int8_quality(report: Reporter, translator: Translator, data_dir: Path, args: argparse.Namespace) -> None:
     """sacreBLEU of the trained model on the Bible test split (beam 4): float32, int8, and float32
     with CTranslate2's stopping rule (``stop=finished``)."""
-    from aiayn.corpus import read_split
-    from aiayn.evaluate import evaluate
+    from aiayn.data.corpus import read_split
+    from aiayn.evaluation.evaluate import evaluate
 
     sources, references = read_split(data_dir, "test")
     if args.quick:

@@ -62,10 +62,10 @@ MALFORMED: tuple[tuple[str, str, str, bytes | None, dict[str, str], int], ...] =
 def random_model(folder: Path) -> Path:
     """A run folder with a tokenizer trained on random sentences of ``WORDS`` and a random tiny
     model whose translations are 4 to source + 8 subwords long (a random model never stops by itself)."""
-    from aiayn.checkpoint import save_checkpoint, step_path
     from aiayn.config import preset
-    from aiayn.model import Transformer
-    from aiayn.tokenizer import Tokenizer
+    from aiayn.data.tokenizer import Tokenizer
+    from aiayn.models.transformer import Transformer
+    from aiayn.training.checkpoint import save_checkpoint, step_path
 
     rng = random.Random(0)
     text = folder / "train.txt"
@@ -250,7 +250,7 @@ def table(record: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
-    from aiayn.serve_limits import WORKERS
+    from aiayn.serve.limits import WORKERS
 
     p = argparse.ArgumentParser(description="Load on aiayn serve: concurrent clients, malformed requests mixed in.")
     p.add_argument("--model", help="a run folder or checkpoint (default: a random tiny model)")

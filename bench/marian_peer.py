@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from aiayn.batching import pad_rows
 from aiayn.config import BOS_ID, EOS_ID, PAD_ID
+from aiayn.data.batching import pad_rows
 
 LR, WARMUP, MAX_TOKENS, TRUNCATE = 1e-3, 300, 6000, 200
 
@@ -206,9 +206,9 @@ def run(
 ) -> dict:
     """Train on ``data_dir``'s train split, then decode ``split`` (None: no decoding, the valid
     NLL alone); one result row."""
-    from aiayn.corpus import read_split
-    from aiayn.evaluate import corpus_scores
-    from aiayn.tokenizer import Tokenizer
+    from aiayn.data.corpus import read_split
+    from aiayn.data.tokenizer import Tokenizer
+    from aiayn.evaluation.evaluate import corpus_scores
 
     tok = Tokenizer.load(data_dir)
     src, tgt = read_split(data_dir, "train")

@@ -62,9 +62,9 @@ def aiayn_cli(*args: str) -> None:
 
 def probe_precision(data: Path, threads: int) -> str:
     """What aiayn's own probe picks for ``small`` on this CPU (train.precision=auto): bf16 or fp32."""
-    from aiayn.model import Transformer
-    from aiayn.precision import choose_precision
-    from aiayn.tokenizer import Tokenizer
+    from aiayn.data.tokenizer import Tokenizer
+    from aiayn.models.transformer import Transformer
+    from aiayn.training.precision import choose_precision
 
     torch.set_num_threads(threads)
     cfg = load_config("small", overrides=[f"vocab_size={Tokenizer.load(data).vocab_size}"])
@@ -138,7 +138,7 @@ def run_aiayn(
     scores = json.loads((run / "eval" / "scores.json").read_text())
     selection = json.loads(torch.load(run / "averaged.pt", weights_only=True).get("selection", "{}"))
     hyps = (run / "eval").glob("hyp.*")
-    from aiayn.corpus import read_split
+    from aiayn.data.corpus import read_split
 
     refs = read_split(data, "test")[1]
     hypotheses = next(hyps).read_text(encoding="utf-8").splitlines()
@@ -181,7 +181,7 @@ def run_marian(
     )
     if nll_only:
         return found
-    from aiayn.corpus import read_split
+    from aiayn.data.corpus import read_split
 
     refs = read_split(data, "test")[1]
     hyps = found.pop("hypotheses")

@@ -27,13 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aiayn.batching import Batch, BatchStream, collate
 from aiayn.config import Config, ModelConfig
-from aiayn.kernel_caches import bound_kernel_caches
-from aiayn.loss import label_smoothed_cross_entropy
+from aiayn.data.batching import Batch, BatchStream, collate
 from aiayn.runtime import Runtime
-from aiayn.schedule import InverseSqrtSchedule
-from aiayn.step import build_training_step
+from aiayn.training.kernel_caches import bound_kernel_caches
+from aiayn.training.loss import label_smoothed_cross_entropy
+from aiayn.training.schedule import InverseSqrtSchedule
+from aiayn.training.step import build_training_step
 from bench.common import (
     PeakMemory,
     Reporter,
@@ -297,8 +297,8 @@ def run_preset(
     peaks: dict[str, float],
 ) -> None:
     if data_dir is not None:
-        from aiayn.batching import tokenized_split
-        from aiayn.tokenizer import Tokenizer
+        from aiayn.data.batching import tokenized_split
+        from aiayn.data.tokenizer import Tokenizer
 
         tokenizer = Tokenizer.load(data_dir / "spm.model")
         cfg = preset_config(name, tokenizer.vocab_size, compile=args.compile)

@@ -34,7 +34,7 @@ cp "$TMP/encoder/attention_encoder.png" "$TMP/encoder/attention_decoder.png" "$T
 
 # The explorer page, as the browser test drives it (headless Chromium; needs `apt-get install chromium`).
 AIAYN_SAVE_SCREENSHOTS=1 AIAYN_EXPLORER_MODEL="$MODEL" AIAYN_EXPLORER_SENTENCE="$SENTENCE" \
-    .venv/bin/pytest -q tests/test_browser.py
+    .venv/bin/pytest -q tests/serve/test_browser.py
 
 for png in "$IMG"/*.png; do
     size=$(stat -c %s "$png")

@@ -13,7 +13,7 @@ from strict_skips import STRICT, pytest_runtest_makereport  # noqa: F401 (the ho
 from toydata import make_toy_data
 
 from aiayn.config import AiaynError
-from aiayn.corpus import SPLITS
+from aiayn.data.corpus import SPLITS
 
 
 def _cache_root() -> Path:
@@ -55,7 +55,7 @@ def bible_data() -> Path:
     packages cannot be had (no apt, or no package lists) they skip, saying why, on a developer's
     machine; in CI and ``make test`` (strict_skips.STRICT) apt's lists are updated when missing,
     and a corpus that still cannot be built fails the run."""
-    from aiayn import bible, corpus, sword
+    from aiayn.data import bible, corpus, sword
 
     folder = _cache_root() / "test-bible"
     code = tuple(str(module.__file__) for module in (bible, corpus, sword))
@@ -92,7 +92,7 @@ def toy_run(toy_corpus, tmp_path_factory) -> Path:
     """A tiny model trained for 1,000 updates on the toy corpus (about 20 s on one thread): real
     SentencePiece pieces, test BLEU about 80. What export, the --quantize paths and the packed
     Translator are tested on, with no network; copy it before writing into it."""
-    from aiayn.train import train
+    from aiayn.training.train import train
 
     run = tmp_path_factory.mktemp("toy-run")
     before = torch.get_num_threads()

@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from aiayn.attention import MultiHeadAttention
 from aiayn.config import PAD_ID, ModelConfig
-from aiayn.model import Transformer
+from aiayn.models.attention import MultiHeadAttention
+from aiayn.models.transformer import Transformer
 
 D, H, D_FF = 32, 4, 64
 TOL = 1e-5

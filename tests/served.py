@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from aiayn.serve import Explorer
-from aiayn.serve_loop import ExplorerServer
+from aiayn.serve.app import Explorer
+from aiayn.serve.loop import ExplorerServer
 
 
 @contextmanager

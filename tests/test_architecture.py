@@ -66,9 +66,11 @@ def imports_in(source: str, package: str) -> tuple[set[str], set[str]]:
 
 def test_relative_imports_are_read_as_the_modules_they_name():
     source = "from ..config import AiaynError\nfrom . import common\nfrom .ct2 import x\n"
-    top, inner = imports_in(source + "def f():\n    from .. import model\n", "aiayn.export")
-    assert top == {"config", "export", "export.common", "export.ct2"} and "model" in inner  # as if absolute
-    assert imports_in("from .model import Transformer\n", "aiayn")[0] == {"model"}
+    top, inner = imports_in(source + "def f():\n    from ..models import transformer\n", "aiayn.export")
+    assert top == {"config", "export", "export.common", "export.ct2"}  # as if absolute
+    assert "models.transformer" in inner
+    assert imports_in("from .models.transformer import Transformer\n", "aiayn")[0] == {"models.transformer"}
+    assert imports_in("from .cache import DecoderCache\n", "aiayn.models")[0] == {"models.cache"}
 
 
 def test_every_module_is_in_the_table_once():
@@ -99,11 +101,19 @@ def test_every_test_named_in_the_pitfalls_exists():
     """docs/pitfalls.md names the test that guards each item; a renamed or moved test must not
     leave the page pointing nowhere."""
     text = (ROOT / "docs" / "pitfalls.md").read_text(encoding="utf-8")
-    named = re.findall(r"`(test_\w+\.py)::(test_\w+)`", text)
+    named = re.findall(r"`((?:\w+/)?test_\w+\.py)::(test_\w+)`", text)
     assert len(named) >= 20
     for file, test in named:
         source = (ROOT / "tests" / file).read_text(encoding="utf-8")
         assert re.search(rf"^def {test}\(", source, re.M), f"docs/pitfalls.md names {file}::{test}, which is not there"
+
+
+def test_test_folders_mirror_the_package():
+    """tests/<stage>/ holds the tests of aiayn/<stage>/: a test folder with no package beside it
+    means a stage was renamed and its tests were left behind."""
+    folders = {p.parent.name for p in (ROOT / "tests").glob("*/test_*.py")}
+    packages = {p.parent.name for p in PACKAGE.glob("*/__init__.py")}
+    assert folders and folders <= packages, sorted(folders - packages)
 
 
 def test_help_loads_no_pytorch():

@@ -1,7 +1,7 @@
 """The benchmarks: quick runs emit well-formed JSON lines, the bench's Trainer is built like the real
 one, the nn.Transformer reference has aiayn's shape, and the FLOP formula agrees with PyTorch's FLOP
 counter; a peer that cannot run is reported, not fatal; bench/gpu.sh runs its stages. That the
-peers compute aiayn's own function is tested with the exporter (test_export.py)."""
+peers compute aiayn's own function is tested with the exporter (export/test_export.py)."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # bench/ is a top-level folder of the repository, not part of the package
 
-from aiayn.batching import collate  # noqa: E402
 from aiayn.config import load_config  # noqa: E402
-from aiayn.model import Transformer, count_parameters  # noqa: E402
+from aiayn.data.batching import collate  # noqa: E402
+from aiayn.models.transformer import Transformer, count_parameters  # noqa: E402
 from bench.train import NNTransformerReference, fixed_batch, training_flops  # noqa: E402
 
 KEYS = {"bench", "impl", "preset", "batch", "threads", "device", "torch", "cpu", "median", "min", "max", "reps", "unit"}

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import torch
 
-from aiayn.checkpoint import save_checkpoint, step_path
 from aiayn.config import Config, preset
-from aiayn.corpus import prepare_files
-from aiayn.model import Transformer
-from aiayn.tokenizer import Tokenizer
+from aiayn.data.corpus import prepare_files
+from aiayn.data.tokenizer import Tokenizer
+from aiayn.models.transformer import Transformer
+from aiayn.training.checkpoint import save_checkpoint, step_path
 
 WORDS = (
     "el la de que y en un una por con para su al lo como más pero sus le ya o este sí porque esta "

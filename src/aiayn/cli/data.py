@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def _data_stats(args: argparse.Namespace) -> None:
-    from aiayn.batching import format_report, padding_report
+    from aiayn.data.batching import format_report, padding_report
 
     print(format_report(padding_report(args.data, args.batch_tokens, args.split)))
 
@@ -23,8 +23,8 @@ def add_data_stats(sub) -> None:
 def _print_padding(out: Path, meta: dict | None) -> None:
     """The last line of ``aiayn prepare``'s report (``meta`` is what it wrote): how well the new
     folder batches."""
-    from aiayn.batching import padding_report
     from aiayn.config import DataConfig
+    from aiayn.data.batching import padding_report
 
     if not meta:
         return
@@ -33,7 +33,7 @@ def _print_padding(out: Path, meta: dict | None) -> None:
 
 
 def _prepare_bible(args: argparse.Namespace) -> None:
-    from aiayn.bible import prepare_bible
+    from aiayn.data.bible import prepare_bible
 
     meta = prepare_bible(
         Path(args.out),
@@ -45,7 +45,7 @@ def _prepare_bible(args: argparse.Namespace) -> None:
 
 
 def _prepare_files(args: argparse.Namespace) -> None:
-    from aiayn.corpus import prepare_files
+    from aiayn.data.corpus import prepare_files
 
     def path(value: str | None) -> Path | None:
         return None if value is None else Path(value)

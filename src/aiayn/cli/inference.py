@@ -14,7 +14,7 @@ def _inference_process() -> None:
 
 
 def _translate(args: argparse.Namespace) -> None:
-    from aiayn import translate
+    from aiayn.inference import translate
 
     _inference_process()
     translate.run(args)
@@ -80,7 +80,7 @@ def add_translate(sub) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from aiayn import evaluate
+    from aiayn.evaluation import evaluate
 
     _inference_process()
     evaluate.run(args)
@@ -104,7 +104,7 @@ def add_evaluate(sub) -> None:
 
 
 def _showcase(args: argparse.Namespace) -> None:
-    from aiayn import evaluate
+    from aiayn.evaluation import evaluate
 
     _inference_process()
     evaluate.run_showcase(args)
@@ -124,7 +124,7 @@ def add_showcase(sub) -> None:
 
 
 def _attention(args: argparse.Namespace) -> None:
-    from aiayn.visualize import run_attention
+    from aiayn.evaluation.visualize import run_attention
 
     run_attention(args)
 
@@ -154,7 +154,7 @@ def add_attention(sub) -> None:
 
 
 def _plot(args: argparse.Namespace) -> None:
-    from aiayn.visualize import run_plot
+    from aiayn.evaluation.visualize import run_plot
 
     run_plot(args)
 
@@ -212,14 +212,14 @@ def add_export(sub) -> None:
 
 
 def _serve(args: argparse.Namespace) -> None:
-    from aiayn.serve import run
+    from aiayn.serve.app import run
 
     _inference_process()
     run(args)
 
 
 def add_serve(sub) -> None:
-    from aiayn.serve_limits import DECODE_SECONDS, QUEUE, WORKERS
+    from aiayn.serve.limits import DECODE_SECONDS, QUEUE, WORKERS
 
     p = sub.add_parser(
         "serve",

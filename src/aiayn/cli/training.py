@@ -10,7 +10,7 @@ from aiayn.config import TUNE_ALPHAS, TUNE_BEAMS, TUNE_PENALTIES, TUNE_SENTENCES
 
 def _model_info(args: argparse.Namespace) -> None:
     from aiayn.config import load_config
-    from aiayn.model import Transformer, count_parameters
+    from aiayn.models.transformer import Transformer, count_parameters
 
     cfg = load_config(args.preset, args.config, args.overrides)
     print(f"preset: {cfg.preset}")
@@ -35,7 +35,7 @@ def add_model_info(sub) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from aiayn.train import train
+    from aiayn.training.train import train
 
     result = train(
         args.data, args.resume or args.out, args.preset, args.config, args.overrides, resume=args.resume is not None
@@ -63,7 +63,7 @@ def add_train(sub) -> None:
 
 
 def _average(args: argparse.Namespace) -> None:
-    from aiayn.tune import choose_average
+    from aiayn.evaluation.tune import choose_average
 
     found = choose_average(
         Path(args.run_dir),
@@ -102,8 +102,8 @@ def add_average(sub) -> None:
 
 
 def _tune_decoding(args: argparse.Namespace) -> None:
+    from aiayn.evaluation.tune import tune_decoding
     from aiayn.runtime import reuse_freed_memory
-    from aiayn.tune import tune_decoding
 
     reuse_freed_memory()  # it decodes valid a dozen times (see aiayn.runtime)
 

@@ -3,7 +3,7 @@
     aiayn export --model runs/demo --to ctranslate2 --out exports/demo-ct2 [--quantization int8]
     aiayn export --model runs/demo --to huggingface --out exports/demo-hf
 
-Both folders compute aiayn's own function (tests/test_export.py compares greedy tokens and
+Both folders compute aiayn's own function (tests/export/test_export.py compares greedy tokens and
 log-probabilities on Bible verses):
 
 - ``huggingface``: a ``MarianMTModel`` of the same shape (post-norm, ReLU, √d_model-scaled
@@ -36,11 +36,11 @@ from typing import Any
 
 import torch
 
-from aiayn.checkpoint import load_for_inference, run_folder
 from aiayn.config import AiaynError
 from aiayn.export import ct2, huggingface
 from aiayn.export.card import model_card, read_json
 from aiayn.export.common import unsupported
+from aiayn.training.checkpoint import load_for_inference, run_folder
 
 TARGETS = {"ctranslate2": "ctranslate2", "huggingface": "transformers"}  # target -> the package it needs
 

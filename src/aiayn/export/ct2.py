@@ -13,7 +13,7 @@ from torch import Tensor
 
 from aiayn.config import BOS_ID, EOS_ID, UNK_ID, AiaynError, Config
 from aiayn.export.common import token_strings, unsupported, vocabulary
-from aiayn.model import Transformer
+from aiayn.models.transformer import Transformer
 
 
 def ctranslate2_spec(model: Transformer, tokens: list[str]) -> Any:

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from aiayn.config import BOS_ID, EOS_ID, PAD_ID, AiaynError, Config, ModelConfig
 from aiayn.export.common import BANNED, unsupported, vocabulary
-from aiayn.model import Transformer
+from aiayn.models.transformer import Transformer
 
 
 def residual_permutation(d_model: int) -> Tensor:

@@ -1,0 +1,1 @@
+"""Stage 1, the data: corpus checks, readers, tokenizer, batches."""

@@ -1,0 +1,385 @@
+"""Any parallel corpus into a prepared data folder: validation, NFC, splits, tokenizer, metadata.
+
+``aiayn prepare files`` reads two line-aligned files (``train.de`` + ``train.en``) or one TSV
+(``src<TAB>tgt`` or ``ref<TAB>src<TAB>tgt``). Bad input stops with one line naming the file and
+line; pairs that are empty or over-long are dropped and counted, never silently. The folder it
+writes (see docs/architecture.md) is what every later stage reads:
+
+    {train,valid,test}.{src_lang} / .{tgt_lang}   one sentence a line, NFC, single spaces
+    {split}.tsv                                   ref, src, tgt (when the corpus has references)
+    spm.model, spm.vocab                          the joint SentencePiece model (tokenizer.py)
+    meta.json                                     languages, counts, drops, vocabulary, special ids
+
+``meta.json`` is written last, so a folder with one is complete.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import queue
+import random
+import re
+import threading
+import unicodedata
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from aiayn.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID, AiaynError
+from aiayn.data.tokenizer import Tokenizer
+
+SPLITS = ("train", "valid", "test")
+META_NAME = "meta.json"
+HOLDOUT_MAX, HOLDOUT_FRACTION = 1000, 0.05
+Pair = tuple[str, str, str]  # (ref, src, tgt); ref is "" when the corpus has none
+# One sentence a line: a model of 8,192 positions (config.MAXIMA) reads about 40 KB of text.
+MAX_LINE_BYTES = 100_000
+# `aiayn translate` reads its input in chunks of this many lines or characters, whichever comes
+# first: sorted by length within a chunk, batches stay full; the input is never held whole.
+CHUNK_LINES, CHUNK_CHARS = 1000, 1_000_000
+
+
+def normalize(text: str) -> str:
+    """NFC, every run of whitespace (tabs, line separators too) to one space, stripped."""
+    return " ".join(unicodedata.normalize("NFC", text).split())
+
+
+def read_lines(path: Path) -> list[str]:
+    """Lines of a UTF-8 file, split on ``\\n`` only, no trailing empty line. Files from Windows
+    editors read as the same text: a ``\\r`` before each ``\\n`` and a leading byte-order mark
+    (U+FEFF) are dropped."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise AiaynError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise AiaynError(f"{path}: is a folder, expected a text file") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise AiaynError(
+            f"{path}:{line}: invalid UTF-8 at byte {e.start}; convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+        ) from None
+    text = text.removeprefix("\ufeff")
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line.removesuffix("\r") for line in lines]
+
+
+def stream_lines(stream: BinaryIO, name: str) -> Iterator[str]:
+    """Lines of a binary stream as they arrive, decoded as UTF-8 whatever the locale says, read as
+    ``read_lines`` reads a file. At most one line is held: a line over ``MAX_LINE_BYTES`` (a file
+    without line breaks, ``/dev/zero``) is an error naming its number, and is read no further."""
+    for n in itertools.count(1):
+        raw = stream.readline(MAX_LINE_BYTES + 1)  # a full line of MAX_LINE_BYTES, and its \n
+        if not raw:
+            return
+        if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+            raise AiaynError(f"{name}:{n}: a line of more than {MAX_LINE_BYTES:,} bytes; put one sentence on each line")
+        try:
+            line = raw.decode("utf-8").removesuffix("\n").removesuffix("\r")
+        except UnicodeDecodeError:
+            raise AiaynError(
+                f"{name}:{n}: invalid UTF-8; convert the input to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+            ) from None
+        yield line.removeprefix("\ufeff") if n == 1 else line
+
+
+def line_chunks(lines: Iterator[str]) -> Iterator[list[str]]:
+    """``lines`` in chunks of ``CHUNK_LINES`` lines or ``CHUNK_CHARS`` characters, whichever comes
+    first: enough for length-sorted batches, and all that is held of an input of any size."""
+    chunk, chars = [], 0
+    for line in lines:
+        chunk.append(line)
+        chars += len(line)
+        if len(chunk) == CHUNK_LINES or chars >= CHUNK_CHARS:
+            yield chunk
+            chunk, chars = [], 0
+    if chunk:
+        yield chunk
+
+
+def arriving_chunks(lines: Iterator[str], size: int = 16) -> Iterator[list[str]]:
+    """Chunks of ``lines`` as they arrive: wait for one line, then take those already waiting (up
+    to ``size``), so a pipe is answered line by line while a fast producer still gets batches."""
+    waiting: queue.Queue[str | BaseException | None] = queue.Queue()
+
+    def read() -> None:
+        try:
+            for line in lines:
+                waiting.put(line)
+        except BaseException as e:  # handed to the main thread, which raises it
+            waiting.put(e)
+        waiting.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    while True:
+        chunk, item = [], waiting.get()  # wait for the first line of a chunk
+        while isinstance(item, str):
+            chunk.append(item)
+            if len(chunk) == size:
+                break
+            try:
+                item = waiting.get_nowait()
+            except queue.Empty:
+                break
+        if chunk:
+            yield chunk
+        if item is None:
+            return
+        if isinstance(item, BaseException):
+            raise item
+
+
+def read_parallel(src: Path, tgt: Path) -> list[Pair]:
+    """Two line-aligned files as pairs; different lengths name the line where the shorter ends."""
+    a, b = read_lines(src), read_lines(tgt)
+    if len(a) != len(b):
+        short, long_, n = (src, tgt, len(a)) if len(a) < len(b) else (tgt, src, len(b))
+        raise AiaynError(
+            f"{short}:{n + 1}: file ends after {n} lines but {long_} has {max(len(a), len(b))}; "
+            "the two files must have one line per sentence pair"
+        )
+    return [("", s, t) for s, t in zip(a, b)]
+
+
+def read_tsv(path: Path) -> list[Pair]:
+    """``src<TAB>tgt`` or ``ref<TAB>src<TAB>tgt`` rows (the first row decides); blank lines are empty pairs."""
+    pairs: list[Pair] = []
+    width = None
+    for number, line in enumerate(read_lines(path), start=1):
+        if not line.strip():
+            pairs.append(("", "", ""))
+            continue
+        cells = line.split("\t")
+        width = width or len(cells)
+        if len(cells) not in (2, 3) or len(cells) != width:
+            expected = f"{width} like the first row" if width in (2, 3) else "2 (src, tgt) or 3 (ref, src, tgt)"
+            raise AiaynError(f"{path}:{number}: found {len(cells)} tab-separated columns, expected {expected}")
+        pairs.append(tuple(cells) if len(cells) == 3 else ("", *cells))  # type: ignore[arg-type]
+    return pairs
+
+
+def clean_pairs(pairs: list[Pair], max_chars: int, drops: Counter) -> list[Pair]:
+    """Normalise both sides; drop (and count in ``drops``) empty and over-long pairs."""
+    kept = []
+    for ref, src, tgt in pairs:
+        src, tgt = normalize(src), normalize(tgt)
+        if not src or not tgt:
+            drops["empty"] += 1
+        elif len(src) > max_chars or len(tgt) > max_chars:
+            drops["too_long"] += 1
+        else:
+            kept.append((normalize(ref), src, tgt))
+    return kept
+
+
+def holdout(pairs: list[Pair], n: int, seed: int) -> tuple[list[Pair], list[Pair]]:
+    """``n`` pairs chosen by a seeded shuffle, and the rest in their original order."""
+    chosen = set(random.Random(seed).sample(range(len(pairs)), n))
+    return [p for i, p in enumerate(pairs) if i in chosen], [p for i, p in enumerate(pairs) if i not in chosen]
+
+
+def holdout_size(n_pairs: int) -> int:
+    """About 1,000 or 5 %, whichever is smaller, and at least one."""
+    return max(1, min(HOLDOUT_MAX, round(HOLDOUT_FRACTION * n_pairs)))
+
+
+def write_split(out: Path, split: str, pairs: list[Pair], src_lang: str, tgt_lang: str) -> None:
+    for lang, column in ((src_lang, 1), (tgt_lang, 2)):
+        (out / f"{split}.{lang}").write_text("".join(p[column] + "\n" for p in pairs), encoding="utf-8")
+    if any(p[0] for p in pairs):
+        (out / f"{split}.tsv").write_text("".join("\t".join(p) + "\n" for p in pairs), encoding="utf-8")
+
+
+def write_data(
+    out: Path,
+    splits: dict[str, list[Pair]],
+    *,
+    source: str,
+    src_lang: str,
+    tgt_lang: str,
+    pairs_read: int,
+    dropped: dict[str, int],
+    vocab_size: int,
+    extra: dict | None = None,
+) -> dict:
+    """Write the splits, train the joint tokenizer on the training text, write ``meta.json``, report."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / META_NAME).unlink(missing_ok=True)  # the folder is incomplete until the new one exists
+    for split in SPLITS:
+        (out / f"{split}.tsv").unlink(missing_ok=True)
+        write_split(out, split, splits[split], src_lang, tgt_lang)
+    tok = Tokenizer.train(
+        files=[out / f"train.{src_lang}", out / f"train.{tgt_lang}"], out_dir=out, vocab_size=vocab_size
+    )
+    meta = {
+        "source": source,
+        "src_lang": src_lang,
+        "tgt_lang": tgt_lang,
+        "pairs_read": pairs_read,
+        "counts": {split: len(splits[split]) for split in SPLITS},
+        "dropped": dict(dropped),
+        "vocab_size": tok.vocab_size,
+        "special_ids": {"PAD": PAD_ID, "UNK": UNK_ID, "BOS": BOS_ID, "EOS": EOS_ID},
+        **(extra or {}),
+    }
+    (out / META_NAME).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print_report(out, meta)
+    return meta
+
+
+def print_report(out: Path, meta: dict) -> None:
+    print(f"{meta['source']} ({meta['src_lang']}->{meta['tgt_lang']}) in {out}")
+    print(f"  pairs read     {meta['pairs_read']:,}")
+    for reason, n in meta["dropped"].items():
+        print(f"  dropped        {n:,} ({reason})")
+    for split, n in meta["counts"].items():
+        print(f"  {split:<14} {n:,} pairs")
+    print(f"  vocabulary     {meta['vocab_size']:,} (joint SentencePiece BPE)")
+
+
+def _lang_from_name(path: Path) -> str | None:
+    """``train.de`` -> ``de``; None when the suffix does not look like a language code."""
+    suffix = path.suffix.lstrip(".")
+    looks_like_code = re.fullmatch(r"[a-z]{2,3}([_-][A-Za-z]{2,4})?", suffix) and suffix not in ("txt", "tsv")
+    return suffix if looks_like_code else None
+
+
+def _languages(first: Path, second: Path | None, src_lang: str | None, tgt_lang: str | None) -> tuple[str, str]:
+    """Flags win; else the suffixes of two files, or a TSV name like ``corpus.de-en.tsv``."""
+    if second is None:
+        pair = re.search(r"([a-z]{2,3})-([a-z]{2,3})\.tsv$", first.name)
+        guess = (pair.group(1), pair.group(2)) if pair else (None, None)
+    else:
+        guess = (_lang_from_name(first), _lang_from_name(second))
+    src_lang, tgt_lang = src_lang or guess[0], tgt_lang or guess[1]
+    if not src_lang or not tgt_lang:
+        raise AiaynError(f"{first}: cannot tell the languages from the file names; give --src-lang and --tgt-lang")
+    for lang in (src_lang, tgt_lang):
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", lang):
+            raise AiaynError(f"language code '{lang}' is not usable as a file suffix; use letters like 'de'")
+    if src_lang == tgt_lang:
+        raise AiaynError(f"source and target language are both '{src_lang}'; give --src-lang and --tgt-lang")
+    return src_lang, tgt_lang
+
+
+def _read_corpus(src: Path | None, tgt: Path | None, tsv: Path | None) -> tuple[list[Pair], Path, Path | None]:
+    if tsv is not None and src is None and tgt is None:
+        return read_tsv(tsv), tsv, None
+    if tsv is None and src is not None and tgt is not None:
+        return read_parallel(src, tgt), src, tgt
+    raise AiaynError("give either --src FILE --tgt FILE or --tsv FILE")
+
+
+def _read_given(files: tuple[Path | None, Path | None], name: str) -> list[Pair] | None:
+    if (files[0] is None) != (files[1] is None):
+        raise AiaynError(f"--{name}-src and --{name}-tgt go together; give both or neither")
+    return None if files[0] is None or files[1] is None else read_parallel(files[0], files[1])
+
+
+def prepare_files(
+    out: Path,
+    *,
+    src: Path | None = None,
+    tgt: Path | None = None,
+    tsv: Path | None = None,
+    src_lang: str | None = None,
+    tgt_lang: str | None = None,
+    valid: tuple[Path | None, Path | None] = (None, None),
+    test: tuple[Path | None, Path | None] = (None, None),
+    max_chars: int = 1000,
+    vocab_size: int = 8000,
+    seed: int = 1,
+) -> dict:
+    """``aiayn prepare files``: validate, clean, split (seeded hold-out unless given) and write ``out``."""
+    if max_chars <= 0:
+        raise AiaynError(f"--max-chars must be positive, got {max_chars}")
+    pairs, first, second = _read_corpus(src, tgt, tsv)
+    src_lang, tgt_lang = _languages(first, second, src_lang, tgt_lang)
+    given = {"valid": _read_given(valid, "valid"), "test": _read_given(test, "test")}
+    if not pairs:
+        raise AiaynError(f"{first}: empty corpus; it has no lines")
+    drops: Counter = Counter()
+    train = clean_pairs(pairs, max_chars, drops)
+    if not train:
+        raise AiaynError(
+            f"{first}: no usable pairs ({drops['empty']} empty, {drops['too_long']} longer than "
+            f"--max-chars {max_chars})"
+        )
+    splits = {name: clean_pairs(p, max_chars, drops) for name, p in given.items() if p is not None}
+    for name, pairs_given in splits.items():
+        if not pairs_given:
+            raise AiaynError(f"the {name} files have no usable pairs (all empty or longer than --max-chars)")
+    # Every pair of the corpus trains once the user gives a valid split: a missing test split
+    # stays empty then. Without one, valid and test are held out, and the report says so.
+    wanted = ("valid", "test") if "valid" not in splits else ()
+    n_hold, corpus_size, held = holdout_size(len(train)), len(train), {}
+    for offset, name in enumerate(("valid", "test")):
+        if name in wanted and name not in splits:
+            if len(train) <= n_hold:
+                raise AiaynError(
+                    f"{first}: only {len(train)} usable pairs, too few to hold out a {name} split; "
+                    f"give --{name}-src and --{name}-tgt"
+                )
+            splits[name], train = holdout(train, n_hold, seed + offset)
+            held[name] = n_hold
+        splits.setdefault(name, [])
+    if held:
+        took = " and ".join(f"{n:,} for {name}" for name, n in held.items())
+        print(
+            f"aiayn: held out {took} of the {corpus_size:,} usable pairs; give --valid-src/--valid-tgt "
+            f"(and --test-src/--test-tgt) to train on every pair"
+        )
+    splits["train"] = train
+    pairs_read = len(pairs) + sum(len(p) for p in given.values() if p is not None)
+    inputs = [str(p) for p in (tsv, src, tgt, *valid, *test) if p is not None]
+    return write_data(
+        Path(out),
+        splits,
+        source="files",
+        src_lang=src_lang,
+        tgt_lang=tgt_lang,
+        pairs_read=pairs_read,
+        dropped={k: drops[k] for k in ("empty", "too_long")},
+        vocab_size=vocab_size,
+        extra={"inputs": inputs, "seed": seed, "max_chars": max_chars, "held_out_of_corpus": held},
+    )
+
+
+def load_meta(data_dir: Path) -> dict:
+    """``meta.json`` of a prepared data folder, or a one-line error saying how to make one."""
+    path = Path(data_dir) / META_NAME
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise AiaynError(
+            f"{data_dir}: not a prepared data folder (no {META_NAME}); "
+            "create it with `aiayn prepare bible` or `aiayn prepare files`"
+        ) from None
+    except json.JSONDecodeError:
+        raise AiaynError(f"{path}: not valid JSON; run `aiayn prepare` again") from None
+    missing = [k for k in ("src_lang", "tgt_lang", "counts", "vocab_size") if k not in meta]
+    if missing:
+        raise AiaynError(f"{path}: incomplete (missing {', '.join(missing)}); run `aiayn prepare` again")
+    return meta
+
+
+def read_split(data_dir: Path, split: str) -> tuple[list[str], list[str]]:
+    """Source and target lines of one split of a prepared data folder."""
+    if split not in SPLITS:
+        raise AiaynError(f"unknown split '{split}' (choose from {', '.join(SPLITS)})")
+    meta = load_meta(data_dir)
+    src, tgt = (read_lines(Path(data_dir) / f"{split}.{meta[k]}") for k in ("src_lang", "tgt_lang"))
+    if len(src) != len(tgt):
+        raise AiaynError(
+            f"{data_dir}: {split}.{meta['src_lang']} and {split}.{meta['tgt_lang']} differ in "
+            "length; run `aiayn prepare` again"
+        )
+    return src, tgt

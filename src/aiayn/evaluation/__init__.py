@@ -1,0 +1,1 @@
+"""Stage 5, evaluation: metrics, decoding tuned on valid, pictures."""

@@ -1,0 +1,182 @@
+"""sacreBLEU and chrF of a model's translations, with the signatures that make them comparable.
+
+Scores are computed by sacreBLEU's own tokenizer on *detokenized* hypotheses against the raw
+reference text (docs/pitfalls.md: "BLEU on text"): BLEU over SentencePiece pieces or a private tokenization is not
+comparable across papers or toolkits.
+
+    aiayn evaluate --model runs/demo --data data/bible --split test --out runs/demo/eval
+    aiayn evaluate --model runs/demo --src test.es --ref test.en --hyp-out hyp.en
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sacrebleu.metrics import BLEU, CHRF
+
+from aiayn.config import AiaynError
+from aiayn.data.corpus import load_meta, read_lines, read_split
+from aiayn.inference.translate import Translator
+
+
+def corpus_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, Any]:
+    """Corpus BLEU and chrF (sacreBLEU defaults: 13a tokenization, exp smoothing; chrF2)."""
+    if len(hypotheses) != len(references):
+        raise AiaynError(f"{len(hypotheses)} hypotheses but {len(references)} references")
+    bleu, chrf = BLEU(), CHRF()
+    b = bleu.corpus_score(list(hypotheses), [list(references)])
+    c = chrf.corpus_score(list(hypotheses), [list(references)])
+    return {
+        "bleu": b.score,
+        "chrf": c.score,
+        "bleu_detail": str(b),
+        "bleu_signature": str(bleu.get_signature()),
+        "chrf_signature": str(chrf.get_signature()),
+        "sentences": len(hypotheses),
+    }
+
+
+def evaluate(
+    translator: Any, sources: Sequence[str], references: Sequence[str], progress: bool = True, **options: Any
+) -> tuple[list[str], dict[str, Any]]:
+    """Translate ``sources`` (options as ``Translator.translate``) and score them."""
+    if len(sources) != len(references):
+        raise AiaynError(f"{len(sources)} source lines but {len(references)} references; they must be aligned")
+    if not sources:
+        raise AiaynError("nothing to evaluate: the source text is empty")
+    start = time.perf_counter()
+    hypotheses = [nbest[0].text for nbest in translator.translate(sources, progress=progress, **options)]
+    seconds = time.perf_counter() - start
+    scores = corpus_scores(hypotheses, references)
+    scores.update(seconds=round(seconds, 3), sentences_per_second=round(len(sources) / max(seconds, 1e-9), 2))
+    return hypotheses, scores
+
+
+def model_bleu(
+    model: Any, tokenizer: Any, config: Any, sources: Sequence[str], references: Sequence[str], *, beam_size: int
+) -> float:
+    """BLEU of ``model`` as it is now (training's validation), decoded with ``beam_size`` on the
+    model's device."""
+    translator = Translator(model, tokenizer, config)
+    return evaluate(translator, sources, references, progress=False, beam_size=beam_size)[1]["bleu"]
+
+
+def format_scores(scores: dict[str, Any]) -> str:
+    return (
+        f"{scores['bleu_detail']}\n  signature: {scores['bleu_signature']}\n"
+        f"chrF2 = {scores['chrf']:.2f}\n  signature: {scores['chrf_signature']}\n"
+        f"{scores['sentences']} sentences in {scores['seconds']:.1f} s "
+        f"({scores['sentences_per_second']:.1f} sentences/s)"
+    )
+
+
+def _read_inputs(args: Any) -> tuple[list[str], list[str], str]:
+    """(sources, references, what) from --src/--ref or --data/--split."""
+    if args.data:
+        if args.src or args.ref:
+            raise AiaynError("give either --data (with --split) or --src and --ref, not both")
+        sources, references = read_split(Path(args.data), args.split)
+        if not sources:
+            raise AiaynError(
+                f"{args.data}: the {args.split} split is empty (no {args.split} files were given to "
+                f"`aiayn prepare files`); use another --split, or --src and --ref"
+            )
+        return sources, references, load_meta(Path(args.data))["tgt_lang"]
+    if not (args.src and args.ref):
+        raise AiaynError("give --src and --ref (aligned text files), or --data DIR --split test")
+    sources, references = read_lines(Path(args.src)), read_lines(Path(args.ref))
+    if len(sources) != len(references):
+        raise AiaynError(
+            f"{args.src} has {len(sources)} lines but {args.ref} has {len(references)}; "
+            "they must be aligned line by line"
+        )
+    return sources, references, Path(args.ref).suffix.lstrip(".") or "txt"
+
+
+def run(args: Any) -> None:
+    """``aiayn evaluate``: translate, score, print the scores, write hypotheses and scores.json."""
+    sources, references, tgt_lang = _read_inputs(args)
+    translator = Translator.load(args.model, args.device, quantize=args.quantize)
+    hypotheses, scores = evaluate(
+        translator,
+        sources,
+        references,
+        beam_size=args.beam,
+        alpha=args.alpha,
+        stop=args.stop,
+        batch_tokens=args.batch_tokens,
+    )
+    d = translator.config.decode
+    scores.update(
+        model=str(args.model),
+        split=args.split if args.data else None,
+        beam_size=args.beam or d.beam_size,
+        alpha=d.alpha if args.alpha is None else args.alpha,
+        length_penalty=d.length_penalty,
+        stop=args.stop or d.stop,
+        quantize=args.quantize,
+    )
+    text = "".join(h + "\n" for h in hypotheses)
+    if args.hyp_out:
+        Path(args.hyp_out).write_text(text, encoding="utf-8")
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"hyp.{tgt_lang}").write_text(text, encoding="utf-8")
+        (out / "scores.json").write_text(json.dumps(scores, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        print(f"aiayn: wrote {out / f'hyp.{tgt_lang}'} and {out / 'scores.json'}", file=sys.stderr)
+    print(format_scores(scores))
+
+
+# Famous verses: the first four sit in the training split of the Bible corpus, the last four
+# in held-out chapters, so the showcase shows both recall and generalisation.
+FAMOUS = ("Gen.1.1", "Ps.23.1", "John.3.16", "Matt.5.9", "John.15.13", "Prov.3.5", "Eph.4.32", "Rom.10.9")
+
+
+def showcase_examples(data_dir: Path, refs: Sequence[str] = FAMOUS, fallback: int = 5) -> list[dict[str, str]]:
+    """Examples to show side by side: the named verse references found in the data folder's
+    ``{split}.tsv`` files, or else the first lines of its test split."""
+    found: dict[str, dict[str, str]] = {}
+    for split in ("train", "valid", "test"):
+        path = Path(data_dir) / f"{split}.tsv"
+        if not path.is_file():
+            continue
+        for line in path.read_text(encoding="utf-8").splitlines():
+            ref, src, tgt = (line.split("\t") + ["", ""])[:3]
+            if ref in refs:
+                found[ref] = {"ref": ref, "split": split, "src": src, "tgt": tgt}
+    if found:
+        return [found[r] for r in refs if r in found]
+    sources, targets = read_split(data_dir, "test")
+    return [
+        {"ref": f"test line {i + 1}", "split": "test", "src": s, "tgt": t}
+        for i, (s, t) in enumerate(zip(sources[:fallback], targets[:fallback]))
+    ]
+
+
+def run_showcase(args: Any) -> None:
+    """``aiayn showcase``: translate a few well-known sentences and print them beside the reference."""
+    meta = load_meta(Path(args.data))
+    refs = tuple(args.refs.split(",")) if args.refs else FAMOUS
+    examples = showcase_examples(Path(args.data), refs)
+    translator = Translator.load(args.model, args.device, quantize=args.quantize)
+    outputs = translator.translate(
+        [e["src"] for e in examples],
+        beam_size=args.beam,
+        alpha=args.alpha,
+        stop=args.stop,
+        batch_tokens=args.batch_tokens,
+        progress=False,
+    )
+    width = max(len(meta["src_lang"]), len("aiayn"), len("ref"))
+    for example, nbest in zip(examples, outputs):
+        seen = "seen in training" if example["split"] == "train" else f"held out ({example['split']} split)"
+        print(f"{example['ref']}  [{seen}]")
+        print(f"  {meta['src_lang']:<{width}}  {example['src']}")
+        print(f"  {'aiayn':<{width}}  {nbest[0].text}")
+        print(f"  {'ref':<{width}}  {example['tgt']}\n")

@@ -1,0 +1,1 @@
+"""The HTTP server: limits, the handler, the event loop, the JSON API and the explorer page."""

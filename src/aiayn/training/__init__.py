@@ -1,0 +1,1 @@
+"""Stage 3, training: loss, schedule, precision, the update, checkpoints, the loop (§5)."""
