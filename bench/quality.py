@@ -15,7 +15,8 @@ competent Hugging Face user turns it on), else both in float32. ``--max-steps`` 
 compares the valid NLL (float32, unsmoothed, per target token) alone. One JSON line per run and
 one summary line per system (mean and spread over ``--seeds``) on stdout, a table on stderr,
 and ``WORK/quality.png``: valid NLL against updates and against minutes, for both systems, the
-band spanning the seeds. ``--aiayn-args`` passes config overrides, which is how
+band spanning the seeds (``--first-seed S`` starts them at S, so that seeds can run in separate
+invocations and ``--replot`` joins them). ``--aiayn-args`` passes config overrides, which is how
 docs/quality.md's ablations ran.
 """
 
@@ -312,7 +313,13 @@ def main(argv: list[str] | None = None) -> None:
         choices=("auto", "fp32", "bf16"),
         help="auto (default): the precision aiayn trains at (bf16 autocast where its probe picks bf16)",
     )
-    p.add_argument("--seeds", type=int, default=1, help="train each system with seeds 1..K (default 1)")
+    p.add_argument("--seeds", type=int, default=1, help="train each system with K seeds (default 1)")
+    p.add_argument(
+        "--first-seed",
+        type=int,
+        default=1,
+        help="the first of the K seeds (default 1): runs of one comparison split over several invocations",
+    )
     p.add_argument(
         "--nll-only", action="store_true", help="no decoding: compare the final valid NLL (and the curves) alone"
     )
@@ -339,8 +346,10 @@ def main(argv: list[str] | None = None) -> None:
             raise AiaynError(f"--systems: unknown system '{s}' (aiayn, marian)")
     if args.eval_every < 1:
         raise AiaynError(f"--eval-every must be at least 1 (got {args.eval_every})")
-    if args.seeds < 1:
-        raise AiaynError(f"--seeds must be at least 1 (got {args.seeds})")
+    if args.seeds < 1 or args.first_seed < 0:
+        raise AiaynError(
+            f"--seeds must be at least 1 and --first-seed at least 0 (got {args.seeds}, {args.first_seed})"
+        )
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     env = environment(torch.device("cpu"), args.threads)
@@ -348,7 +357,7 @@ def main(argv: list[str] | None = None) -> None:
     peer_precision = aiayn_precision if args.peer_precision == "auto" else args.peer_precision
     rows = []
     for system in systems:
-        for seed in range(1, args.seeds + 1):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             if system == "aiayn":
                 row = run_aiayn(
                     data,

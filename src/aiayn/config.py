@@ -67,6 +67,7 @@ class DataConfig:
     batch_tokens: int = 4096  # padded tokens per side in one batch (per rank)
     max_len: int = 256  # longer training pairs (in subwords, either side) are dropped
     sort: str = "length"  # length: by target, then source length | target: sources at random within one
+    limit: str = "side"  # side: rows × the longer side ≤ batch_tokens | total: rows × (S + T) ≤ 2 × batch_tokens
     valid_bleu_sentences: int = 200  # greedy BLEU on this many valid sentences at each evaluation; 0: no BLEU
 
 
@@ -144,6 +145,7 @@ SECTIONS = ("model", "data", "train", "decode")
 ENUMS = {
     ("model", "positional"): ("sinusoidal", "learned"),
     ("data", "sort"): ("length", "target"),
+    ("data", "limit"): ("side", "total"),
     ("model", "norm"): ("post", "pre"),
     ("model", "init"): ("xavier", "normal"),
     ("model", "tie_embeddings"): ("all", "decoder", "none"),

@@ -100,8 +100,11 @@ def make_batches(
     epoch: int = 0,
     shuffle: bool = True,
     sort: str = "length",
+    limit: str = "side",
 ) -> list[list[int]]:
-    """Group pair indices into batches of at most ``batch_tokens`` padded positions per side.
+    """Group pair indices into batches of at most ``batch_tokens`` padded positions per side
+    (``limit="side"``: rows × the longer padded side), or of at most ``2 × batch_tokens`` padded
+    positions on both sides together (``limit="total"``: rows × (S + T)).
 
     ``src_lens``/``tgt_lens`` count subwords without specials; each side's row is one longer
     (EOS, or BOS/EOS). Pairs are sorted by target length, then (``sort="length"``) by source
@@ -109,7 +112,10 @@ def make_batches(
     in random order, as Hugging Face and fairseq-style length bucketing on one side do; then cut
     greedily; a pair that alone exceeds ``batch_tokens`` becomes a batch of one rather than being
     lost. ``length`` pads least; ``target`` gives each batch sources of many lengths, so batches
-    are less alike (docs/quality.md measures both). With ``shuffle`` the tie-breaking and the
+    are less alike (docs/quality.md measures both). Under ``target`` a batch's longest source
+    sets its width, so ``side`` cuts it short of ``batch_tokens`` target tokens; ``total``
+    counts both sides' padding together, as Hugging Face Marian's and fairseq's token budgets do,
+    and keeps about ``batch_tokens`` real target tokens a batch. With ``shuffle`` the tie-breaking and the
     batch order come from a generator seeded by (seed, epoch), so each epoch differs but is
     reproducible; without it the batches come in length order (for decoding).
     """
@@ -120,16 +126,20 @@ def make_batches(
     tie = rng.permutation(n) if rng is not None else np.arange(n)
     keys = (tie, src_w, tgt_w) if sort == "length" else (tie, tgt_w)
     order = np.lexsort(keys)  # last key sorts first: target, (source,) tie
-    widths = np.maximum(src_w, tgt_w)[order].tolist()
-    # Greedy cut in length order: a batch grows while rows × widest row fits. Taking each pair's
-    # wider side is exact, not conservative: max over rows of max(src, tgt) = max(S, T).
+    # Greedy cut in length order: a batch grows while rows × its padded width fits. The width is
+    # exact, not conservative: each side pads to its own longest row, so the batch occupies
+    # rows × S and rows × T positions, and max(S, T) = the max over rows of max(src, tgt).
+    if limit == "side":
+        capacity, width = batch_tokens, lambda s, t: max(s, t)
+    else:
+        capacity, width = 2 * batch_tokens, lambda s, t: s + t
     batches: list[list[int]] = []
-    start, widest = 0, 0
-    for k, w in enumerate(widths):
-        widest = max(widest, w)
-        if k > start and (k - start + 1) * widest > batch_tokens:
+    start, longest_s, longest_t = 0, 0, 0
+    for k, (s, t) in enumerate(zip(src_w[order].tolist(), tgt_w[order].tolist())):
+        longest_s, longest_t = max(longest_s, s), max(longest_t, t)
+        if k > start and (k - start + 1) * width(longest_s, longest_t) > capacity:
             batches.append(order[start:k].tolist())
-            start, widest = k, w
+            start, longest_s, longest_t = k, s, t
     if n:
         batches.append(order[start:].tolist())
     if rng is not None:
@@ -187,11 +197,12 @@ class BatchStream:
         world_size: int = 1,
         shuffle: bool = True,
         sort: str = "length",
+        limit: str = "side",
     ):
         if len(src_ids) != len(tgt_ids):
             raise ValueError(f"{len(src_ids)} source but {len(tgt_ids)} target sentences")
         self.src_ids, self.tgt_ids = src_ids, tgt_ids
-        self.batch_tokens, self.seed, self.shuffle, self.sort = batch_tokens, seed, shuffle, sort
+        self.batch_tokens, self.seed, self.shuffle, self.sort, self.limit = batch_tokens, seed, shuffle, sort, limit
         self.rank, self.world_size = rank, world_size
         self.kept = [i for i, (x, y) in enumerate(zip(src_ids, tgt_ids)) if len(x) <= max_len and len(y) <= max_len]
         self.n_dropped = len(src_ids) - len(self.kept)
@@ -207,7 +218,9 @@ class BatchStream:
         if self._cached is None or self._cached[0] != epoch:
             src_lens = [len(self.src_ids[i]) for i in self.kept]
             tgt_lens = [len(self.tgt_ids[i]) for i in self.kept]
-            local = make_batches(src_lens, tgt_lens, self.batch_tokens, self.seed, epoch, self.shuffle, self.sort)
+            local = make_batches(
+                src_lens, tgt_lens, self.batch_tokens, self.seed, epoch, self.shuffle, self.sort, self.limit
+            )
             mine = shard([[self.kept[j] for j in b] for b in local], self.rank, self.world_size)
             if not mine:
                 raise AiaynError(

@@ -118,8 +118,9 @@ class Translator:
         model = model.to(self.device)
         # int8, or float32 on a CPU with the linear weights converted once for oneDNN (aiayn.inference.quantize).
         inference = quantize_model(model, quantize) if quantize is not None else pack_model(model)
-        # The decoding step with fewer, larger operators (aiayn.inference.fused), for the Transformer of models/transformer.py;
-        # the encoder, and decoding that asks for attention weights, run the inference copy itself.
+        # The decoding step with fewer, larger operators (aiayn.inference.fused), for the Transformer
+        # of models/transformer.py; the encoder, and decoding that asks for attention weights, run
+        # the inference copy itself.
         self.fused = FusedDecoder(model, inference, quantize=quantize) if isinstance(model, Transformer) else None
         self.model = inference
         self.tokenizer = tokenizer

@@ -54,6 +54,7 @@ class Trainer:
             runtime.rank,
             runtime.world_size,
             sort=cfg.data.sort,
+            limit=cfg.data.limit,
         )
         # Micro-batches per rank and update, so that one update sees ≈ update_tokens target tokens.
         self.accumulate = max(1, math.ceil(t.update_tokens / (cfg.data.batch_tokens * runtime.world_size)))
