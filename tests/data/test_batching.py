@@ -8,9 +8,9 @@ import random
 import pytest
 import torch
 
-from aiayn.data.batching import BatchStream, collate, format_report, make_batches, padding_report, shard, source_row
 from aiayn.cli import main
 from aiayn.config import BOS_ID, EOS_ID, PAD_ID, AiaynError
+from aiayn.data.batching import BatchStream, collate, format_report, make_batches, padding_report, shard, source_row
 from aiayn.data.tokenizer import Tokenizer
 
 

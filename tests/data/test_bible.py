@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from aiayn.data import bible
-from aiayn.data.bible import misaligned_chapters, spanish_verse, split_by_chapter, strip_markup, to_kjv
 from aiayn.cli import main
 from aiayn.config import AiaynError
+from aiayn.data import bible
+from aiayn.data.bible import misaligned_chapters, spanish_verse, split_by_chapter, strip_markup, to_kjv
 from aiayn.data.corpus import SPLITS, load_meta, read_split
 from aiayn.data.sword import KJV, NRSV, find_module, read_verses
 
