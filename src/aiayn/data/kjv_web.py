@@ -11,17 +11,18 @@ Both texts are in the public domain and packaged by Debian as SWORD modules (``s
 ``engKJV2006eb``, KJV versification) is OSIS with a Strong's number on most words, the translators'
 supplied words in ``<transChange type="added">`` (the italics of printed KJVs), the divine name,
 red-letter ``<q who="Jesus">``, footnotes, pilcrows, Psalm 119's stanza letters and the
-subscriptions after Paul's letters as untitled ``<title>``\\ s: ``bible.strip_markup`` keeps the
-words and drops the rest. What it leaves, this module removes: USFM ``\\nd`` markers the
-conversion let through (51 of them), and the one pair of square brackets (1 John 2:23, the words
+subscriptions after Paul's letters as untitled ``<title>`` elements: ``bible.strip_markup`` keeps
+the words and drops the rest. What it leaves, this module removes: the USFM ``\\nd`` markers the
+conversion let through (27 in the text), and the one pair of square brackets (1 John 2:23, the words
 the 1611 printers set in another type). Words in ``transChange`` stay: they are part of the text.
 
-The WEB module is in NRSV versification: ``bible.to_kjv`` joins its two extra verses to their KJV
-verse. A Psalm title stays only where both sides have one (the WEB gives Psalm 119's stanza
-letters as titles; the KJV's go with the other untitled titles). Then ``bible.pair_verses`` drops
-what cannot be trusted (the WEB leaves out Luke 17:36, Acts 8:37, 15:34 and 24:7, and prints Rom
-16:25-27 inside 14:23), and ``bible.split_by_chapter`` holds whole chapters out, by the Bible
-corpus's rule and seed.
+The WEB module is stored in NRSV versification and read so (``sword.read_verses`` checks each
+chapter's place); its two NRSV-only verses are empty in Debian's module, and ``bible.to_kjv``
+would join them to their KJV verse otherwise. A Psalm title stays only where both sides have one
+(the WEB gives Psalm 119's stanza letters as titles; the KJV's go with the other untitled titles).
+Then ``bible.pair_verses`` drops what cannot be trusted (the WEB leaves out Luke 17:36, Acts 8:37,
+15:34 and 24:7, prints Rom 16:25-27 inside 14:23 and its glossary after Rev 22:21), and
+``bible.split_by_chapter`` holds whole chapters out, by the Bible corpus's rule and seed.
 """
 
 from __future__ import annotations

@@ -75,24 +75,6 @@ def format_scores(scores: dict[str, Any]) -> str:
     )
 
 
-# The copy baseline: where source and target share a language (data/kjv_web.py), `aiayn prepare`
-# records per split the scores of the source copied unchanged, the floor a model has to beat.
-def recorded_copy_baseline(data_dir: Path | None, split: str) -> dict[str, Any] | None:
-    """The copy baseline ``meta.json`` of ``data_dir`` records for ``split``, else None."""
-    return load_meta(Path(data_dir)).get("copy_baseline", {}).get(split) if data_dir else None
-
-
-def format_copy_baseline(baseline: dict[str, Any], scores: dict[str, Any]) -> str:
-    """The copy baseline and the model's margin over it, one line."""
-    line = (
-        f"copy baseline (source unchanged): BLEU {baseline['bleu']:.2f}, chrF2 {baseline['chrf']:.2f}; "
-        f"the model {scores['bleu'] - baseline['bleu']:+.2f} BLEU, {scores['chrf'] - baseline['chrf']:+.2f} chrF2"
-    )
-    if (baseline["bleu_signature"], baseline["chrf_signature"]) != (scores["bleu_signature"], scores["chrf_signature"]):
-        line += f" (recorded with another signature: {baseline['bleu_signature']}; run `aiayn prepare` again)"
-    return line
-
-
 def _read_inputs(args: Any) -> tuple[list[str], list[str], str]:
     """(sources, references, what) from --src/--ref or --data/--split."""
     if args.data:
@@ -203,3 +185,21 @@ def run_showcase(args: Any) -> None:
         print(f"  {meta['src_lang']:<{width}}  {example['src']}")
         print(f"  {'aiayn':<{width}}  {nbest[0].text}")
         print(f"  {'ref':<{width}}  {example['tgt']}\n")
+
+
+# The copy baseline: where source and target share a language (data/kjv_web.py), `aiayn prepare`
+# records per split the scores of the source copied unchanged, the floor a model has to beat.
+def recorded_copy_baseline(data_dir: Path | None, split: str) -> dict[str, Any] | None:
+    """The copy baseline ``meta.json`` of ``data_dir`` records for ``split``, else None."""
+    return load_meta(Path(data_dir)).get("copy_baseline", {}).get(split) if data_dir else None
+
+
+def format_copy_baseline(baseline: dict[str, Any], scores: dict[str, Any]) -> str:
+    """The copy baseline and the model's margin over it, one line."""
+    line = (
+        f"copy baseline (source unchanged): BLEU {baseline['bleu']:.2f}, chrF2 {baseline['chrf']:.2f}; "
+        f"the model {scores['bleu'] - baseline['bleu']:+.2f} BLEU, {scores['chrf'] - baseline['chrf']:+.2f} chrF2"
+    )
+    if (baseline["bleu_signature"], baseline["chrf_signature"]) != (scores["bleu_signature"], scores["chrf_signature"]):
+        line += f" (recorded with another signature: {baseline['bleu_signature']}; run `aiayn prepare` again)"
+    return line
