@@ -4,12 +4,14 @@ in _debian_packages, built by tests/conftest.py, failing in CI when the packages
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 import sacrebleu
 from test_bible import KJV_SIZES, FakeApt, write_ztext
+from toydata import random_run
 
 from aiayn.cli import main
 from aiayn.data import bible, kjv_web
@@ -140,6 +142,25 @@ def test_evaluate_prints_the_recorded_copy_baseline(tmp_path):
     assert line == "copy baseline (source unchanged): BLEU 40.00, chrF2 60.00; the model +2.50 BLEU, -1.00 chrF2"
     other = format_copy_baseline(baseline, {"bleu": 1, "chrf": 1, "bleu_signature": "b2", "chrf_signature": "c"})
     assert "recorded with another signature" in other
+
+
+def test_evaluate_command_prints_the_copy_baseline_beside_the_model(tmp_path, capsys):
+    """`aiayn evaluate --data` on a folder with a copy baseline: printed and kept in scores.json."""
+    old, new = ["Jesus wept.", "Thou shalt not kill."], ["Jesus wept.", "You shall not murder."]
+    data = tmp_path / "data"
+    data.mkdir()
+    baseline = copy_baseline({"train": [], "valid": [("", "a", "b")], "test": [("", *p) for p in zip(old, new)]})
+    meta = {"src_lang": "en-x-kjv", "tgt_lang": "en", "counts": {"test": 2}, "vocab_size": 64}
+    (data / "meta.json").write_text(json.dumps({**meta, "copy_baseline": baseline}), encoding="utf-8")
+    (data / "test.en-x-kjv").write_text("".join(f"{line}\n" for line in old), encoding="utf-8")
+    (data / "test.en").write_text("".join(f"{line}\n" for line in new), encoding="utf-8")
+    (tmp_path / "run").mkdir()
+    run = random_run(tmp_path / "run", max_len_offset=5)
+    args = ["evaluate", "--model", str(run), "--data", str(data), "--beam", "1", "--device", "cpu"]
+    assert main([*args, "--out", str(tmp_path / "eval")]) == 0
+    scores = json.loads((tmp_path / "eval" / "scores.json").read_text(encoding="utf-8"))
+    assert scores["copy_baseline"] == baseline["test"]
+    assert format_copy_baseline(baseline["test"], scores) in capsys.readouterr().out.splitlines()
 
 
 def test_the_kjv_and_web_modules_are_found_or_fetched(tmp_path, monkeypatch):
