@@ -47,28 +47,23 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="session")
-def bible_data() -> Path:
-    """The prepared Bible corpus, built once per machine into the user cache (about 10 s; the first
-    run also downloads the two Debian packages) and reused while complete and newer than the code.
-    Only the tests of the Bible corpus itself use it; they end in ``_debian_packages``. When the
-    packages cannot be had (no apt, or no package lists) they skip, saying why, on a developer's
-    machine; in CI and ``make test`` (strict_skips.STRICT) apt's lists are updated when missing,
-    and a corpus that still cannot be built fails the run."""
-    from aiayn.data import bible, corpus, sword
-
-    folder = _cache_root() / "test-bible"
-    code = tuple(str(module.__file__) for module in (bible, corpus, sword))
+def _prepared(name: str, prepare, packages: tuple[str, ...], code: tuple[str, ...]) -> Path:
+    """The data folder ``prepare(folder, apt_update=...)`` writes, built once per machine into the
+    user cache as ``name`` and reused while complete and newer than the ``code`` files. When the
+    Debian ``packages`` cannot be had (no apt, or no package lists) the test skips, saying why, on a
+    developer's machine; in CI and ``make test`` (strict_skips.STRICT) apt's lists are updated when
+    missing, and a corpus that still cannot be built fails the run."""
+    folder = _cache_root() / name
     if _complete(folder, code):
         return folder
     # Build beside it and rename, so a concurrent test run never sees a half-written folder.
-    scratch = folder.with_name(f"test-bible.{os.getpid()}")
+    scratch = folder.with_name(f"{name}.{os.getpid()}")
     shutil.rmtree(scratch, ignore_errors=True)
     try:
-        bible.prepare_bible(scratch, apt_update=STRICT)
+        prepare(scratch, apt_update=STRICT)
     except AiaynError as e:
         shutil.rmtree(scratch, ignore_errors=True)
-        pytest.skip(f"needs the Debian packages {' and '.join(bible.PACKAGES)}: {e}")
+        pytest.skip(f"needs the Debian packages {' and '.join(packages)}: {e}")
     if not _complete(folder, code):
         shutil.rmtree(folder, ignore_errors=True)
         try:
@@ -76,8 +71,27 @@ def bible_data() -> Path:
         except OSError:  # another run renamed its copy first
             pass
     shutil.rmtree(scratch, ignore_errors=True)
-    assert _complete(folder), f"{folder}: preparing the Bible corpus did not complete"
+    assert _complete(folder), f"{folder}: preparing {name} did not complete"
     return folder
+
+
+@pytest.fixture(scope="session")
+def bible_data() -> Path:
+    """The prepared Bible corpus (about 10 s; the first run also downloads the two Debian
+    packages). Only the tests of the Bible corpus itself use it; they end in ``_debian_packages``."""
+    from aiayn.data import bible, corpus, sword
+
+    code = tuple(str(module.__file__) for module in (bible, corpus, sword))
+    return _prepared("test-bible", bible.prepare_bible, bible.PACKAGES, code)
+
+
+@pytest.fixture(scope="session")
+def kjv_web_data() -> Path:
+    """The prepared KJV -> WEB corpus, as ``bible_data`` (tests/data/test_kjv_web.py)."""
+    from aiayn.data import bible, corpus, kjv_web, sword
+
+    code = tuple(str(module.__file__) for module in (bible, corpus, kjv_web, sword))
+    return _prepared("test-kjv-web", kjv_web.prepare_kjv_web, kjv_web.PACKAGES, code)
 
 
 @pytest.fixture(scope="session")

@@ -44,6 +44,18 @@ def _prepare_bible(args: argparse.Namespace) -> None:
     _print_padding(Path(args.out), meta)
 
 
+def _prepare_kjv_web(args: argparse.Namespace) -> None:
+    from aiayn.data.kjv_web import prepare_kjv_web
+
+    meta = prepare_kjv_web(
+        Path(args.out),
+        sword_dir=None if args.sword_dir is None else Path(args.sword_dir),
+        vocab_size=args.vocab_size,
+        apt_update=args.apt_update,
+    )
+    _print_padding(Path(args.out), meta)
+
+
 def _prepare_files(args: argparse.Namespace) -> None:
     from aiayn.data.corpus import prepare_files
 
@@ -66,25 +78,37 @@ def _prepare_files(args: argparse.Namespace) -> None:
     _print_padding(Path(args.out), meta)
 
 
-def add_prepare(sub) -> None:
-    p = sub.add_parser("prepare", help="build a data folder: aligned splits, joint tokenizer, meta.json")
-    p.set_defaults(func=lambda args: p.print_help())
-    kinds = p.add_subparsers(dest="kind", metavar="KIND")
-    b = kinds.add_parser("bible", help="Spanish->English: Reina-Valera 1909 and World English Bible (SWORD)")
-    b.add_argument("--out", default="data/bible", help="data folder to write (default: data/bible)")
-    b.add_argument(
+def _add_sword_options(p: argparse.ArgumentParser, out: str) -> None:
+    """The options of the corpora read from Debian's SWORD packages (bible, kjv-web)."""
+    p.add_argument("--out", default=out, help=f"data folder to write (default: {out})")
+    p.add_argument(
         "--sword-dir",
         help="a SWORD library (mods.d/, modules/); default: $SWORD_PATH, ~/.sword, "
         "/usr/share/sword, else the Debian packages are downloaded into ~/.cache/aiayn/sword",
     )
-    b.add_argument("--vocab-size", type=int, default=8000, help="joint SentencePiece vocabulary (default 8000)")
-    b.add_argument(
+    p.add_argument("--vocab-size", type=int, default=8000, help="joint SentencePiece vocabulary (default 8000)")
+    p.add_argument(
         "--apt-update",
         action="store_true",
         help="when the packages cannot be downloaded because "
         "apt's package lists are missing, run `apt-get update` (as root) instead of stopping",
     )
+
+
+def add_prepare(sub) -> None:
+    p = sub.add_parser("prepare", help="build a data folder: aligned splits, joint tokenizer, meta.json")
+    p.set_defaults(func=lambda args: p.print_help())
+    kinds = p.add_subparsers(dest="kind", metavar="KIND")
+    b = kinds.add_parser("bible", help="Spanish->English: Reina-Valera 1909 and World English Bible (SWORD)")
+    _add_sword_options(b, "data/bible")
     b.set_defaults(func=_prepare_bible)
+    k = kinds.add_parser(
+        "kjv-web",
+        help="Early Modern->modern English: King James Version and World English Bible (SWORD), "
+        "scored against copying the source unchanged",
+    )
+    _add_sword_options(k, "data/kjv-web")
+    k.set_defaults(func=_prepare_kjv_web)
     f = kinds.add_parser("files", help="any parallel corpus: two line-aligned files or one TSV")
     f.add_argument("--src", help="source-language text, one sentence a line (e.g. train.de)")
     f.add_argument("--tgt", help="target-language text, line-aligned with --src (e.g. train.en)")

@@ -47,7 +47,7 @@ HELD_OUT_PAIRS = 1000  # about this many pairs each in valid and test
 MAX_LOG_RATIO = math.log(2.0)  # a pair is dropped when its length ratio is 2x off the median ratio
 SHIFT_WINDOW, SHIFT_GAIN = 3, 1.15  # see misaligned_chapters
 Verse = tuple[str, int, int]  # (OSIS book, chapter, verse)
-VersePair = tuple[Verse, str, str]  # (verse, Spanish, English)
+VersePair = tuple[Verse, str, str]  # (verse, source, target)
 DROP_REASONS = ("one_side_missing", "misaligned_chapter", "length_ratio")
 
 # NRSV verses that KJV has inside a neighbour: (NRSV verse, the KJV verse it belongs to).
@@ -66,16 +66,16 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "aiayn" / "sword"
 
 
-def _apt_download(folder: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(["apt-get", "download", *PACKAGES], cwd=folder, capture_output=True, text=True)
+def _apt_download(folder: Path, packages: tuple[str, ...]) -> subprocess.CompletedProcess:
+    return subprocess.run(["apt-get", "download", *packages], cwd=folder, capture_output=True, text=True)
 
 
 def _no_lists(result: subprocess.CompletedProcess) -> bool:
     return result.returncode != 0 and "Unable to locate package" in result.stderr
 
 
-def fetch_modules(folder: Path, apt_update: bool = False) -> Path:
-    """``apt-get download`` the two packages into ``folder`` and unpack them there (never into /).
+def fetch_modules(folder: Path, apt_update: bool = False, *, packages: tuple[str, ...] = PACKAGES) -> Path:
+    """``apt-get download`` the ``packages`` into ``folder`` and unpack them there (never into /).
 
     Without apt's package lists (a fresh container) the download finds nothing; ``apt-get
     update`` changes the machine, so it runs only with ``apt_update`` (and as root); otherwise
@@ -83,12 +83,12 @@ def fetch_modules(folder: Path, apt_update: bool = False) -> Path:
     for tool in ("apt-get", "dpkg-deb"):
         if shutil.which(tool) is None:
             raise AiaynError(
-                f"no SWORD modules found and {tool} is missing; install {' and '.join(PACKAGES)} "
+                f"no SWORD modules found and {tool} is missing; install {' and '.join(packages)} "
                 "or pass --sword-dir DIR (a folder with mods.d/ and modules/)"
             )
     folder.mkdir(parents=True, exist_ok=True)
-    print(f"downloading {' and '.join(PACKAGES)} into {folder}", file=sys.stderr)
-    result = _apt_download(folder)
+    print(f"downloading {' and '.join(packages)} into {folder}", file=sys.stderr)
+    result = _apt_download(folder, packages)
     if _no_lists(result) and apt_update:
         if os.geteuid() != 0:
             raise AiaynError(
@@ -99,16 +99,16 @@ def fetch_modules(folder: Path, apt_update: bool = False) -> Path:
         updated = subprocess.run(["apt-get", "update"], capture_output=True, text=True)
         if updated.returncode != 0:
             raise AiaynError(f"apt-get update failed: {(updated.stderr.strip().splitlines() or ['no message'])[-1]}")
-        result = _apt_download(folder)
+        result = _apt_download(folder, packages)
     if result.returncode != 0:
         if _no_lists(result):
             raise AiaynError(
-                f"apt-get download cannot find {PACKAGES[0]}: the apt package lists are missing; "
+                f"apt-get download cannot find {packages[0]}: the apt package lists are missing; "
                 "run `sudo apt-get update` first (or pass --apt-update to let aiayn run it), "
                 "or pass --sword-dir DIR"
             )
         raise AiaynError(
-            f"apt-get download {' '.join(PACKAGES)} failed: "
+            f"apt-get download {' '.join(packages)} failed: "
             f"{(result.stderr.strip().splitlines() or ['no message'])[-1]}"
         )
     for deb in sorted(folder.glob("sword-text-*.deb")):
@@ -118,17 +118,24 @@ def fetch_modules(folder: Path, apt_update: bool = False) -> Path:
     return folder / "usr/share/sword"
 
 
-def locate_modules(sword_dir: Path | None, apt_update: bool = False) -> tuple[Module, Module]:
-    """The Spanish and English modules, downloaded into the cache when no root has them."""
+def locate_modules(
+    sword_dir: Path | None,
+    apt_update: bool = False,
+    *,
+    names: tuple[str, str] = (SPANISH, ENGLISH),
+    packages: tuple[str, ...] = PACKAGES,
+) -> tuple[Module, Module]:
+    """The source and target modules ``names`` (by default the Spanish and English ones), the
+    Debian ``packages`` downloaded into the cache when no root has both."""
     roots = sword_roots(sword_dir)
-    found = [find_module(name, roots) for name in (SPANISH, ENGLISH)]
+    found = [find_module(name, roots) for name in names]
     if None in found:
-        root = fetch_modules(cache_dir(), apt_update)
-        found = [find_module(name, [root]) for name in (SPANISH, ENGLISH)]
+        root = fetch_modules(cache_dir(), apt_update, packages=packages)
+        found = [find_module(name, [root]) for name in names]
         if None in found:
             raise AiaynError(
-                f"{root}: the Debian packages hold no module {SPANISH} / {ENGLISH}; pass "
-                "--sword-dir DIR with both modules"
+                f"{root}: the Debian packages {' and '.join(packages)} hold no module "
+                f"{' / '.join(names)}; pass --sword-dir DIR with both modules"
             )
     return found[0], found[1]  # type: ignore[return-value]
 
@@ -137,7 +144,7 @@ def locate_modules(sword_dir: Path | None, apt_update: bool = False) -> tuple[Mo
 # <RF>note<Rf> and <TS>title<Ts>. They and block tags become a space (a space left before
 # punctuation is removed at the end); inline tags (<w>, <transChange>, <q>, ...) vanish, except
 # that a space separates the word or punctuation before them from a word after them.
-_PSALM_TITLE = re.compile(r'<title\b[^>]*type="psalm"[^>]*>(.*?)</title\s*>', re.S)
+PSALM_TITLE = re.compile(r'<title\b[^>]*type="psalm"[^>]*>(.*?)</title\s*>', re.S)
 _WITH_CONTENT = re.compile(
     r"<(note|title|speaker|catchWord|rdg|scripRef)\b[^>]*(?<!/)>.*?</\1\s*>"
     r"|<RF>.*?<Rf>|<TS>.*?<Ts>",
@@ -155,7 +162,7 @@ _SPACE_BEFORE_PUNCT = re.compile(r" (?=[,.;:!?”’)\]])")
 
 def strip_markup(raw: str, keep_psalm_title: bool = True) -> str:
     """Plain text of one verse: no tags, notes, Strong's numbers, entities or pilcrows; NFC."""
-    text = _PSALM_TITLE.sub(lambda m: f" {m.group(1)} " if keep_psalm_title else " ", raw)
+    text = PSALM_TITLE.sub(lambda m: f" {m.group(1)} " if keep_psalm_title else " ", raw)
     text = _WITH_CONTENT.sub(" ", text)
     text = _BLOCK.sub(" ", text)
     text = _GLUED.sub(" ", _TAG.sub("\x00", text)).replace("\x00", "")
@@ -237,13 +244,17 @@ def misaligned_chapters(es: dict[Verse, str], en: dict[Verse, str], median: floa
     return bad
 
 
+def in_canon_order(keys: set[Verse]) -> list[Verse]:
+    """Verse keys sorted as the books, chapters and verses follow each other in the KJV."""
+    book_order = {book: i for i, (book, _) in enumerate(KJV.books)}
+    return sorted(keys, key=lambda k: (book_order[k[0]], k[1], k[2]))
+
+
 def align(es_raw: dict[Verse, str], en_raw: dict[Verse, str]) -> tuple[list[VersePair], Counter]:
     """Clean both sides (KJV versification) and keep the pairs that can be trusted; count drops by reason."""
     es: dict[Verse, str] = {}
     en: dict[Verse, str] = {}
-    drops: Counter = Counter(dict.fromkeys(DROP_REASONS, 0))
-    book_order = {book: i for i, (book, _) in enumerate(KJV.books)}
-    keys = sorted(set(es_raw) | set(en_raw), key=lambda k: (book_order[k[0]], k[1], k[2]))
+    keys = in_canon_order(set(es_raw) | set(en_raw))
     for key in tqdm(keys, desc="cleaning verses", unit="verse", file=sys.stderr, leave=False):
         spanish, has_heading = spanish_verse(strip_markup(es_raw.get(key, "")), key)
         english = strip_markup(en_raw.get(key, ""), keep_psalm_title=has_heading or key[0] != "Ps")
@@ -251,20 +262,29 @@ def align(es_raw: dict[Verse, str], en_raw: dict[Verse, str]) -> tuple[list[Vers
             es[key] = spanish
         if english:
             en[key] = english
-    both = [k for k in keys if k in es and k in en]
+    return pair_verses(es, en)
+
+
+def pair_verses(src: dict[Verse, str], tgt: dict[Verse, str]) -> tuple[list[VersePair], Counter]:
+    """Pairs of cleaned, non-empty verses (KJV versification) that can be trusted, in canon order;
+    drops counted by reason: a verse only one side has, a chapter whose source verse numbers do
+    not follow the target's (``misaligned_chapters``), a length ratio far from the median."""
+    drops: Counter = Counter(dict.fromkeys(DROP_REASONS, 0))
+    keys = in_canon_order(set(src) | set(tgt))
+    both = [k for k in keys if k in src and k in tgt]
     if not both:
         raise AiaynError("the two modules share no verse; are both Bibles in KJV or NRSV versification?")
-    drops["one_side_missing"] = len([k for k in keys if (k in es) != (k in en)])
-    median = statistics.median(_log_ratio(es[k], en[k]) for k in both)
-    bad = misaligned_chapters(es, en, median)
+    drops["one_side_missing"] = len(keys) - len(both)
+    median = statistics.median(_log_ratio(src[k], tgt[k]) for k in both)
+    bad = misaligned_chapters(src, tgt, median)
     pairs = []
     for key in both:
         if key[:2] in bad:
             drops["misaligned_chapter"] += 1
-        elif abs(_log_ratio(es[key], en[key]) - median) > MAX_LOG_RATIO:
+        elif abs(_log_ratio(src[key], tgt[key]) - median) > MAX_LOG_RATIO:
             drops["length_ratio"] += 1
         else:
-            pairs.append((key, es[key], en[key]))
+            pairs.append((key, src[key], tgt[key]))
     return pairs, drops
 
 

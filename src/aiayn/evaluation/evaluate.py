@@ -121,6 +121,9 @@ def run(args: Any) -> None:
         stop=args.stop or d.stop,
         quantize=args.quantize,
     )
+    baseline = recorded_copy_baseline(args.data, args.split)
+    if baseline:
+        scores["copy_baseline"] = baseline
     text = "".join(h + "\n" for h in hypotheses)
     if args.hyp_out:
         Path(args.hyp_out).write_text(text, encoding="utf-8")
@@ -131,6 +134,8 @@ def run(args: Any) -> None:
         (out / "scores.json").write_text(json.dumps(scores, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         print(f"aiayn: wrote {out / f'hyp.{tgt_lang}'} and {out / 'scores.json'}", file=sys.stderr)
     print(format_scores(scores))
+    if baseline:
+        print(format_copy_baseline(baseline, scores))
 
 
 # Famous verses: the first four sit in the training split of the Bible corpus, the last four
@@ -180,3 +185,21 @@ def run_showcase(args: Any) -> None:
         print(f"  {meta['src_lang']:<{width}}  {example['src']}")
         print(f"  {'aiayn':<{width}}  {nbest[0].text}")
         print(f"  {'ref':<{width}}  {example['tgt']}\n")
+
+
+# The copy baseline: where source and target share a language (data/kjv_web.py), `aiayn prepare`
+# records per split the scores of the source copied unchanged, the floor a model has to beat.
+def recorded_copy_baseline(data_dir: Path | None, split: str) -> dict[str, Any] | None:
+    """The copy baseline ``meta.json`` of ``data_dir`` records for ``split``, else None."""
+    return load_meta(Path(data_dir)).get("copy_baseline", {}).get(split) if data_dir else None
+
+
+def format_copy_baseline(baseline: dict[str, Any], scores: dict[str, Any]) -> str:
+    """The copy baseline and the model's margin over it, one line."""
+    line = (
+        f"copy baseline (source unchanged): BLEU {baseline['bleu']:.2f}, chrF2 {baseline['chrf']:.2f}; "
+        f"the model {scores['bleu'] - baseline['bleu']:+.2f} BLEU, {scores['chrf'] - baseline['chrf']:+.2f} chrF2"
+    )
+    if (baseline["bleu_signature"], baseline["chrf_signature"]) != (scores["bleu_signature"], scores["chrf_signature"]):
+        line += f" (recorded with another signature: {baseline['bleu_signature']}; run `aiayn prepare` again)"
+    return line
