@@ -154,14 +154,13 @@ def _quiet_stderr():
 
 def peak_bytes(fn: Callable[[], None]) -> int:
     """The most tensor bytes allocated at once while ``fn`` runs, above those held when it starts:
-    PyTorch's CPU allocation and free records from ``torch.profiler``, summed in time order."""
+    PyTorch's CPU allocation and free records from ``torch.profiler``, summed in time order. ``fn``
+    should free nothing it did not allocate: such a free would lower the count below its start."""
     with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    records = sorted(
-        (e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
-    )
+    records = [(e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
     held = peak = 0
-    for _, nbytes in records:
+    for _, nbytes in sorted(records, key=lambda r: r[0]):  # stable: same-time records keep their order
         held += nbytes
         peak = max(peak, held)
     return peak
@@ -173,19 +172,24 @@ def measure(layer: nn.Module, n: int, *, batch: int, d_model: int, warmup: int, 
     seconds, and the peak bytes of one more run."""
     x = torch.randn(batch, n, d_model, requires_grad=True)
 
-    def step() -> None:
+    def clear() -> None:  # outside what is measured: freeing the last run's gradients would count
         layer.zero_grad(set_to_none=True)
         x.grad = None
+
+    def step() -> None:
         layer(x).sum().backward()
 
     for _ in range(warmup):
+        clear()
         step()
     cpu, wall = [], []
     for _ in range(repeats):
+        clear()
         start_cpu, start_wall = time.process_time(), time.perf_counter()
         step()
         cpu.append(time.process_time() - start_cpu)
         wall.append(time.perf_counter() - start_wall)
+    clear()
     return {
         "seconds": statistics.median(cpu),
         "wall_seconds": statistics.median(wall),
