@@ -397,19 +397,22 @@ def table1_markdown(summary: dict, points: dict[str, list[dict]]) -> str:
 
 
 def plot(points: dict[str, list[dict]], d_model: int) -> Figure:
-    """Time and peak memory against n, log-log, one line per layer; dotted n¹ and n² guides."""
+    """CPU time and peak memory against n, log-log, one line per layer; guides ∝ n and ∝ n²
+    over n ≥ d (where Table 1's terms in n dominate), from the lowest point at the first such n."""
     fig = Figure(figsize=(11, 4.5))
-    for ax, key, label in zip(fig.subplots(1, 2), ("seconds", "peak_bytes"), ("seconds", "peak MB")):
+    for ax, key, label in zip(fig.subplots(1, 2), ("seconds", "peak_bytes"), ("CPU seconds", "peak MB")):
         scale = 1e-6 if key == "peak_bytes" else 1.0
         for name, row in points.items():
             ax.plot([p["n"] for p in row], [max(p[key], TINY) * scale for p in row], marker="o", label=name)
-        first = [max(r[0][key], TINY) * scale for r in points.values()]
-        n0, ns = points["self-attention"][0]["n"], [p["n"] for p in points["self-attention"]]
-        for power in (1, 2):
-            ax.plot(ns, [min(first) * (n / n0) ** power for n in ns], ":", color="grey", label=f"∝ n^{power}")
+        ns = [p["n"] for p in points["self-attention"]]
+        i = next((j for j, n in enumerate(ns) if n >= d_model and j < len(ns) - 1), 0)
+        base = min(max(row[i][key], TINY) for row in points.values()) * scale
+        for power, style in ((1, ":"), (2, "--")):
+            guide = [base * (n / ns[i]) ** power for n in ns[i:]]
+            ax.plot(ns[i:], guide, style, color="grey", label="∝ n" + ("²" if power == 2 else ""))
         ax.axvline(d_model, color="lightgrey", linewidth=1)
-        ax.set(xscale="log", yscale="log", xlabel="sequence length n", ylabel=label)
-        ax.set_title(f"forward + backward, one layer, d = {d_model}: {label}")
+        ax.set(xscale="log", yscale="log", xlabel="sequence length n (grey line: n = d)", ylabel=label)
+        ax.set_title(f"one layer, d = {d_model}, forward + backward: {label}")
     fig.axes[0].legend(fontsize=8)
     fig.tight_layout()
     return fig

@@ -217,7 +217,8 @@ def plot(rows: list[dict]) -> Figure:
     names = [r["row"] for r in rows]
     for ax, key, label in zip(fig.subplots(1, 2, sharey=True), ("valid_ppl", "valid_bleu"), ("PPL", "BLEU")):
         values = [r[key] or 0.0 for r in rows]
-        ax.barh(names, values, color=[colours[r["group"]] for r in rows])
+        bars = ax.barh(names, values, color=[colours[r["group"]] for r in rows])
+        ax.bar_label(bars, fmt="%.2f" if key == "valid_ppl" else "%.1f", fontsize=8, padding=2)
         if rows[0]["row"] == "base" and rows[0][key] is not None:
             ax.axvline(rows[0][key], color="black", linestyle="--", linewidth=1)
         ax.set_title(f"valid {label}" + (" per subword" if key == "valid_ppl" else ""))
