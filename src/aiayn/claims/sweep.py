@@ -7,9 +7,9 @@ perplexity per word-piece and its BLEU (beam search, no checkpoint averaging). H
 rows vary the ``small`` preset (N 3, d_model 256, d_ff 1024, h 4, d_k = d_v 64, P_drop 0.1,
 ε_ls 0.1), mapped so that each keeps its relation to the base:
 
-- (A) heads, d_k = d_v = d_model / h: the paper's h of 1, 4, 16, 32 (twice, half, a quarter, an
-  eighth of base's 8 heads, d_k 512, 128, 32, 16) become h of 1, 2, 8, 16 (d_k 256, 128, 32,
-  16): h·d_k = d_model at both scales, and the same d_k wherever a head narrower than d_model;
+- (A) heads, d_k = d_v = d_model / h: the paper's h of 4, 16, 32 (half, twice, four times base's
+  8) become 2, 8, 16 (of small's 4), with the paper's own d_k of 128, 32, 16; its single head
+  (d_k 512) stays a single head (d_k 256). h·d_k = d_model at both scales;
 - (B) d_k alone 16 and 32, as the paper's (d_v stays 64 at both scales);
 - (C) N 2, 4, 8 (a third, two thirds, four thirds of base's 6) become 1, 2, 4 (of 3); d_model
   half and double with d_k = d_v = d_model / h; d_ff half and double;
@@ -19,8 +19,8 @@ rows vary the ``small`` preset (N 3, d_model 256, d_ff 1024, h 4, d_k = d_v 64, 
 Each row is its own run folder ``OUT/<row>/``, trained by ``aiayn train``'s own ``train`` for
 ``--minutes``. A row whose ``row.json`` exists is finished and skipped; a row with checkpoints
 but no ``row.json`` resumes from its newest one. Perplexities are per subword of this data
-folder's vocabulary and are not comparable with the paper's (the paper warns of the same between
-its own rows of different vocabularies); BLEU is sacreBLEU on the whole valid split, beam search
+folder's vocabulary and are not comparable with the paper's, per word-piece of its own (the paper
+itself warns that its per-word-piece perplexities are not comparable with per-word ones); BLEU is sacreBLEU on the whole valid split, beam search
 with the config's ``decode`` settings from the last weights (no averaging), as the paper's Table 3.
 The test split is never read.
 
@@ -95,7 +95,8 @@ SYMBOLS = {
 }
 NOTE = (
     "Perplexity is per subword of this data folder's vocabulary: not comparable with the paper's, "
-    "which is per word-piece of its own (the paper warns of the same between its rows). BLEU: "
+    "which is per word-piece of its own (as the paper warns, perplexities per piece of different "
+    "vocabularies do not compare). BLEU: "
     "sacreBLEU on the whole valid split, beam search with the config's decode settings, the last "
     "weights (no averaging), as the paper's Table 3; the test split is never read."
 )
