@@ -20,9 +20,9 @@ Each row is its own run folder ``OUT/<row>/``, trained by ``aiayn train``'s own 
 ``--minutes``. A row whose ``row.json`` exists is finished and skipped; a row with checkpoints
 but no ``row.json`` resumes from its newest one. Perplexities are per subword of this data
 folder's vocabulary and are not comparable with the paper's, per word-piece of its own (the paper
-itself warns that its per-word-piece perplexities are not comparable with per-word ones); BLEU is sacreBLEU on the whole valid split, beam search
-with the config's ``decode`` settings from the last weights (no averaging), as the paper's Table 3.
-The test split is never read.
+itself warns that its per-word-piece perplexities are not comparable with per-word ones). BLEU is
+sacreBLEU on the whole valid split, beam search with the config's ``decode`` settings from the last
+weights (no averaging), as the paper's Table 3. The test split is never read.
 
     aiayn sweep table3 --data data/bible --minutes 20 --rows A,B,C,D,E --out runs/table3
 """
