@@ -92,6 +92,9 @@ def test_bad_lengths_are_one_line_naming_the_option():
     for text in ("16", "16,x", "1,16", "16,100000"):
         with pytest.raises(AiaynError, match="--lengths"):
             parse_lengths(text)
+    assert parse_lengths("9", option="--probe-lengths", fewest=1) == (9,)
+    with pytest.raises(AiaynError, match="--probe-lengths"):
+        parse_lengths("", option="--probe-lengths", fewest=1)
 
 
 def test_tiny_complexity_end_to_end(tmp_path, capsys):

@@ -237,14 +237,15 @@ def path_layers(kind: str, n: int, *, kernel: int = 3, heads: int = 2, max_layer
 # ------------------------------------------------------------------ the command
 
 
-def parse_lengths(text: str) -> tuple[int, ...]:
-    """``--lengths 16,32,64`` -> (16, 32, 64): at least two distinct lengths in [2, MAX_LENGTH]."""
+def parse_lengths(text: str, *, option: str = "--lengths", fewest: int = 2) -> tuple[int, ...]:
+    """``16,64,32`` -> (16, 32, 64): at least ``fewest`` distinct lengths from 2 to MAX_LENGTH
+    (two for a slope); ``option`` names the flag in the error."""
     try:
         lengths = tuple(sorted({int(t) for t in text.split(",") if t.strip()}))
     except ValueError:
-        raise AiaynError(f"--lengths '{text}' must be integers separated by commas, e.g. 16,64,256") from None
-    if len(lengths) < 2 or lengths[0] < 2 or lengths[-1] > MAX_LENGTH:
-        raise AiaynError(f"--lengths '{text}' needs at least two distinct lengths from 2 to {MAX_LENGTH}")
+        raise AiaynError(f"{option} '{text}' must be integers separated by commas, e.g. 16,64,256") from None
+    if len(lengths) < fewest or (lengths and (lengths[0] < 2 or lengths[-1] > MAX_LENGTH)):
+        raise AiaynError(f"{option} '{text}' needs at least {fewest} distinct lengths from 2 to {MAX_LENGTH}")
     return lengths
 
 

@@ -18,7 +18,7 @@ def _complexity(args: argparse.Namespace) -> None:
         warmup=args.warmup,
         heads=args.heads,
         kernel=args.kernel,
-        probe_lengths=parse_lengths(args.probe_lengths),
+        probe_lengths=parse_lengths(args.probe_lengths, option="--probe-lengths", fewest=1),
     )
     print(f"aiayn: Table 1 measured into {args.out} (table1.md, table1.json, measurements.jsonl, complexity.png)")
 
