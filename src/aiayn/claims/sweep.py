@@ -133,7 +133,7 @@ def run_row(row: Row, data: Path, run_dir: Path, *, preset: str, overrides: list
         result = train(data, run_dir, resume=True)
     else:
         result = train(data, run_dir, preset, overrides=[*overrides, *row_overrides(row)])
-    path, state = ckpt.latest_good_checkpoint(run_dir)
+    _, state = ckpt.latest_good_checkpoint(run_dir)
     cfg = from_dict(json.loads(state["config"]))
     with torch.device("meta"):
         parameters = count_parameters(Transformer(cfg.model))
