@@ -13,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "aiayn"
 # Imported inside functions on purpose: cli's handlers (a fast --help) and optional dependencies.
-LAZY_OK = {"cli", "cli.data", "cli.training", "cli.inference"}
+LAZY_OK = {"cli", "cli.data", "cli.training", "cli.inference", "cli.claims"}
 LAZY_PACKAGES = {"transformers", "ctranslate2", "torch.utils.tensorboard", "readline"}
 
 

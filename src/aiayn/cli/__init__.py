@@ -1,7 +1,7 @@
 """The ``aiayn`` command: one subcommand per stage of the data flow.
 
-Each ``add_*`` function (in ``data``, ``training`` and ``inference``, in the order of the data
-flow) declares one subcommand's arguments; its handler imports the module that does the work
+Each ``add_*`` function (in ``data``, ``training``, ``inference`` and ``claims``, in the order of
+the data flow) declares one subcommand's arguments; its handler imports the module that does the work
 only when it runs, so ``aiayn --help`` stays fast. User errors (``AiaynError``) print one line
 and exit with status 2, never a traceback.
 """
@@ -12,6 +12,7 @@ import argparse
 import sys
 
 from aiayn import __version__
+from aiayn.cli.claims import add_complexity, add_sweep
 from aiayn.cli.data import add_data_stats, add_prepare
 from aiayn.cli.inference import (
     add_attention,
@@ -48,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
         add_plot,
         add_serve,
         add_export,
+        add_complexity,
+        add_sweep,
     ):
         add(sub)
     return parser
