@@ -10,7 +10,8 @@ from aiayn.config import TUNE_ALPHAS, TUNE_BEAMS, TUNE_PENALTIES, TUNE_SENTENCES
 
 def _model_info(args: argparse.Namespace) -> None:
     from aiayn.config import load_config
-    from aiayn.models.transformer import Transformer, count_parameters
+    from aiayn.models.build import build_model
+    from aiayn.models.transformer import count_parameters
 
     cfg = load_config(args.preset, args.config, args.overrides)
     print(f"preset: {cfg.preset}")
@@ -21,7 +22,7 @@ def _model_info(args: argparse.Namespace) -> None:
     import torch
 
     with torch.device("meta"):
-        model = Transformer(cfg.model)
+        model = build_model(cfg.model)
     n = count_parameters(model)
     print(f"parameters: {n:,} ({n / 1e6:.1f}M) with a shared vocabulary of {cfg.model.vocab_size:,}")
 
