@@ -22,7 +22,7 @@ from aiayn.cli.inference import (
     add_showcase,
     add_translate,
 )
-from aiayn.cli.training import add_average, add_model_info, add_train, add_tune_decoding
+from aiayn.cli.training import add_average, add_compare, add_model_info, add_train, add_tune_decoding
 from aiayn.config import AiaynError
 
 
@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_plot,
         add_serve,
         add_export,
+        add_compare,
     ):
         add(sub)
     return parser
