@@ -15,7 +15,8 @@ from modelkit import max_diff, random_batch
 from toydata import train_toy_tokenizer
 
 from aiayn.cli import main
-from aiayn.config import BOS_ID, preset
+from aiayn.config import BOS_ID, AiaynError, preset
+from aiayn.evaluation.visualize import attention_figures, sentence_attention
 from aiayn.inference.translate import Translator
 from aiayn.models.build import build_model
 from aiayn.models.transformer import count_parameters
@@ -114,6 +115,23 @@ def check_batch_invariance(arch: str, tmp_path: Path) -> None:
             alone = translator.translate([line], beam_size=beam, nbest=min(beam, 2))[0]
             assert [t.tokens for t in alone] == [t.tokens for t in mine]
             assert [t.score for t in alone] == pytest.approx([t.score for t in mine], abs=1e-4)
+
+
+def check_attention_pictures(arch: str, tmp_path: Path, cross_layers: int) -> None:
+    """The pictures draw encoder–decoder attention alone (one head); asking for self-attention
+    is a one-line error."""
+    cfg = preset("tiny")
+    cfg.model.arch = arch
+    translator = Translator(tiny_model(arch, dtype=torch.float32), train_toy_tokenizer(tmp_path), cfg, device="cpu")
+    maps = sentence_attention(translator, "en el principio", beam_size=2)
+    assert maps.encoder.shape[0] == maps.decoder.shape[0] == 0
+    assert maps.cross.shape == (cross_layers, 1, len(maps.target), len(maps.source))
+    assert sorted(attention_figures(maps, kind="cross")) == [
+        "attention_cross",
+        f"attention_lines_cross_layer{cross_layers}",
+    ]
+    with pytest.raises(AiaynError, match="^this model has no encoder attention .*; use --kind cross$"):
+        attention_figures(maps, kind="encoder")
 
 
 def check_round_trip(arch: str, data: Path, run: Path, capsys) -> None:

@@ -27,6 +27,10 @@ def test_beam_search_is_batch_invariant(tmp_path):
     archkit.check_batch_invariance(ARCH, tmp_path)
 
 
+def test_attention_pictures_show_cross_attention(tmp_path):
+    archkit.check_attention_pictures(ARCH, tmp_path, cross_layers=2)
+
+
 def test_train_resume_average_translate(toy_corpus, tmp_path, capsys):
     archkit.check_round_trip(ARCH, toy_corpus, tmp_path / "run", capsys)
 
