@@ -156,14 +156,14 @@ def nothing_built(monkeypatch) -> list:
     """Fails the test if a model is built anywhere but on the meta device (which allocates nothing);
     returns the devices of the models that were built."""
     devices = []
-    real = ckpt.Transformer
+    real = ckpt.build_model
 
     def spy(cfg):
         devices.append(torch.get_default_device().type)
         assert devices[-1] == "meta", "a model was allocated before the checks"
         return real(cfg)
 
-    monkeypatch.setattr(ckpt, "Transformer", spy)
+    monkeypatch.setattr(ckpt, "build_model", spy)
     return devices
 
 
