@@ -238,3 +238,12 @@ def test_bounds_pass_the_paper_models_and_refuse_one_more() -> None:
         load_config("big", overrides=["n_layers=80"])
     with pytest.raises(AiaynError, match=r"^config key 'decode\.min_len' \(257\) cannot exceed model\.max_len \(256\)"):
         load_config("tiny", overrides=["min_len=257"])
+
+
+def test_an_unknown_architecture_is_one_line_naming_the_choices():
+    with pytest.raises(AiaynError) as e:
+        load_config("small", overrides=["model.arch=lstm"])
+    assert str(e.value) == "config key 'model.arch' must be one of transformer, rnn, conv, got 'lstm'"
+    for key, value, fix in (("rnn_hidden", 33, "must be even"), ("conv_kernel", 4, "must be odd")):
+        with pytest.raises(AiaynError, match=fix):
+            load_config("small", overrides=[f"model.{key}={value}"])

@@ -29,8 +29,21 @@ class AiaynError(Exception):
 
 @dataclass
 class ModelConfig:
-    """The network of §3. ``d_k``/``d_v`` default to ``d_model // n_heads`` as in the paper."""
+    """The network of §3. ``d_k``/``d_v`` default to ``d_model // n_heads`` as in the paper.
 
+    ``arch`` picks the network: the Transformer, or one of the two baselines Table 1 and Table 2
+    compare it with (``models/rnn.py``, ``models/conv.py``). Every network reads the shared fields
+    (``vocab_size``, ``d_model`` = embedding width, ``dropout``, ``tie_embeddings``, ``max_len``)
+    and its own group, named by its prefix: the Transformer ``d_ff``, ``n_heads``, ``d_k``,
+    ``d_v``, ``n_layers``, ``n_decoder_layers``, ``positional``, ``norm``, ``init``; the LSTM
+    ``rnn_*``; ConvS2S ``conv_*``. A preset sizes all three, so ``--preset small model.arch=rnn``
+    is a recurrent network of about the Transformer's parameters; a group another network reads
+    is simply not used. One group per network, rather than one set of sizes reinterpreted by each,
+    because their depths and widths mean different things: an LSTM layer of width H holds 8H²
+    weights, a ConvS2S layer 2kC², a Transformer layer 4D² + 2D·d_ff.
+    """
+
+    arch: str = "transformer"  # transformer (§3) | rnn (attentional LSTM) | conv (ConvS2S)
     vocab_size: int = 37000
     d_model: int = 512
     d_ff: int = 2048
@@ -46,6 +59,11 @@ class ModelConfig:
     max_len: int = 1024  # longest sequence the positional table covers
     init: str = "xavier"  # xavier (projections) + N(0, d_model^-0.5) embeddings | normal: N(0, init_std) everywhere
     init_std: float = 0.02  # std of init=normal (BERT, GPT-2 and Marian use 0.02)
+    rnn_hidden: int = 1000  # arch=rnn: LSTM width (Luong et al. 2015: 4 layers of 1000 cells)
+    rnn_layers: int = 4  # arch=rnn: LSTM layers of the encoder and of the decoder
+    conv_channels: int = 512  # arch=conv: convolution width (Gehring et al. 2017: 512 in most layers)
+    conv_layers: int = 15  # arch=conv: layers of the encoder and of the decoder (the paper's WMT En-De: 15)
+    conv_kernel: int = 3  # arch=conv: kernel width k, odd
 
     @property
     def head_dim_k(self) -> int:
@@ -143,6 +161,7 @@ class Config:
 SECTIONS = ("model", "data", "train", "decode")
 
 ENUMS = {
+    ("model", "arch"): ("transformer", "rnn", "conv"),
     ("model", "positional"): ("sinusoidal", "learned"),
     ("data", "sort"): ("length", "target"),
     ("data", "limit"): ("side", "total"),
@@ -167,6 +186,11 @@ MAXIMA = {
     ("model", "d_v"): 4096,
     ("model", "n_layers"): 128,
     ("model", "n_decoder_layers"): 128,
+    ("model", "rnn_hidden"): 16_384,
+    ("model", "rnn_layers"): 128,
+    ("model", "conv_channels"): 16_384,
+    ("model", "conv_layers"): 128,
+    ("model", "conv_kernel"): 63,
     ("model", "max_len"): 8192,  # positions, hence also the longest output and the decoding steps
     ("data", "batch_tokens"): 1_048_576,
     ("data", "max_len"): 8192,
@@ -191,9 +215,19 @@ def parameter_count(m: ModelConfig) -> int:
     """The model's weights as the config sizes them (biases and norms left out): what building it
     would allocate, known before it is built."""
     d, h = m.d_model, m.n_heads
+    tables = {"all": 1, "decoder": 2, "none": 3}.get(m.tie_embeddings, 3) * m.vocab_size * d
+    if m.arch == "rnn":  # models/rnn.py: an LSTM from i to o inputs holds 4o(i + o) weights
+        w, layers = m.rnn_hidden, m.rnn_layers
+        stack = (layers - 1) * 4 * w * 2 * w
+        encoder = 2 * 4 * (w // 2) * (d + w // 2) + stack  # the bidirectional first layer, then the stack
+        decoder = 4 * w * (2 * d + w) + stack  # input feeding: the first layer reads 2 × d_model
+        return tables + encoder + decoder + w * w + 2 * w * d  # attention's W_a, W_c
+    if m.arch == "conv":  # models/conv.py: each layer's kernel 2C × C × k, projections d_model ⇄ C
+        c = m.conv_channels
+        kernels = 2 * m.conv_layers * 2 * c * c * m.conv_kernel
+        return tables + 2 * m.max_len * d + 4 * d * c + kernels + m.conv_layers * 2 * d * c
     attention = 2 * d * h * (m.head_dim_k + m.head_dim_v)  # W^Q, W^K (d_k wide), W^V and W^O (d_v wide)
     ffn = 2 * d * m.d_ff
-    tables = {"all": 1, "decoder": 2, "none": 3}.get(m.tie_embeddings, 3) * m.vocab_size * d
     positions = 2 * m.max_len * d if m.positional == "learned" else 0
     return tables + positions + m.n_layers * (attention + ffn) + m.decoder_layers * (2 * attention + ffn)
 
@@ -363,6 +397,11 @@ def validate(cfg: Config) -> Config:
         ("model", "n_heads"),
         ("model", "n_layers"),
         ("model", "max_len"),
+        ("model", "rnn_hidden"),
+        ("model", "rnn_layers"),
+        ("model", "conv_channels"),
+        ("model", "conv_layers"),
+        ("model", "conv_kernel"),
         ("data", "batch_tokens"),
         ("data", "max_len"),
         ("train", "warmup_steps"),
@@ -390,6 +429,16 @@ def validate(cfg: Config) -> Config:
         raise AiaynError(
             f"config key 'model.d_model' ({m.d_model}) must be divisible by model.n_heads "
             f"({m.n_heads}), or set model.d_k and model.d_v"
+        )
+    if m.rnn_hidden % 2:
+        raise AiaynError(
+            f"config key 'model.rnn_hidden' ({m.rnn_hidden}) must be even: the first encoder layer "
+            f"runs two directions of rnn_hidden / 2"
+        )
+    if m.conv_kernel % 2 == 0:
+        raise AiaynError(
+            f"config key 'model.conv_kernel' ({m.conv_kernel}) must be odd, so that the encoder's "
+            f"convolutions keep the sentence length"
         )
     if not 0.0 <= m.dropout < 1.0:
         raise AiaynError(f"config key 'model.dropout' must be in [0, 1), got {m.dropout}")

@@ -38,6 +38,12 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 
+# ``small``'s sizes for the two baselines (model.arch=rnn | conv), chosen so that each has about the
+# Transformer's 7.58 M parameters at vocabulary 8,000 (tests/models/test_rnn.py and test_conv.py hold
+# them within ±15 %): 3 + 3 LSTM layers of 320 cells make 7.20 M (−5 %); 5 + 5 ConvS2S layers of 256
+# channels, kernel 3, 7.43 M (−2 %). Their embeddings are d_model = 256 wide like the Transformer's.
+SMALL_BASELINES = dict(rnn_hidden=320, rnn_layers=3, conv_channels=256, conv_layers=5, conv_kernel=3)
+
 # Presets as data. ``base`` and ``big`` are the paper's; ``small`` trains on a CPU in
 # minutes; ``tiny`` exists for tests. Small data wants a short warmup: the Bible corpus
 # gives ~1,000–2,000 updates in 20 CPU minutes, so the paper's 4,000 warmup steps would never
@@ -45,7 +51,19 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
 # train values are what ``recipe=paper`` runs with.
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
-        "model": dict(vocab_size=64, d_model=32, d_ff=64, n_heads=4, n_layers=2, dropout=0.0, max_len=256),
+        "model": dict(
+            vocab_size=64,
+            d_model=32,
+            d_ff=64,
+            n_heads=4,
+            n_layers=2,
+            dropout=0.0,
+            max_len=256,
+            rnn_hidden=32,
+            rnn_layers=2,
+            conv_channels=32,
+            conv_layers=2,
+        ),
         "data": dict(batch_tokens=512, max_len=64),
         "train": dict(
             warmup_steps=100,
@@ -59,7 +77,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "small": {
         "recipe": "budget",
-        "model": dict(vocab_size=8000, d_model=256, d_ff=1024, n_heads=4, n_layers=3, dropout=0.1),
+        "model": dict(
+            vocab_size=8000,
+            d_model=256,
+            d_ff=1024,
+            n_heads=4,
+            n_layers=3,
+            dropout=0.1,
+            **SMALL_BASELINES,
+        ),
         "data": dict(batch_tokens=3000),
         "train": dict(
             warmup_steps=400, lr_scale=0.4, eval_every=500, checkpoint_every_steps=200, checkpoint_every_minutes=10.0

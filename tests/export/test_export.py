@@ -21,6 +21,7 @@ from aiayn.export.common import token_strings
 from aiayn.export.ct2 import ct2_from_aiayn
 from aiayn.export.huggingface import marian_from_aiayn
 from aiayn.inference.translate import Translator
+from aiayn.models.build import build_model
 from aiayn.models.transformer import Transformer
 
 needs_transformers = pytest.mark.skipif(
@@ -305,13 +306,15 @@ def toy_run(folder: Path, **model) -> Path:
     cfg = preset("tiny")
     cfg.model = dataclasses.replace(cfg.model, **model)
     torch.manual_seed(0)
-    return save_run(folder, Transformer(cfg.model), cfg)
+    return save_run(folder, build_model(cfg.model), cfg)
 
 
 @pytest.mark.parametrize(
     "to, model, extra, message",
     [
         ("onnx", {}, [], "unknown --to 'onnx' (choose from ctranslate2, huggingface)"),
+        ("ctranslate2", {"arch": "rnn"}, [], "model.arch=rnn: ctranslate2 holds Transformers only"),
+        ("huggingface", {"arch": "conv"}, [], "model.arch=conv: huggingface holds Transformers only"),
         ("huggingface", {"norm": "pre"}, [], "model.norm=pre: Marian is post-norm"),
         ("huggingface", {"positional": "learned"}, [], "model.positional=learned: Marian recomputes its sinusoids"),
         ("ctranslate2", {"d_k": 16}, [], "model.d_k=16, d_v=8: ctranslate2 needs d_k = d_v = d_model / n_heads = 8"),

@@ -32,7 +32,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-DOCS_SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "img" / "explorer.png"
+DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "img" / "explorer.png"
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from aiayn.cli.inference import (
     add_showcase,
     add_translate,
 )
-from aiayn.cli.training import add_average, add_model_info, add_train, add_tune_decoding
+from aiayn.cli.training import add_average, add_compare, add_model_info, add_train, add_tune_decoding
 from aiayn.config import AiaynError
 
 
@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_plot,
         add_serve,
         add_export,
+        add_compare,
         add_complexity,
         add_sweep,
     ):

@@ -10,7 +10,8 @@ from aiayn.config import TUNE_ALPHAS, TUNE_BEAMS, TUNE_PENALTIES, TUNE_SENTENCES
 
 def _model_info(args: argparse.Namespace) -> None:
     from aiayn.config import load_config
-    from aiayn.models.transformer import Transformer, count_parameters
+    from aiayn.models.build import build_model
+    from aiayn.models.transformer import count_parameters
 
     cfg = load_config(args.preset, args.config, args.overrides)
     print(f"preset: {cfg.preset}")
@@ -21,7 +22,7 @@ def _model_info(args: argparse.Namespace) -> None:
     import torch
 
     with torch.device("meta"):
-        model = Transformer(cfg.model)
+        model = build_model(cfg.model)
     n = count_parameters(model)
     print(f"parameters: {n:,} ({n / 1e6:.1f}M) with a shared vocabulary of {cfg.model.vocab_size:,}")
 
@@ -159,3 +160,44 @@ def add_tune_decoding(sub) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the grid, write nothing")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     p.set_defaults(func=_tune_decoding)
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from aiayn.claims.compare import compare, parse_archs
+
+    compare(
+        args.data,
+        args.minutes,
+        args.out,
+        archs=parse_archs(args.archs),
+        preset=args.preset,
+        overrides=args.overrides,
+        sentences=args.sentences,
+        device=args.device,
+    )
+
+
+def add_compare(sub) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="Table 2: the Transformer, an LSTM and ConvS2S, each trained for the same minutes",
+        description="Train each network (model.arch) for the same wall-clock budget, one after the other, "
+        "each in OUT/<arch>/ (a finished one is not trained again, an interrupted one resumes), then "
+        "average, tune-decoding on valid and evaluate on test, as a user would. Writes OUT/compare.json, "
+        "OUT/compare.md (the table, also printed) and plots of valid BLEU against minutes and training "
+        "FLOPs and of valid loss against target tokens seen.",
+    )
+    p.add_argument("--data", required=True, help="a data folder made by `aiayn prepare`")
+    p.add_argument("--minutes", type=float, required=True, help="training budget of each network")
+    p.add_argument("--out", required=True, help="the folder of the comparison (one run folder per network)")
+    p.add_argument("--archs", default="transformer,rnn,conv", help="networks to compare (default all three)")
+    p.add_argument("--preset", default="small", help="the preset, sizing all three (default small)")
+    p.add_argument(
+        "--sentences",
+        type=int,
+        default=TUNE_SENTENCES,
+        help=f"valid sentences for averaging and tune-decoding (default {TUNE_SENTENCES}; 0: all)",
+    )
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every network")
+    p.set_defaults(func=_compare)

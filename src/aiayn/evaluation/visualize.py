@@ -78,8 +78,12 @@ def _pad(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, mask
 
 
-def _stack(per_layer: list[torch.Tensor]) -> torch.Tensor:
-    return torch.stack(per_layer, dim=1).float().cpu()  # L × (B, H, ·, ·) -> (B, L, H, ·, ·)
+def _stack(per_layer: list[torch.Tensor], rows: int, queries: int, keys: int) -> torch.Tensor:
+    """L × (B, H, ·, ·) -> (B, L, H, ·, ·); a kind of attention the network does not have (the
+    baselines of models/rnn.py and conv.py have no self-attention) gives L = 0 layers of one head."""
+    if not per_layer:
+        return torch.zeros(rows, 0, 1, queries, keys)
+    return torch.stack(per_layer, dim=1).float().cpu()  # (B, L, H, ·, ·)
 
 
 def attention_weights(
@@ -102,7 +106,12 @@ def attention_weights(
             _, _, dec = model.decode(tgt_in.to(device), memory=memory, src_mask=src_mask, need_weights=True)
     finally:
         model.train(was_training)
-    return {"encoder": _stack(enc), "decoder": _stack(dec["self"]), "cross": _stack(dec["cross"])}
+    (b, s), t = src.shape, tgt_in.size(1)
+    return {
+        "encoder": _stack(enc, b, s, s),
+        "decoder": _stack(dec["self"], b, t, t),
+        "cross": _stack(dec["cross"], b, t, s),
+    }
 
 
 def sentence_attention(
@@ -228,8 +237,13 @@ def attention_figures(maps: AttentionMaps, layer: int | None = None, kind: str =
     if kind not in KINDS:
         raise AiaynError(f"unknown kind of attention '{kind}' (choose from {', '.join(KINDS)})")
     stack = getattr(maps, kind)
+    if not stack.shape[0]:
+        raise AiaynError(
+            f"this model has no {kind} attention (only the Transformer has self-attention); use --kind cross"
+        )
     layer = check_layer(layer, stack.shape[0], kind)
-    figures = {f"attention_{k}": attention_grid(getattr(maps, k), *maps.labels(k), KINDS[k]) for k in KINDS}
+    present = [k for k in KINDS if getattr(maps, k).shape[0]]
+    figures = {f"attention_{k}": attention_grid(getattr(maps, k), *maps.labels(k), KINDS[k]) for k in present}
     figures[f"attention_lines_{kind}_layer{layer}"] = attention_lines(
         stack[layer - 1], *maps.labels(kind), f"{KINDS[kind]}, layer {layer} of {stack.shape[0]}"
     )

@@ -15,6 +15,10 @@ def unsupported(m: ModelConfig, target: str) -> str | None:
     heads = m.head_dim_k * m.n_heads != m.d_model or m.head_dim_v * m.n_heads != m.d_model
     problems = [
         (
+            m.arch != "transformer",
+            f"model.arch={m.arch}: {target} holds Transformers only; export a model.arch=transformer run",
+        ),
+        (
             heads,
             f"model.d_k={m.head_dim_k}, d_v={m.head_dim_v}: {target} needs d_k = d_v = d_model / n_heads "
             f"= {m.d_model // m.n_heads}",

@@ -4,7 +4,7 @@
     translator.translate(["En el principio creó Dios los cielos y la tierra."])[0][0].text
 
 One sentence's journey: ``Tokenizer.encode_batch`` -> ``batching.source_row`` (subwords + EOS,
-as in training) -> ``Transformer.encode`` -> ``search.beam_search`` calling ``make_step_fn``'s
+as in training) -> ``model.encode`` -> ``search.beam_search`` calling ``make_step_fn``'s
 step once per output token -> ``Tokenizer.decode`` of the whole id sequence
 (docs/pitfalls.md: "Whole-sequence decoding").
 Output length is limited to the source length + ``decode.max_len_offset`` subwords (§6.1: +50).
@@ -31,7 +31,7 @@ from aiayn.inference import search
 from aiayn.inference.fused import FusedDecoder
 from aiayn.inference.quantize import check_quantization, pack_model, quantize_model
 from aiayn.inference.search import Hypothesis
-from aiayn.models.cache import DecoderCache
+from aiayn.models.build import build_model
 from aiayn.models.transformer import Transformer
 from aiayn.runtime import resolve_device
 from aiayn.training.checkpoint import load_for_inference
@@ -60,14 +60,14 @@ def make_step_fn(
     capacity: int = 0,
     fused: FusedDecoder | None = None,
     hook: Callable[[], None] | None = None,
-) -> tuple[Callable[[Tensor, DecoderCache], tuple[Tensor, DecoderCache]], DecoderCache]:
+) -> tuple[Callable[[Tensor, Any], tuple[Tensor, Any]], Any]:
     """A ``search`` step function and its initial state, the decoder cache of one encoded batch
-    (``model.init_cache``, room for ``capacity`` steps): each step feeds only the newest token,
-    whose keys and values are written into the cache; by ``fused.step`` when given, else by
+    (``model.init_cache``, room for ``capacity`` steps; whichever cache the network keeps): each
+    step feeds only the newest token, whose state is written into the cache; by ``fused.step`` when given, else by
     ``model.decode``. ``hook()`` runs first at every step, inside the search loop, so that what
     it raises stops a search between two steps."""
 
-    def step(prefix: Tensor, cache: DecoderCache) -> tuple[Tensor, DecoderCache]:
+    def step(prefix: Tensor, cache: Any) -> tuple[Tensor, Any]:
         if hook is not None:
             hook()
         if fused is not None:
@@ -119,8 +119,8 @@ class Translator:
         # int8, or float32 on a CPU with the linear weights converted once for oneDNN (aiayn.inference.quantize).
         inference = quantize_model(model, quantize) if quantize is not None else pack_model(model)
         # The decoding step with fewer, larger operators (aiayn.inference.fused), for the Transformer
-        # of models/transformer.py; the encoder, and decoding that asks for attention weights, run
-        # the inference copy itself.
+        # alone (the baselines of models/rnn.py and conv.py decode with their own ``decode``); the
+        # encoder, and decoding that asks for attention weights, run the inference copy itself.
         self.fused = FusedDecoder(model, inference, quantize=quantize) if isinstance(model, Transformer) else None
         self.model = inference
         self.tokenizer = tokenizer
@@ -151,7 +151,7 @@ class Translator:
     ) -> Translator:
         """From weights in memory (e.g. an average not yet written) and the run's tokenizer."""
         config = from_dict(json.loads(config_json))
-        model = Transformer(config.model)
+        model = build_model(config.model)
         model.load_state_dict(weights)
         return cls(model.to(resolve_device(device)).eval(), Tokenizer.load(Path(run_dir)), config)
 

@@ -107,6 +107,25 @@ def unfold_beams(x: Tensor, beam: int) -> Tensor:
     return x.reshape(b * beam, h, bt // beam, e)  # (N, H, T, e)
 
 
+def dot_attention(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor, *, beam: int = 1, need_weights: bool = False
+) -> tuple[Tensor, Tensor | None]:
+    """One head of softmax(q kᵀ) v with no 1/√d scaling: the attention of the two baselines,
+    Luong et al. (2015) Eq. 8 (``dot``; ``general`` passes W_a h̄_s as ``k``) and Gehring et al.
+    (2017) Eq. 1 (multi-step attention).
+
+    q (N, T, d) for N = B × beam decoder rows; k (B, S, d), v (B, S, e) once per sentence;
+    mask (B, 1, 1, S) from ``padding_mask``. Returns (N, T, e) and, on request, the weights
+    (N, 1, T, S): the Transformer's (N, H, T, S) with one head. Softmax in at least float32."""
+    q = fold_beams(q[:, None], beam)  # (B, 1, beam·T, d)
+    scores = q @ k[:, None].transpose(-2, -1)  # (B, 1, beam·T, S)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    weights = scores.softmax(dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(v.dtype)
+    out = unfold_beams(weights @ v[:, None], beam)  # (N, 1, T, e)
+    weights = unfold_beams(weights, beam) if need_weights else None  # (N, 1, T, S)
+    return out[:, 0], weights  # (N, T, e)
+
+
 class MultiHeadAttention(nn.Module):
     """§3.2.2: MultiHead(Q, K, V) = Concat(head_1, …, head_h) Wᴼ, head_i = Attention(Q W_iᵠ, K W_iᴷ, V W_iⱽ).
 

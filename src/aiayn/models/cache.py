@@ -32,6 +32,20 @@ def _gather_rows(source: Tensor, index: Tensor, out: Tensor) -> None:
         torch.index_select(source, 0, index, out=out)
 
 
+def kept_sentences(index: Tensor, beam: int, n_sentences: int) -> tuple[Tensor | None, int]:
+    """What a reorder keeping decoder rows ``index`` (N,) keeps of a cache's per-sentence state
+    (``beam`` contiguous rows per sentence, ``n_sentences`` of them): the sentences' indices, or
+    None when it keeps every sentence in order (nothing to gather), and the new rows per sentence."""
+    sentences, counts = torch.unique_consecutive(index // beam, return_counts=True)
+    rows = index.numel() // max(sentences.numel(), 1)
+    if sentences.numel() and not bool((counts == rows).all()):
+        raise ValueError("reorder: each sentence must keep the same number of contiguous rows")
+    unchanged = sentences.numel() == n_sentences and bool(
+        (sentences == torch.arange(n_sentences, device=index.device)).all()
+    )
+    return (None if unchanged else sentences), rows
+
+
 @dataclass(frozen=True)
 class DecoderCache:
     """State for incremental decoding, passed in and returned (never kept on a module).
@@ -117,16 +131,9 @@ class DecoderCache:
                 for (new_k, new_v), (k, v) in zip(self_kv, self.filled()):
                     _gather_rows(k, index, new_k[:n, :, : self.length])
                     _gather_rows(v, index, new_v[:n, :, : self.length])
-        sentences, counts = torch.unique_consecutive(index // self.beam, return_counts=True)
-        beam = n // max(sentences.numel(), 1)
-        if sentences.numel() and not bool((counts == beam).all()):
-            raise ValueError("reorder: each sentence must keep the same number of contiguous rows")
-        n_sentences = self.src_mask.size(0)
-        unchanged = sentences.numel() == n_sentences and bool(
-            (sentences == torch.arange(n_sentences, device=index.device)).all()
-        )
+        sentences, beam = kept_sentences(index, self.beam, self.src_mask.size(0))
         cross_kv, src_mask = self.cross_kv, self.src_mask
-        if not unchanged:
+        if sentences is not None:
             cross_kv = tuple((k.index_select(0, sentences), v.index_select(0, sentences)) for k, v in self.cross_kv)
             src_mask = self.src_mask.index_select(0, sentences)
         return DecoderCache(self_kv, spare, cross_kv, src_mask, n, self.length, beam)

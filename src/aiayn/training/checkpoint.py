@@ -32,7 +32,7 @@ import torch
 
 from aiayn.config import ENUMS, AiaynError, Config, from_dict, validate
 from aiayn.data.tokenizer import Tokenizer
-from aiayn.models.transformer import Transformer
+from aiayn.models.build import build_model
 
 FORMAT = "aiayn-checkpoint-1"
 DECODING_FILE = "decoding.json"  # decoding settings chosen on valid by `aiayn tune-decoding`
@@ -290,14 +290,14 @@ def load_for_inference(path: str | Path, device: str | torch.device = "cpu", use
     if use_tuned:
         apply_tuned(config, model_path)
     with torch.device("meta"):  # the shapes the config makes, without allocating them
-        expected = Transformer(config.model).state_dict()
+        expected = build_model(config.model).state_dict()
     misfit = _misfit(expected, state["model"])
     if misfit:
         raise AiaynError(
             f"{model_path}: the weights do not fit the checkpoint's own config ({misfit}); "
             "the file was damaged or edited, use another checkpoint"
         )
-    model = Transformer(config.model)
+    model = build_model(config.model)
     model.load_state_dict(state["model"])
     model.to(device).eval()
     return Loaded(model, config, Tokenizer.load(find_tokenizer(model_path)), model_path, int(state.get("step", 0)))

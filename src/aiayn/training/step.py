@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from aiayn.config import AiaynError, Config
 from aiayn.data.batching import Batch
-from aiayn.models.transformer import Transformer
+from aiayn.models.build import build_model
 from aiayn.runtime import Runtime
 from aiayn.training.loss import label_smoothed_cross_entropy
 from aiayn.training.precision import choose_precision
@@ -35,7 +35,7 @@ class TrainingStep:
 
     cfg: Config
     rt: Runtime
-    model: Transformer
+    model: nn.Module  # the network ``model.arch`` names (models/build.py)
     ddp: nn.Module  # the model, or its DistributedDataParallel wrapper
     forward: Callable[..., Tensor]  # ``ddp``, compiled when train.compile is set
     autocast: torch.dtype | None  # bf16 autocast, or None for float32
@@ -116,7 +116,7 @@ def build_training_step(cfg: Config, runtime: Runtime, *, log: Callable[[str], N
     t = cfg.train
     torch.manual_seed(t.seed)
     random.seed(t.seed)
-    model = Transformer(cfg.model).to(runtime.device)
+    model = build_model(cfg.model).to(runtime.device)
     if log is None:
         log = (lambda m: print(m, file=sys.stderr)) if runtime.is_main else (lambda m: None)
     autocast = choose_precision(t.precision, runtime.device, model, cfg.data.batch_tokens, log=log)

@@ -1,0 +1,68 @@
+"""claims/compare.py, ``aiayn compare``: two tiny networks end to end (train, average, tune on valid,
+evaluate on test, compare.json, the table, the plots), a finished network not trained again, an
+interrupted one resumed; the FLOPs of the LSTM kernel the counter does not know."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from aiayn.claims.compare import LSTM_FLOPS, parse_archs
+from aiayn.cli import main
+from aiayn.config import AiaynError
+from aiayn.training import checkpoint as ckpt
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+TINY = ["max_steps=20", "eval_every=10", "log_every=5", "checkpoint_every_steps=10", "keep_last=2"]
+TINY += ["threads=1", "precision=fp32", "valid_bleu_sentences=10"]
+
+
+def test_compare_two_networks_end_to_end_then_resume(toy_corpus, tmp_path, capsys):
+    out = tmp_path / "compare"
+    args = ["compare", "--data", str(toy_corpus), "--minutes", "5", "--out", str(out), "--archs", "rnn,conv"]
+    args += ["--preset", "tiny", "--sentences", "10", *TINY]
+    assert main(args) == 0
+    summary = json.loads((out / "compare.json").read_text())
+    assert list(summary["networks"]) == ["rnn", "conv"] and summary["budget_minutes"] == 5
+    for arch, r in summary["networks"].items():
+        assert r["arch"] == arch and r["updates"] == 20 and r["parameters"] > 0
+        assert r["training_flops"] == pytest.approx(20 * r["target_tokens_per_update"] * r["flops_per_target_token"])
+        assert r["target_tokens_per_s"] > 0 and r["valid_ppl"] > 1 and 0 <= r["test_bleu"] <= 100
+        assert (out / arch / "averaged.pt").is_file() and (out / arch / "decoding.json").is_file()
+    table = (out / "compare.md").read_text()
+    assert "| rnn |" in table and "| conv |" in table and table in capsys.readouterr().out
+    for stem in ("compare_bleu_minutes", "compare_bleu_flops", "compare_loss_tokens"):
+        assert (out / f"{stem}.png").stat().st_size > 1000 and (out / f"{stem}.svg").is_file()
+
+    # conv interrupted after its first checkpoint: it resumes from there; rnn is not trained again.
+    (out / "conv" / "result.json").unlink()
+    (out / "conv" / "averaged.pt").unlink()
+    for path in ckpt.list_checkpoints(out / "conv")[1:]:
+        path.unlink()
+    shutil.rmtree(ckpt.checkpoint_dir(out / "conv") / "best.pt", ignore_errors=True)
+    rnn_result = (out / "rnn" / "result.json").read_text()
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "rnn is finished" in captured.out and "resuming" in captured.err and "(step 10)" in captured.err
+    assert (out / "rnn" / "result.json").read_text() == rnn_result
+    assert json.loads((out / "conv" / "result.json").read_text())["updates"] == 20
+
+
+def test_lstm_kernel_flops_are_counted_as_its_matrix_products():
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(8, 6, num_layers=2, batch_first=True)
+    x = torch.randn(3, 5, 8)
+    with FlopCounterMode(display=False, custom_mapping=LSTM_FLOPS) as counter:
+        lstm(x)
+    per_position = 2 * 4 * 6 * (8 + 6) + 2 * 4 * 6 * (6 + 6)  # layer 1 reads 8 inputs, layer 2 six
+    assert counter.get_total_flops() == 3 * 5 * per_position
+
+
+def test_unknown_network_is_one_line():
+    assert parse_archs("conv, transformer,conv") == ["conv", "transformer"]
+    with pytest.raises(AiaynError, match=r"^--archs: unknown network 'lstm' \(choose from transformer, rnn, conv\)$"):
+        parse_archs("transformer,lstm")
