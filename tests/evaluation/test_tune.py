@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,7 +14,9 @@ from toydata import make_toy_data
 
 from aiayn.cli import main
 from aiayn.config import AiaynError
+from aiayn.data.cmudict import prepare_cmudict
 from aiayn.data.corpus import read_split
+from aiayn.data.synthetic import prepare_synthetic
 from aiayn.evaluation import tune
 from aiayn.evaluation.evaluate import corpus_scores
 from aiayn.evaluation.tune import Setting, choose_average, grid
@@ -201,3 +204,58 @@ def test_tune_decoding_errors_are_one_line(trained, tmp_path, capsys):
         == 2
     )
     assert "decoding.json: not a decoding file" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- tasks judged by their own metric
+
+
+class Scripted:
+    """A translator whose share of right outputs depends on the setting: all with beam 6,
+    fairseq, α 1.0; half with the paper's; a fifth with any other."""
+
+    tokenizer = None
+
+    def __init__(self, answers: dict[str, str]):
+        self.answers = answers
+
+    def translate(self, sources, progress=False, beam_size=4, alpha=0.6, length_penalty="gnmt", stop=None):
+        setting = (beam_size, length_penalty, alpha)
+        share = {(6, "fairseq", 1.0): 1.0, (4, "gnmt", 0.6): 0.5}.get(setting, 0.2)
+        right = round(share * len(sources))
+        return [[SimpleNamespace(text=self.answers[s] if i < right else "Z Z Z")] for i, s in enumerate(sources)]
+
+
+def blind_run(data: Path, tmp_path: Path, monkeypatch, answers: dict[str, str]) -> Path:
+    """A run folder on ``data`` whose test files are folders (never read), decoded by ``Scripted``."""
+    for path in data.glob("test.*"):
+        path.unlink()
+        path.mkdir()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"data_dir": str(data)}))
+    monkeypatch.setattr(tune, "resolve_model_path", lambda path: run / "model.pt")
+    monkeypatch.setattr(tune.Translator, "load", lambda *a, **k: Scripted(answers))
+    return run
+
+
+def test_tune_decoding_picks_the_lowest_wer_for_g2p(tmp_path, monkeypatch):
+    words = [f"w{chr(97 + i % 26)}{chr(97 + i // 26)}" for i in range(40)]
+    (tmp_path / "dict.txt").write_text("".join(f"{w} W ER{i % 3} D\n" for i, w in enumerate(words)))
+    prepare_cmudict(tmp_path / "g2p", file=tmp_path / "dict.txt", valid_words=10, test_words=5)
+    src, ref = read_split(tmp_path / "g2p", "valid")
+    run = blind_run(tmp_path / "g2p", tmp_path, monkeypatch, dict(zip(src, ref)))
+    found = tune.tune_decoding(run, beams=(4, 6), alphas=(0.6, 1.0), sentences=0, log=lambda *_: None)
+    assert (found["beam_size"], found["length_penalty"], found["alpha"]) == (6, "fairseq", 1.0)
+    assert (found["task"], found["metric"], found["valid_score"]) == ("g2p", "wer", 0.0)
+    assert max(r["wer"] for r in found["grid"]) == 80.0 and "valid_bleu" not in found
+    assert ckpt.tuned_decoding(run / "model.pt")["beam_size"] == 6  # the file checks as decoding.json
+
+
+def test_tune_decoding_picks_the_highest_accuracy_for_an_algorithmic_task(tmp_path, monkeypatch):
+    prepare_synthetic("reverse", tmp_path / "rev", train=200, held_out=20)
+    src, ref = read_split(tmp_path / "rev", "valid")
+    run = blind_run(tmp_path / "rev", tmp_path, monkeypatch, dict(zip(src, ref)))
+    found = tune.tune_decoding(run, beams=(4, 6), alphas=(0.6, 1.0), sentences=0, log=lambda *_: None)
+    assert (found["beam_size"], found["length_penalty"], found["alpha"]) == (6, "fairseq", 1.0)
+    assert (found["metric"], found["valid_score"]) == ("accuracy", 100.0)
+    assert tune.better("g2p", 10.0, 20.0) and tune.better("sort", 20.0, 10.0)

@@ -262,7 +262,7 @@ def test_companions_are_read_from_the_run_folder_only(run, tmp_path):
     copied.parent.mkdir(parents=True)
     copied.write_bytes(step.read_bytes())
     assert ckpt.run_folder(copied) == copied.parent
-    with pytest.raises(AiaynError, match=rf"^{re.escape(str(copied))}: no spm\.model in its run folder"):
+    with pytest.raises(AiaynError, match=rf"^{re.escape(str(copied))}: no spm\.model or vocab\.json in its run folder"):
         ckpt.load_for_inference(copied)
     for name in ("spm.model", "spm.vocab"):
         (copied.parent / name).write_bytes((run / name).read_bytes())

@@ -74,7 +74,28 @@ def _prepare_files(args: argparse.Namespace) -> None:
         max_chars=args.max_chars,
         vocab_size=args.vocab_size,
         seed=args.seed,
+        tokenizer=args.tokenizer,
     )
+    _print_padding(Path(args.out), meta)
+
+
+def _prepare_cmudict(args: argparse.Namespace) -> None:
+    from aiayn.data.cmudict import prepare_cmudict
+
+    meta = prepare_cmudict(
+        Path(args.out),
+        file=None if args.file is None else Path(args.file),
+        seed=args.seed,
+        valid_words=args.valid_words,
+        test_words=args.test_words,
+    )
+    _print_padding(Path(args.out), meta)
+
+
+def _prepare_synthetic(args: argparse.Namespace) -> None:
+    from aiayn.data.synthetic import prepare_synthetic
+
+    meta = prepare_synthetic(args.task, Path(args.out), seed=args.seed, train=args.train, held_out=args.held_out)
     _print_padding(Path(args.out), meta)
 
 
@@ -122,4 +143,29 @@ def add_prepare(sub) -> None:
     f.add_argument("--max-chars", type=int, default=1000, help="drop pairs with a longer side (default 1000)")
     f.add_argument("--vocab-size", type=int, default=8000, help="joint SentencePiece vocabulary (default 8000)")
     f.add_argument("--seed", type=int, default=1, help="seed of the valid/test hold-out (default 1)")
+    f.add_argument(
+        "--tokenizer",
+        default="sentencepiece",
+        choices=("sentencepiece", "char", "symbols"),
+        help="sentencepiece: joint BPE (default); char: each character a token; symbols: "
+        "whitespace-separated symbols, e.g. phonemes (a vocabulary of the training text in vocab.json)",
+    )
     f.set_defaults(func=_prepare_files)
+    c = kinds.add_parser(
+        "cmudict", help="grapheme-to-phoneme: CMUdict words -> ARPAbet pronunciations (pip install 'aiayn[g2p]')"
+    )
+    c.add_argument("--out", default="data/g2p", help="data folder to write (default: data/g2p)")
+    c.add_argument("--file", help="a dictionary file in CMUdict's format (default: the cmudict package's)")
+    c.add_argument("--seed", type=int, default=1, help="seed of the split by word (default 1)")
+    c.add_argument("--valid-words", type=int, default=3000, help="words held out for valid (default 3000)")
+    c.add_argument("--test-words", type=int, default=12000, help="words held out for test (default 12000)")
+    c.set_defaults(func=_prepare_cmudict)
+    s = kinds.add_parser(
+        "synthetic", help="copy, reverse, sort or add: train on lengths 1-20, test also on 21-40 (test_long)"
+    )
+    s.add_argument("task", choices=("copy", "reverse", "sort", "add"))
+    s.add_argument("--out", required=True, help="data folder to write")
+    s.add_argument("--seed", type=int, default=1, help="seed of every split (default 1)")
+    s.add_argument("--train", type=int, default=20000, help="training examples (default 20000)")
+    s.add_argument("--held-out", type=int, default=1000, help="examples in valid, test and test_long (default 1000)")
+    s.set_defaults(func=_prepare_synthetic)

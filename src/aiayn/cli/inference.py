@@ -89,13 +89,17 @@ def _evaluate(args: argparse.Namespace) -> None:
 def add_evaluate(sub) -> None:
     p = sub.add_parser(
         "evaluate",
-        help="sacreBLEU and chrF of a model on a test set",
-        description="Translate a test set and score the detokenized output against the raw "
-        "references with sacreBLEU (BLEU and chrF, signatures printed).",
+        help="score a model on a test set with its task's metric (BLEU/chrF, WER/PER, exact accuracy)",
+        description="Translate a test set and score the output as the data folder's task asks: "
+        "translation against the raw references with sacreBLEU (BLEU and chrF, signatures printed); "
+        "g2p by word and phoneme error rate (any of a word's pronunciations counts); copy, reverse, "
+        "sort and add by exact-sequence accuracy.",
     )
     _add_decoding(p)
     p.add_argument("--data", help="a data folder made by `aiayn prepare` (use with --split)")
-    p.add_argument("--split", default="test", choices=("train", "valid", "test"), help="default test")
+    p.add_argument(
+        "--split", default="test", help="train, valid, test (default) or another split of the folder, e.g. test_long"
+    )
     p.add_argument("--src", help="source text file (instead of --data)")
     p.add_argument("--ref", help="reference translations, aligned with --src")
     p.add_argument("--hyp-out", help="write the translations to this file")

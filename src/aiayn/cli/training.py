@@ -89,8 +89,9 @@ def add_average(sub) -> None:
         "average",
         help="average the last checkpoints of a run (§6.1), kept only if it helps on valid",
         description="Average the last N step checkpoints into RUN_DIR/averaged.pt, which translate, "
-        "evaluate and serve use. The average and the last checkpoint are both scored (BLEU on the "
-        "valid split, the run's decoding settings) and averaged.pt holds the better one; the choice "
+        "evaluate and serve use. The average and the last checkpoint are both scored on the valid split "
+        "with the task's metric (BLEU; WER for g2p; exact accuracy for copy/reverse/sort/add; the run's "
+        "decoding settings) and averaged.pt holds the better one; the choice "
         "is printed and saved in the file.",
     )
     p.add_argument("run_dir")
@@ -139,7 +140,8 @@ def add_tune_decoding(sub) -> None:
         "tune-decoding",
         help="choose beam size and length penalty on the valid split (§6.1)",
         description="Translate the valid split with every beam size x length penalty x alpha of "
-        "the grid, print BLEU, chrF and length ratio for each, and store the best in "
+        "the grid, print BLEU, chrF and length ratio for each (WER and PER for g2p, exact accuracy for "
+        "copy/reverse/sort/add), and store the best by the task's metric in "
         "RUN/decoding.json, which translate, evaluate and serve then use. Never uses test.",
     )
     p.add_argument("--model", required=True, help="a run folder or a checkpoint file")

@@ -28,6 +28,7 @@ import torch
 
 from aiayn.config import BOS_ID, EOS_ID, PAD_ID, AiaynError, DataConfig
 from aiayn.data.corpus import read_split
+from aiayn.data.symbols import SymbolTokenizer, encode_targets, open_tokenizer
 from aiayn.data.tokenizer import Tokenizer
 
 
@@ -158,11 +159,11 @@ def fixed_batches(
 
 
 def tokenized_split(
-    data_dir: Path, split: str, tokenizer: Tokenizer
+    data_dir: Path, split: str, tokenizer: Tokenizer | SymbolTokenizer
 ) -> tuple[list[str], list[str], list[list[int]], list[list[int]]]:
-    """A prepared split as text and as subword ids: (sources, targets, source ids, target ids)."""
+    """A prepared split as text and as token ids: (sources, targets, source ids, target ids)."""
     src, tgt = read_split(data_dir, split)
-    return src, tgt, tokenizer.encode_batch(src), tokenizer.encode_batch(tgt)
+    return src, tgt, tokenizer.encode_batch(src), encode_targets(tokenizer, tgt)
 
 
 def shard(batches: list[list[int]], rank: int, world_size: int) -> list[list[int]]:
@@ -262,9 +263,9 @@ def padding_report(
         raise AiaynError(f"--batch-tokens must be positive, got {batch_tokens}")
     if not data_dir.is_dir():
         raise AiaynError(f"{data_dir}: data folder not found; create it with `aiayn prepare`")
-    tok = Tokenizer.load(data_dir)
+    tok = open_tokenizer(data_dir)
     src_lines, tgt_lines = read_split(data_dir, split)
-    src_ids, tgt_ids = tok.encode_batch(src_lines), tok.encode_batch(tgt_lines)
+    src_ids, tgt_ids = tok.encode_batch(src_lines), encode_targets(tok, tgt_lines)
     stream = BatchStream(src_ids, tgt_ids, batch_tokens, max_len, seed)
     batches = stream.batches(0)
     real = padded = real_src = padded_src = 0

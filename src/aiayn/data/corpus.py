@@ -7,8 +7,15 @@ writes (see docs/architecture.md) is what every later stage reads:
 
     {train,valid,test}.{src_lang} / .{tgt_lang}   one sentence a line, NFC, single spaces
     {split}.tsv                                   ref, src, tgt (when the corpus has references)
-    spm.model, spm.vocab                          the joint SentencePiece model (tokenizer.py)
-    meta.json                                     languages, counts, drops, vocabulary, special ids
+    spm.model, spm.vocab                          the joint SentencePiece model (tokenizer.py), or
+    vocab.json                                    a char or symbol vocabulary (symbols.py)
+    {split}.refs.json                             every reference of each line (when a line has several)
+    meta.json                                     task, tokenizer, languages, counts, drops, vocabulary, special ids
+
+``meta.json``'s ``task`` (``TASKS``) says how `aiayn evaluate` scores the folder and ``tokenizer``
+which kind it holds; a folder without them (written before they existed) is ``translation`` with
+``sentencepiece``. Splits beyond train/valid/test (``test_long`` of ``aiayn prepare synthetic``)
+are listed in ``counts``.
 
 ``meta.json`` is written last, so a folder with one is complete.
 """
@@ -28,9 +35,14 @@ from pathlib import Path
 from typing import BinaryIO
 
 from aiayn.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID, AiaynError
-from aiayn.data.tokenizer import Tokenizer
+from aiayn.data.symbols import TOKENIZERS, VOCAB_FILE, SymbolTokenizer, encode_targets
+from aiayn.data.tokenizer import MODEL_NAME, VOCAB_NAME, Tokenizer
 
 SPLITS = ("train", "valid", "test")
+# translation: BLEU and chrF; g2p: word and phoneme error rates; the algorithmic tasks
+# (aiayn.data.synthetic): exact-sequence accuracy. evaluation/metrics.py scores each.
+TASKS = ("translation", "g2p", "copy", "reverse", "sort", "add")
+REFS_SUFFIX = ".refs.json"
 META_NAME = "meta.json"
 HOLDOUT_MAX, HOLDOUT_FRACTION = 1000, 0.05
 Pair = tuple[str, str, str]  # (ref, src, tgt); ref is "" when the corpus has none
@@ -208,26 +220,63 @@ def write_data(
     dropped: dict[str, int],
     vocab_size: int,
     extra: dict | None = None,
+    task: str = "translation",
+    tokenizer: str = "sentencepiece",
+    units: tuple[str, str] | None = None,
+    references: dict[str, list[list[str]]] | None = None,
 ) -> dict:
-    """Write the splits, train the joint tokenizer on the training text, write ``meta.json``, report."""
+    """Write the splits (train, valid, test and any others), build the tokenizer on the training
+    text, write ``meta.json``, report. ``tokenizer``: ``sentencepiece`` (joint BPE of
+    ``vocab_size``), ``char`` or ``symbols`` (symbols.py; ``units`` = how the source and target
+    split, default both as the tokenizer's name says). ``references``: for a split whose lines
+    have several correct targets, every one of them per line (``{split}.refs.json``)."""
+    if task not in TASKS:
+        raise AiaynError(f"unknown task '{task}' (choose from {', '.join(TASKS)})")
+    if tokenizer not in TOKENIZERS:
+        raise AiaynError(f"unknown tokenizer '{tokenizer}': data.tokenizer is one of {', '.join(TOKENIZERS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / META_NAME).unlink(missing_ok=True)  # the folder is incomplete until the new one exists
-    for split in SPLITS:
+    for name in (MODEL_NAME, VOCAB_NAME, VOCAB_FILE, *(p.name for p in out.glob(f"*{REFS_SUFFIX}"))):
+        (out / name).unlink(missing_ok=True)  # a folder holds one tokenizer, and only this run's references
+    for split, pairs in splits.items():
         (out / f"{split}.tsv").unlink(missing_ok=True)
-        write_split(out, split, splits[split], src_lang, tgt_lang)
-    tok = Tokenizer.train(
-        files=[out / f"train.{src_lang}", out / f"train.{tgt_lang}"], out_dir=out, vocab_size=vocab_size
-    )
+        write_split(out, split, pairs, src_lang, tgt_lang)
+    for split, refs in (references or {}).items():
+        if len(refs) != len(splits[split]):
+            raise AiaynError(f"{split}: {len(refs)} reference lists for {len(splits[split])} lines")
+        (out / f"{split}{REFS_SUFFIX}").write_text(json.dumps(refs, ensure_ascii=False) + "\n", encoding="utf-8")
+    unknown = {}
+    if tokenizer == "sentencepiece":
+        tok = Tokenizer.train(
+            files=[out / f"train.{src_lang}", out / f"train.{tgt_lang}"], out_dir=out, vocab_size=vocab_size
+        )
+    else:
+        src_unit, tgt_unit = units or (tokenizer, tokenizer)
+        train = splits["train"]
+        tok = SymbolTokenizer.build(
+            {"source": [p[1] for p in train], "target": [p[2] for p in train]}, source=src_unit, target=tgt_unit
+        )
+        tok.save(out)
+        for split, pairs in splits.items():  # held-out symbols the training text never shows
+            tok.encode_batch([p[1] for p in pairs])
+            encode_targets(tok, [p[2] for p in pairs])
+            if tok.unknown:
+                unknown[split] = sum(tok.unknown.values())
+                tok.unknown.clear()
     meta = {
         "source": source,
+        "task": task,
+        "tokenizer": tokenizer if tokenizer == "sentencepiece" else tok.kind,
         "src_lang": src_lang,
         "tgt_lang": tgt_lang,
         "pairs_read": pairs_read,
-        "counts": {split: len(splits[split]) for split in SPLITS},
+        "counts": {split: len(pairs) for split, pairs in splits.items()},
         "dropped": dict(dropped),
         "vocab_size": tok.vocab_size,
         "special_ids": {"PAD": PAD_ID, "UNK": UNK_ID, "BOS": BOS_ID, "EOS": EOS_ID},
+        **({"units": {"source": tok.source, "target": tok.target}} if isinstance(tok, SymbolTokenizer) else {}),
+        **({"unknown_symbols": unknown} if unknown else {}),
         **(extra or {}),
     }
     (out / META_NAME).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -242,7 +291,11 @@ def print_report(out: Path, meta: dict) -> None:
         print(f"  dropped        {n:,} ({reason})")
     for split, n in meta["counts"].items():
         print(f"  {split:<14} {n:,} pairs")
-    print(f"  vocabulary     {meta['vocab_size']:,} (joint SentencePiece BPE)")
+    kind = {"sentencepiece": "joint SentencePiece BPE", "char": "characters"}.get(meta["tokenizer"], "symbols")
+    print(f"  task           {meta['task']}")
+    print(f"  vocabulary     {meta['vocab_size']:,} ({kind}, special ids included)")
+    for split, n in meta.get("unknown_symbols", {}).items():
+        print(f"  unknown        {n:,} symbol(s) of {split} not in train's vocabulary (read as UNK)")
 
 
 def _lang_from_name(path: Path) -> str | None:
@@ -297,8 +350,12 @@ def prepare_files(
     max_chars: int = 1000,
     vocab_size: int = 8000,
     seed: int = 1,
+    tokenizer: str = "sentencepiece",
 ) -> dict:
-    """``aiayn prepare files``: validate, clean, split (seeded hold-out unless given) and write ``out``."""
+    """``aiayn prepare files``: validate, clean, split (seeded hold-out unless given) and write ``out``
+    with a ``tokenizer`` (``sentencepiece``, ``char`` or ``symbols``: symbols.py)."""
+    if tokenizer not in TOKENIZERS:
+        raise AiaynError(f"unknown tokenizer '{tokenizer}': --tokenizer is one of {', '.join(TOKENIZERS)}")
     if max_chars <= 0:
         raise AiaynError(f"--max-chars must be positive, got {max_chars}")
     pairs, first, second = _read_corpus(src, tgt, tsv)
@@ -349,6 +406,7 @@ def prepare_files(
         pairs_read=pairs_read,
         dropped={k: drops[k] for k in ("empty", "too_long")},
         vocab_size=vocab_size,
+        tokenizer=tokenizer,
         extra={"inputs": inputs, "seed": seed, "max_chars": max_chars, "held_out_of_corpus": held},
     )
 
@@ -368,14 +426,27 @@ def load_meta(data_dir: Path) -> dict:
     missing = [k for k in ("src_lang", "tgt_lang", "counts", "vocab_size") if k not in meta]
     if missing:
         raise AiaynError(f"{path}: incomplete (missing {', '.join(missing)}); run `aiayn prepare` again")
+    meta.setdefault("task", "translation")
+    meta.setdefault("tokenizer", "sentencepiece")
+    if meta["task"] not in TASKS:
+        raise AiaynError(
+            f"{path}: unknown task '{meta['task']}' (aiayn knows {', '.join(TASKS)}); run `aiayn prepare` again"
+        )
+    if meta["tokenizer"] not in TOKENIZERS:
+        raise AiaynError(
+            f"{path}: unknown tokenizer '{meta['tokenizer']}' (aiayn knows {', '.join(TOKENIZERS)}); "
+            "run `aiayn prepare` again"
+        )
     return meta
 
 
 def read_split(data_dir: Path, split: str) -> tuple[list[str], list[str]]:
-    """Source and target lines of one split of a prepared data folder."""
-    if split not in SPLITS:
-        raise AiaynError(f"unknown split '{split}' (choose from {', '.join(SPLITS)})")
+    """Source and target lines of one split of a prepared data folder (train, valid, test, or
+    another the folder lists in ``meta.json``'s ``counts``, such as ``test_long``)."""
     meta = load_meta(data_dir)
+    known = list(dict.fromkeys([*SPLITS, *meta["counts"]]))
+    if split not in known:
+        raise AiaynError(f"{data_dir}: unknown split '{split}' (this folder has {', '.join(known)})")
     src, tgt = (read_lines(Path(data_dir) / f"{split}.{meta[k]}") for k in ("src_lang", "tgt_lang"))
     if len(src) != len(tgt):
         raise AiaynError(
@@ -383,3 +454,26 @@ def read_split(data_dir: Path, split: str) -> tuple[list[str], list[str]]:
             "length; run `aiayn prepare` again"
         )
     return src, tgt
+
+
+def read_references(data_dir: Path, split: str) -> list[list[str]]:
+    """Every correct target of each line of ``split``: ``{split}.refs.json`` where the folder has
+    one (a CMUdict word's pronunciations), else the target line alone."""
+    _, targets = read_split(data_dir, split)
+    path = Path(data_dir) / f"{split}{REFS_SUFFIX}"
+    if not path.is_file():
+        return [[t] for t in targets]
+    try:
+        refs = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        raise AiaynError(f"{path}: not valid JSON; run `aiayn prepare` again") from None
+    if (
+        not isinstance(refs, list)
+        or len(refs) != len(targets)
+        or not all(isinstance(r, list) and r and all(isinstance(x, str) for x in r) for r in refs)
+    ):
+        raise AiaynError(
+            f"{path}: expected one non-empty list of references for each of the {len(targets)} lines; "
+            "run `aiayn prepare` again"
+        )
+    return refs

@@ -39,6 +39,8 @@ TRAIN_SEED = 1
 class Tokenizer:
     """A loaded SentencePiece model. Ids never include BOS/EOS: batching adds them."""
 
+    kind = "sentencepiece"  # meta.json's ``tokenizer`` (aiayn.data.symbols has the others)
+
     def __init__(self, model_path: Path):
         self.model_path = Path(model_path)
         self.sp = spm.SentencePieceProcessor(model_file=str(self.model_path))

@@ -1,8 +1,11 @@
-"""sacreBLEU and chrF of a model's translations, with the signatures that make them comparable.
+"""Each task's metric of a model's outputs: sacreBLEU and chrF for translation, with the
+signatures that make them comparable; word and phoneme error rates for grapheme-to-phoneme
+conversion; exact-sequence accuracy for the algorithmic tasks (``corpus.TASKS``).
 
 Scores are computed by sacreBLEU's own tokenizer on *detokenized* hypotheses against the raw
 reference text (docs/pitfalls.md: "BLEU on text"): BLEU over SentencePiece pieces or a private tokenization is not
-comparable across papers or toolkits.
+comparable across papers or toolkits. The data folder's ``meta.json`` names the task; a line
+may have several correct outputs (a word's pronunciations, ``corpus.read_references``).
 
     aiayn evaluate --model runs/demo --data data/bible --split test --out runs/demo/eval
     aiayn evaluate --model runs/demo --src test.es --ref test.en --hyp-out hyp.en
@@ -20,7 +23,7 @@ from typing import Any
 from sacrebleu.metrics import BLEU, CHRF
 
 from aiayn.config import AiaynError
-from aiayn.data.corpus import load_meta, read_lines, read_split
+from aiayn.data.corpus import load_meta, read_lines, read_references, read_split
 from aiayn.inference.translate import Translator
 
 
@@ -41,10 +44,91 @@ def corpus_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict[
     }
 
 
+def edit_distance(a: Sequence[str], b: Sequence[str]) -> int:
+    """Levenshtein distance: the fewest insertions, deletions and substitutions turning ``a`` into ``b``."""
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, start=1):
+        diagonal, row[0] = row[0], i
+        for j, y in enumerate(b, start=1):
+            diagonal, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diagonal + (x != y))
+    return row[-1]
+
+
+def g2p_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, Any]:
+    """Word and phoneme error rates of pronunciations (phonemes separated by spaces), in percent.
+
+    A word is right when its output equals *any* of its references. Its phoneme errors are the
+    edit distance to the closest reference (the first listed among equals), and PER = the sum of
+    those distances / the sum of those references' lengths. This is the convention of Bisani &
+    Ney (2008), "Joint-sequence models for grapheme-to-phoneme conversion", Speech Communication
+    50(5), whose Sequitur Yolchuyeva et al. (2019, "Transformer based grapheme-to-phoneme
+    conversion", Interspeech) compare with: on CMUdict about 22 % WER / 5.2 % PER for their
+    Transformer and 24.5 % / 5.9 % for Sequitur (their split, not aiayn's).
+    """
+    _check_aligned(hypotheses, references)
+    wrong = errors = length = 0
+    for hyp, refs in zip(hypotheses, references):
+        h = hyp.split()
+        found = [(edit_distance(h, r.split()), len(r.split())) for r in refs]
+        distance, n = min(found, key=lambda x: x[0])
+        wrong += distance > 0
+        errors, length = errors + distance, length + n
+    return {
+        "wer": 100 * wrong / len(hypotheses),
+        "per": 100 * errors / max(length, 1),
+        "words": len(hypotheses),
+        "words_wrong": wrong,
+        "phoneme_errors": errors,
+        "reference_phonemes": length,
+    }
+
+
+def exact_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, Any]:
+    """Exact-sequence accuracy in percent: an output counts only when it equals a reference whole."""
+    _check_aligned(hypotheses, references)
+    right = sum(h in refs for h, refs in zip(hypotheses, references))
+    return {"accuracy": 100 * right / len(hypotheses), "sequences": len(hypotheses), "sequences_right": right}
+
+
+# The number each task is judged by, and whether higher is better: what tune-decoding chooses by.
+PRIMARY = {"translation": ("bleu", True), "g2p": ("wer", False)}
+EXACT_TASKS = ("copy", "reverse", "sort", "add")
+
+
+def primary_metric(task: str) -> tuple[str, bool]:
+    return PRIMARY.get(task, ("accuracy", True))
+
+
+def task_scores(task: str, hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, Any]:
+    """The task's scores: BLEU and chrF (against each line's first reference), WER and PER, or
+    exact-sequence accuracy."""
+    if task == "translation":
+        return corpus_scores(hypotheses, [refs[0] for refs in references])
+    if task == "g2p":
+        return g2p_scores(hypotheses, references)
+    if task in EXACT_TASKS:
+        return exact_scores(hypotheses, references)
+    raise AiaynError(f"unknown task '{task}' (choose from translation, g2p, {', '.join(EXACT_TASKS)})")
+
+
+def _check_aligned(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> None:
+    if len(hypotheses) != len(references):
+        raise AiaynError(f"{len(hypotheses)} hypotheses but {len(references)} references")
+    if not hypotheses:
+        raise AiaynError("nothing to score: no hypotheses")
+
+
 def evaluate(
-    translator: Any, sources: Sequence[str], references: Sequence[str], progress: bool = True, **options: Any
+    translator: Any,
+    sources: Sequence[str],
+    references: Sequence[str] | Sequence[Sequence[str]],
+    progress: bool = True,
+    *,
+    task: str = "translation",
+    **options: Any,
 ) -> tuple[list[str], dict[str, Any]]:
-    """Translate ``sources`` (options as ``Translator.translate``) and score them."""
+    """Translate ``sources`` (options as ``Translator.translate``) and score them as ``task``
+    asks; ``references`` holds one text per line, or a list of every correct text per line."""
     if len(sources) != len(references):
         raise AiaynError(f"{len(sources)} source lines but {len(references)} references; they must be aligned")
     if not sources:
@@ -52,7 +136,10 @@ def evaluate(
     start = time.perf_counter()
     hypotheses = [nbest[0].text for nbest in translator.translate(sources, progress=progress, **options)]
     seconds = time.perf_counter() - start
-    scores = corpus_scores(hypotheses, references)
+    if hasattr(translator.tokenizer, "report_unknown"):
+        translator.tokenizer.report_unknown("input")
+    refs = [[r] if isinstance(r, str) else list(r) for r in references]
+    scores = {"task": task, **task_scores(task, hypotheses, refs)}
     scores.update(seconds=round(seconds, 3), sentences_per_second=round(len(sources) / max(seconds, 1e-9), 2))
     return hypotheses, scores
 
@@ -67,6 +154,19 @@ def model_bleu(
 
 
 def format_scores(scores: dict[str, Any]) -> str:
+    speed = f"in {scores['seconds']:.1f} s ({scores['sentences_per_second']:.1f} sentences/s)"
+    if scores.get("task") == "g2p":
+        return (
+            f"WER = {scores['wer']:.2f} % ({scores['words_wrong']:,} of {scores['words']:,} words wrong: "
+            f"no reference pronunciation matched)\n"
+            f"PER = {scores['per']:.2f} % ({scores['phoneme_errors']:,} edits over {scores['reference_phonemes']:,} "
+            f"phonemes of the closest references)\n{scores['words']:,} words {speed}"
+        )
+    if scores.get("task") in EXACT_TASKS:
+        return (
+            f"exact-sequence accuracy = {scores['accuracy']:.2f} % ({scores['sequences_right']:,} of "
+            f"{scores['sequences']:,} outputs equal the answer)\n{scores['sequences']:,} sequences {speed}"
+        )
     return (
         f"{scores['bleu_detail']}\n  signature: {scores['bleu_signature']}\n"
         f"chrF2 = {scores['chrf']:.2f}\n  signature: {scores['chrf_signature']}\n"
@@ -75,18 +175,28 @@ def format_scores(scores: dict[str, Any]) -> str:
     )
 
 
-def _read_inputs(args: Any) -> tuple[list[str], list[str], str]:
-    """(sources, references, what) from --src/--ref or --data/--split."""
+def run_task(model: str | Path) -> str:
+    """The task of the data a run was trained on (RUN/data_meta.json), ``translation`` if unknown."""
+    path = Path(model) if Path(model).is_dir() else Path(model).parent
+    for folder in (path, path.parent):
+        if (folder / "data_meta.json").is_file():
+            return json.loads((folder / "data_meta.json").read_text(encoding="utf-8")).get("task", "translation")
+    return "translation"
+
+
+def _read_inputs(args: Any) -> tuple[list[str], list[list[str]], str, str]:
+    """(sources, references, what, task) from --src/--ref or --data/--split."""
     if args.data:
         if args.src or args.ref:
             raise AiaynError("give either --data (with --split) or --src and --ref, not both")
-        sources, references = read_split(Path(args.data), args.split)
+        sources, _ = read_split(Path(args.data), args.split)
         if not sources:
             raise AiaynError(
                 f"{args.data}: the {args.split} split is empty (no {args.split} files were given to "
                 f"`aiayn prepare files`); use another --split, or --src and --ref"
             )
-        return sources, references, load_meta(Path(args.data))["tgt_lang"]
+        meta = load_meta(Path(args.data))
+        return sources, read_references(Path(args.data), args.split), meta["tgt_lang"], meta["task"]
     if not (args.src and args.ref):
         raise AiaynError("give --src and --ref (aligned text files), or --data DIR --split test")
     sources, references = read_lines(Path(args.src)), read_lines(Path(args.ref))
@@ -95,17 +205,20 @@ def _read_inputs(args: Any) -> tuple[list[str], list[str], str]:
             f"{args.src} has {len(sources)} lines but {args.ref} has {len(references)}; "
             "they must be aligned line by line"
         )
-    return sources, references, Path(args.ref).suffix.lstrip(".") or "txt"
+    refs = [[r] for r in references]
+    return sources, refs, Path(args.ref).suffix.lstrip(".") or "txt", run_task(args.model)
 
 
 def run(args: Any) -> None:
-    """``aiayn evaluate``: translate, score, print the scores, write hypotheses and scores.json."""
-    sources, references, tgt_lang = _read_inputs(args)
+    """``aiayn evaluate``: translate, score as the data's task asks, print the scores, write
+    hypotheses and scores.json."""
+    sources, references, tgt_lang, task = _read_inputs(args)
     translator = Translator.load(args.model, args.device, quantize=args.quantize)
     hypotheses, scores = evaluate(
         translator,
         sources,
         references,
+        task=task,
         beam_size=args.beam,
         alpha=args.alpha,
         stop=args.stop,

@@ -25,19 +25,20 @@ from sacrebleu.metrics import BLEU
 from tqdm import tqdm
 
 from aiayn.config import TUNE_ALPHAS, TUNE_BEAMS, TUNE_PENALTIES, TUNE_SENTENCES, AiaynError
-from aiayn.data.corpus import read_split
-from aiayn.evaluation.evaluate import corpus_scores
+from aiayn.data.corpus import load_meta, read_references, read_split
+from aiayn.evaluation.evaluate import primary_metric, task_scores
 from aiayn.inference.search import STOPS
 from aiayn.inference.translate import Translator
 from aiayn.training import checkpoint as ckpt
 from aiayn.training.checkpoint import DECODING_FILE, resolve_model_path, run_folder
 
 
-def valid_split(data_dir: Path, sentences: int) -> tuple[list[str], list[str]]:
-    """The first ``sentences`` pairs of the valid split (0: all of them)."""
-    src, ref = read_split(Path(data_dir), "valid")
+def valid_split(data_dir: Path, sentences: int) -> tuple[list[str], list[list[str]]]:
+    """The first ``sentences`` lines of the valid split (0: all of them) and every reference of each."""
+    src, _ = read_split(Path(data_dir), "valid")
     if not src:
         raise AiaynError(f"{data_dir}: the valid split is empty; choices are made on valid, never on test")
+    ref = read_references(Path(data_dir), "valid")
     return (src[:sentences], ref[:sentences]) if sentences else (src, ref)
 
 
@@ -57,14 +58,25 @@ def length_ratio(hypotheses: list[str], references: list[str]) -> float:
     return stats.sys_len / max(stats.ref_len, 1)
 
 
-def score(translator: Any, sources: list[str], references: list[str], **options: Any) -> dict[str, float]:
+def score(
+    translator: Any, sources: list[str], references: list[list[str]], *, task: str = "translation", **options: Any
+) -> dict[str, float]:
+    """The task's scores on valid: BLEU, chrF and the length ratio; WER and PER; or accuracy."""
     hyps = [n[0].text for n in translator.translate(sources, progress=False, **options)]
-    found = corpus_scores(hyps, references)
+    found = task_scores(task, hyps, references)
+    if task != "translation":
+        return {k: round(found[k], 2) for k in ("wer", "per", "accuracy") if k in found}
+    first = [r[0] for r in references]
     return {
         "bleu": round(found["bleu"], 2),
         "chrf": round(found["chrf"], 2),
-        "length_ratio": round(length_ratio(hyps, references), 3),
+        "length_ratio": round(length_ratio(hyps, first), 3),
     }
+
+
+def better(task: str, a: float, b: float) -> bool:
+    """Whether score ``a`` beats ``b`` on ``task``'s own metric (lower WER, higher BLEU or accuracy)."""
+    return a > b if primary_metric(task)[1] else a < b
 
 
 # ---------------------------------------------------------------------------- averaging
@@ -94,18 +106,18 @@ def choose_average(
     steps = [int(s["step"]) for s in states]
     result: dict[str, Any] = {"averaged_steps": steps, "selected": "average"}
     if compare and len(states) > 1:
-        src, ref = valid_split(run_data_dir(run_dir, data), sentences)
+        data_dir = run_data_dir(run_dir, data)
+        task, src, ref = load_meta(data_dir)["task"], *valid_split(data_dir, sentences)
+        metric = primary_metric(task)[0]
         scores = {}
         for name, weights in (("last", states[-1]["model"]), ("average", averaged)):
             what = "average of steps " + ", ".join(map(str, steps)) if name == "average" else "last checkpoint"
             translator = Translator.from_state(weights, states[-1]["config"], run_dir, device)
-            scores[name] = score(translator, src, ref)
-            log(
-                f"aiayn: valid BLEU {scores[name]['bleu']:.2f} (length ratio {scores[name]['length_ratio']:.3f}) "
-                f"with the {what}"
-            )
+            scores[name] = score(translator, src, ref, task=task)
+            ratio = f" (length ratio {scores[name]['length_ratio']:.3f})" if "length_ratio" in scores[name] else ""
+            log(f"aiayn: valid {metric.upper()} {scores[name][metric]:.2f}{ratio} with the {what}")
         result.update(valid=scores, valid_sentences=len(src))
-        if scores["average"]["bleu"] < scores["last"]["bleu"]:
+        if better(task, scores["last"][metric], scores["average"][metric]):
             result["selected"] = "last"
     weights = averaged if result["selected"] == "average" else states[-1]["model"]
     out = run_dir / "averaged.pt"
@@ -155,7 +167,8 @@ def tune_decoding(
     write: bool = True,
     log=print,
 ) -> dict[str, Any]:
-    """Sweep the grid on valid; the best BLEU wins (ties: the smaller beam, then the paper's
+    """Sweep the grid on valid; the best score of the data's task wins (BLEU, the lowest WER for
+    g2p, exact accuracy for the algorithmic tasks; ties: the smaller beam, then the paper's
     settings). With ``write``, RUN/decoding.json stores it for translate/evaluate/serve."""
     for beam in beams:
         if beam < 1:
@@ -165,7 +178,9 @@ def tune_decoding(
     model_path = resolve_model_path(Path(model))
     run_dir = Path(model) if Path(model).is_dir() else run_folder(model_path)  # where translate looks
     translator = Translator.load(model, device, use_tuned=False)
-    src, ref = valid_split(run_data_dir(run_dir, data), sentences)
+    data_dir = run_data_dir(run_dir, data)
+    task, src, ref = load_meta(data_dir)["task"], *valid_split(data_dir, sentences)
+    metric, higher = primary_metric(task)
     rows = []
     for s in tqdm(
         grid(tuple(beams), tuple(penalties), tuple(alphas)),
@@ -177,31 +192,47 @@ def tune_decoding(
         rows.append(
             {
                 **vars(s),
-                **score(translator, src, ref, beam_size=s.beam_size, alpha=s.alpha, length_penalty=s.length_penalty),
+                **score(
+                    translator,
+                    src,
+                    ref,
+                    task=task,
+                    beam_size=s.beam_size,
+                    alpha=s.alpha,
+                    length_penalty=s.length_penalty,
+                ),
             }
         )
     paper = Setting(4, "gnmt", 0.6)
     best = max(
         rows,
-        key=lambda r: (r["bleu"], -r["beam_size"], Setting(r["beam_size"], r["length_penalty"], r["alpha"]) == paper),
+        key=lambda r: (
+            r[metric] if higher else -r[metric],
+            -r["beam_size"],
+            Setting(r["beam_size"], r["length_penalty"], r["alpha"]) == paper,
+        ),
     )
-    log(format_grid(rows, best))
+    log(format_grid(rows, best, task))
     stops = None
     if best["beam_size"] > 1:
         stops = compare_stops(
             translator,
             src,
             ref,
+            task=task,
             beam_size=best["beam_size"],
             alpha=best["alpha"],
             length_penalty=best["length_penalty"],
         )
-        log(format_stops(stops))
+        log(format_stops(stops, metric))
     result = {
         "beam_size": best["beam_size"],
         "length_penalty": best["length_penalty"],
         "alpha": best["alpha"],
-        "valid_bleu": best["bleu"],
+        **({"valid_bleu": best["bleu"]} if task == "translation" else {}),
+        "task": task,
+        "metric": metric,
+        "valid_score": best[metric],
         "valid_sentences": len(src),
         "model": str(model_path),
         "grid": rows,
@@ -216,7 +247,7 @@ def tune_decoding(
     return result
 
 
-def compare_stops(translator: Any, sources: list[str], references: list[str], **setting: Any) -> dict[str, dict]:
+def compare_stops(translator: Any, sources: list[str], references: list[list[str]], **setting: Any) -> dict[str, dict]:
     """The chosen beam setting under each stopping rule (``search.STOPS``), timed on valid: what
     ``stop=finished`` (fairseq's and CTranslate2's rule) gives up for its speed on this run."""
     found = {}
@@ -227,22 +258,22 @@ def compare_stops(translator: Any, sources: list[str], references: list[str], **
     return found
 
 
-def format_stops(stops: dict[str, dict]) -> str:
-    bound, finished = stops["bound"], stops["finished"]
+def format_stops(stops: dict[str, dict], metric: str = "bleu") -> str:
+    bound, finished, name = stops["bound"], stops["finished"], metric.upper()
     return (
-        f"stopping rule at this setting: bound (the default) BLEU {bound['bleu']:.2f} in {bound['seconds']:.1f} s, "
-        f"finished BLEU {finished['bleu']:.2f} ({finished['bleu'] - bound['bleu']:+.2f}) in "
+        f"stopping rule at this setting: bound (the default) {name} {bound[metric]:.2f} in {bound['seconds']:.1f} s, "
+        f"finished {name} {finished[metric]:.2f} ({finished[metric] - bound[metric]:+.2f}) in "
         f"{finished['seconds']:.1f} s ({bound['seconds'] / max(finished['seconds'], 1e-9):.1f}× faster); "
         f"--stop finished or decode.stop=finished trades one for the other"
     )
 
 
-def format_grid(rows: list[dict[str, Any]], best: dict[str, Any]) -> str:
-    lines = [f"{'beam':>4}  {'penalty':<8} {'alpha':>5}  {'BLEU':>6}  {'chrF':>6}  {'len ratio':>9}"]
+def format_grid(rows: list[dict[str, Any]], best: dict[str, Any], task: str = "translation") -> str:
+    columns = {"translation": ("bleu", "chrf", "length_ratio"), "g2p": ("wer", "per")}.get(task, ("accuracy",))
+    names = {"bleu": "BLEU", "chrf": "chrF", "length_ratio": "len ratio", "wer": "WER %", "per": "PER %"}
+    lines = [f"{'beam':>4}  {'penalty':<8} {'alpha':>5}" + "".join(f"  {names.get(c, c):>9}" for c in columns)]
     for r in rows:
         mark = "  <- best" if r is best else ""
-        lines.append(
-            f"{r['beam_size']:>4}  {r['length_penalty']:<8} {r['alpha']:>5.2f}  {r['bleu']:>6.2f}  "
-            f"{r['chrf']:>6.2f}  {r['length_ratio']:>9.3f}{mark}"
-        )
+        values = "".join(f"  {r[c]:>9.3f}" if c == "length_ratio" else f"  {r[c]:>9.2f}" for c in columns)
+        lines.append(f"{r['beam_size']:>4}  {r['length_penalty']:<8} {r['alpha']:>5.2f}{values}{mark}")
     return "\n".join(lines)

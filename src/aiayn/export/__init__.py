@@ -75,7 +75,7 @@ def export(
     if out.exists():
         raise AiaynError(f"{out} already exists; choose another --out or remove it")
     loaded = load_for_inference(model_path, "cpu")
-    why = unsupported(loaded.config.model, target)
+    why = unsupported(loaded.config.model, target, tokenizer=loaded.tokenizer.kind)
     if why:
         raise AiaynError(f"cannot export to {target}: {why}")
     if loaded.tokenizer.vocab_size > loaded.config.model.vocab_size:

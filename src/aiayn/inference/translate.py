@@ -26,7 +26,7 @@ from tqdm import tqdm
 from aiayn.config import BOS_ID, EOS_ID, PAD_ID, AiaynError, Config, from_dict
 from aiayn.data.batching import pad_rows, source_row
 from aiayn.data.corpus import arriving_chunks, line_chunks, stream_lines
-from aiayn.data.tokenizer import Tokenizer
+from aiayn.data.symbols import open_tokenizer
 from aiayn.inference import search
 from aiayn.inference.fused import FusedDecoder
 from aiayn.inference.quantize import check_quantization, pack_model, quantize_model
@@ -153,7 +153,7 @@ class Translator:
         config = from_dict(json.loads(config_json))
         model = build_model(config.model)
         model.load_state_dict(weights)
-        return cls(model.to(resolve_device(device)).eval(), Tokenizer.load(Path(run_dir)), config)
+        return cls(model.to(resolve_device(device)).eval(), open_tokenizer(Path(run_dir)), config)
 
     def translate(
         self,
@@ -365,6 +365,8 @@ def _translate_input(args: Any, source: BinaryIO | None) -> None:
                 bar.update(len(chunk))
         if bar is not None:
             bar.close()
+        if hasattr(translator.tokenizer, "report_unknown"):  # a char or symbol vocabulary (aiayn.data.symbols)
+            translator.tokenizer.report_unknown(args.input or "stdin")
     finally:
         if out is not sys.stdout:
             out.close()

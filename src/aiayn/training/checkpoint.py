@@ -11,9 +11,10 @@ model is allocated.
 Run folder layout:
     RUN/config.yaml   resolved config          RUN/metrics.csv, RUN/tb/   logs
     RUN/spm.model     tokenizer (copied)       RUN/checkpoints/step_00001000.pt, best.pt
+                      (vocab.json for a char or symbol tokenizer, aiayn.data.symbols)
     RUN/averaged.pt   from ``aiayn average``  RUN/decoding.json  from ``aiayn tune-decoding``
 
-A checkpoint file's companions (spm.model, decoding.json) are read from its run folder only
+A checkpoint file's companions (spm.model or vocab.json, decoding.json) are read from its run folder only
 (``run_folder``): RUN for RUN/checkpoints/*.pt, else the file's own folder.
 """
 
@@ -31,7 +32,7 @@ from typing import Any
 import torch
 
 from aiayn.config import ENUMS, AiaynError, Config, from_dict, validate
-from aiayn.data.tokenizer import Tokenizer
+from aiayn.data.symbols import open_tokenizer, tokenizer_file
 from aiayn.models.build import build_model
 
 FORMAT = "aiayn-checkpoint-1"
@@ -40,7 +41,7 @@ STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
 SAFE_TORCH = (2, 6)  # weights_only=True runs no code from the file from this version on (CVE-2025-32434)
 # What tune-decoding writes: the settings it chose, then the record of how it chose them.
 DECODING_SETTINGS = {"beam_size": int, "length_penalty": str, "alpha": float}
-DECODING_RECORD = ("valid_bleu", "valid_sentences", "model", "grid", "stops")
+DECODING_RECORD = ("valid_bleu", "task", "metric", "valid_score", "valid_sentences", "model", "grid", "stops")
 MAX_DECODING_BYTES = 1_000_000  # tune-decoding writes a few KB: its grid and the stopping rules compared
 
 
@@ -183,9 +184,10 @@ def run_folder(model_path: Path) -> Path:
 
 
 def find_tokenizer(model_path: Path) -> Path:
-    path = run_folder(model_path) / "spm.model"
-    if not path.is_file():
-        raise AiaynError(f"{model_path}: no spm.model in its run folder {run_folder(model_path)}")
+    """The run folder's tokenizer file: ``spm.model`` or ``vocab.json`` (aiayn.data.symbols)."""
+    path = tokenizer_file(run_folder(model_path))
+    if path is None:
+        raise AiaynError(f"{model_path}: no spm.model or vocab.json in its run folder {run_folder(model_path)}")
     return path
 
 
@@ -193,7 +195,7 @@ def find_tokenizer(model_path: Path) -> Path:
 class Loaded:
     model: torch.nn.Module
     config: Config
-    tokenizer: Any  # aiayn.data.tokenizer.Tokenizer
+    tokenizer: Any  # aiayn.data.tokenizer.Tokenizer or aiayn.data.symbols.SymbolTokenizer
     path: Path
     step: int
 
@@ -300,4 +302,6 @@ def load_for_inference(path: str | Path, device: str | torch.device = "cpu", use
     model = build_model(config.model)
     model.load_state_dict(state["model"])
     model.to(device).eval()
-    return Loaded(model, config, Tokenizer.load(find_tokenizer(model_path)), model_path, int(state.get("step", 0)))
+    return Loaded(
+        model, config, open_tokenizer(find_tokenizer(model_path).parent), model_path, int(state.get("step", 0))
+    )

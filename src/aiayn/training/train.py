@@ -23,7 +23,8 @@ from tqdm import tqdm
 
 from aiayn.config import AiaynError, Config, apply_override, from_dict, load_config
 from aiayn.data.batching import BatchStream, fixed_batches, tokenized_split
-from aiayn.data.tokenizer import Tokenizer
+from aiayn.data.corpus import load_meta
+from aiayn.data.symbols import open_tokenizer, tokenizer_file
 from aiayn.evaluation.evaluate import model_bleu
 from aiayn.models.transformer import count_parameters
 from aiayn.runtime import Runtime, rng_state, set_rng_state, setup_runtime
@@ -39,7 +40,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, data_dir: Path, run_dir: Path, runtime: Runtime, resume: dict | None = None):
         self.cfg, self.data_dir, self.run_dir, self.rt = cfg, data_dir, run_dir, runtime
-        self.tokenizer = Tokenizer.load(data_dir / "spm.model")
+        self.tokenizer = open_tokenizer(data_dir)
         cfg.model.vocab_size = self.tokenizer.vocab_size
         _, _, src, tgt = tokenized_split(data_dir, "train", self.tokenizer)
         if not src:
@@ -59,6 +60,14 @@ class Trainer:
         # Micro-batches per rank and update, so that one update sees ≈ update_tokens target tokens.
         self.accumulate = max(1, math.ceil(t.update_tokens / (cfg.data.batch_tokens * runtime.world_size)))
         self.valid_src, self.valid_ref, vs, vt = tokenized_split(data_dir, "valid", self.tokenizer)
+        # BLEU is translation's metric; other tasks validate by loss, and `aiayn evaluate` scores them.
+        self.task = load_meta(data_dir)["task"]
+        if self.task != "translation" and runtime.is_main and cfg.data.valid_bleu_sentences:
+            print(
+                f"aiayn: task {self.task}: validation reports loss only (no BLEU); `aiayn evaluate` and "
+                "`aiayn tune-decoding` score it with the task's own metric",
+                file=sys.stderr,
+            )
         self.valid_batches = fixed_batches(vs, vt, cfg.data.batch_tokens, cfg.data.max_len)
         self.training = build_training_step(cfg, runtime)
         self.model = self.training.model
@@ -98,7 +107,8 @@ class Trainer:
             loss, nll, n = self.training.loss(batch.to(self.rt.device), forward=self.model, exact=True)
             loss_sum, nll_sum, tokens = loss_sum + loss.item(), nll_sum + nll.item(), tokens + n
         result = {"valid_loss": loss_sum / max(tokens, 1), "valid_ppl": math.exp(min(nll_sum / max(tokens, 1), 50))}
-        n_bleu = self.cfg.data.valid_bleu_sentences if self.rt.is_main and self.valid_src else 0  # others: loss only
+        bleu_wanted = self.rt.is_main and self.valid_src and self.task == "translation"  # others: loss only
+        n_bleu = self.cfg.data.valid_bleu_sentences if bleu_wanted else 0
         if n_bleu:
             src, ref = (self.valid_src, self.valid_ref) if final else (self.valid_src[:n_bleu], self.valid_ref[:n_bleu])
             beam = self.cfg.decode.beam_size if final else 1
@@ -270,7 +280,7 @@ class Trainer:
         checkpoint, the last metrics row."""
         if self.rt.is_main and run_minutes > 0:
             self.report_outside(run_minutes, updates)
-        if self.rt.is_main and self.step and self.cfg.data.valid_bleu_sentences:
+        if self.rt.is_main and self.step and self.cfg.data.valid_bleu_sentences and self.task == "translation":
             print(
                 f"aiayn: beam-{self.cfg.decode.beam_size} BLEU on all {len(self.valid_src)} valid sentences ...",
                 file=sys.stderr,
@@ -329,7 +339,7 @@ def prepare_run_dir(cfg: Config, data_dir: Path, run_dir: Path) -> None:
             f"or choose another --out"
         )
     run_dir.mkdir(parents=True, exist_ok=True)
-    Tokenizer.load(data_dir / "spm.model").copy_to(run_dir)
+    open_tokenizer(data_dir).copy_to(run_dir)
     if (data_dir / "meta.json").is_file():
         shutil.copy(data_dir / "meta.json", run_dir / "data_meta.json")
     (run_dir / "run.json").write_text(json.dumps({"data_dir": str(data_dir.resolve())}, indent=2))
@@ -361,8 +371,10 @@ def train(
             raise AiaynError("train needs --data DIR (a folder made by `aiayn prepare`) or --resume RUN_DIR")
         cfg = load_config(preset, config_file, overrides)
     data_dir = Path(data_dir)
-    if not (data_dir / "spm.model").is_file():
-        raise AiaynError(f"{data_dir}: not a prepared data folder (no spm.model); run `aiayn prepare` first")
+    if tokenizer_file(data_dir) is None:
+        raise AiaynError(
+            f"{data_dir}: not a prepared data folder (no spm.model or vocab.json); run `aiayn prepare` first"
+        )
     # Before the first bf16 matmul (the precision probe's): later, oneDNN's caches are already sized.
     bound_kernel_caches()
     runtime = setup_runtime(cfg.train.threads)
