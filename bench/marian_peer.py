@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,6 +150,8 @@ def train(
             curve.append(
                 {"step": steps, "minutes": round(minutes_trained, 3), "nll": round(valid_nll(model, *valid), 4)}
             )
+            # As aiayn's metrics.csv does: a run stopped early still shows how far it got.
+            bar.write(f"marian peer: step {steps}: valid NLL {curve[-1]['nll']:.4f}", file=sys.stderr)
             model.train()
             paused += time.monotonic() - pause
     bar.close()
