@@ -10,7 +10,8 @@ import pytest
 
 from aiayn.cli import main
 from aiayn.config import AiaynError
-from aiayn.data.corpus import SPLITS, holdout_size, load_meta, read_lines, read_split
+from aiayn.data.corpus import SPLITS, holdout_size, load_meta, read_split
+from aiayn.data.text import read_lines
 
 NOUNS = [
     ("der Hund", "the dog"),

@@ -21,7 +21,7 @@ from toydata import TOY_WORDS, save_run, train_toy_tokenizer
 from aiayn.cli import main
 from aiayn.config import BOS_ID, EOS_ID, PAD_ID, AiaynError, Config, preset
 from aiayn.data.batching import source_row
-from aiayn.data.corpus import MAX_LINE_BYTES, arriving_chunks
+from aiayn.data.text import MAX_LINE_BYTES, arriving_chunks
 from aiayn.data.tokenizer import Tokenizer
 from aiayn.inference import search
 from aiayn.inference.translate import BANNED, Translator, format_translations, length_batches, make_step_fn
@@ -356,7 +356,7 @@ class Typist:
 
 def test_translate_command_translates_stdin_a_chunk_at_a_time(run_dir, translator, monkeypatch):
     """Lines 1-4 are translated and written before line 6 is read (chunks of 2 lines here)."""
-    monkeypatch.setattr("aiayn.data.corpus.CHUNK_LINES", 2)
+    monkeypatch.setattr("aiayn.data.text.CHUNK_LINES", 2)
     out = io.StringIO()
     monkeypatch.setattr(sys, "stdout", out)
     monkeypatch.setattr(

@@ -38,8 +38,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from aiayn.config import AiaynError
-from aiayn.data.corpus import SPLITS, Pair, normalize, write_data
+from aiayn.data.corpus import SPLITS, write_data
 from aiayn.data.sword import KJV, NRSV, Module, Versification, find_module, read_verses
+from aiayn.data.text import Pair, normalize
 
 SPANISH, ENGLISH = "spaRV1909eb", "engWEB2015eb"  # module names inside the Debian packages
 PACKAGES = ("sword-text-sparv", "sword-text-web")

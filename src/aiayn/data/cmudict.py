@@ -34,7 +34,8 @@ from importlib import metadata
 from pathlib import Path
 
 from aiayn.config import AiaynError
-from aiayn.data.corpus import Pair, read_lines, write_data
+from aiayn.data.corpus import write_data
+from aiayn.data.text import Pair, read_lines
 
 WORD = re.compile(r"[a-z'-]+")
 # WORD[(N)] PHONEME ... [# comment]; ARPAbet phonemes are upper-case letters with an optional stress digit.

@@ -47,8 +47,9 @@ from aiayn.data.bible import (
     strip_markup,
     to_kjv,
 )
-from aiayn.data.corpus import Pair, normalize, write_data
+from aiayn.data.corpus import write_data
 from aiayn.data.sword import read_verses
+from aiayn.data.text import Pair, normalize
 
 KJV_MODULE, WEB_MODULE = "engKJV2006eb", "engWEB2015eb"  # module names inside the Debian packages
 PACKAGES = ("sword-text-kjv", "sword-text-web")

@@ -16,7 +16,7 @@ splits the source (a word) into characters and the target (its pronunciation) at
 vocabulary serves both sides (letters and phonemes do not collide: phonemes are upper-case,
 CMUdict's letters lower-case), so §3.4's shared embedding matrix works unchanged. Both ways
 round-trip exactly: ``decode(encode(x)) == x`` for every text of known symbols (``symbols``:
-text with single spaces, which ``corpus.normalize`` guarantees).
+text with single spaces, which ``text.normalize`` guarantees).
 
 A symbol outside the vocabulary encodes as UNK and is counted (``unknown``): the commands that
 read user input (translate, evaluate, serve) say how many there were. The vocabulary lives in

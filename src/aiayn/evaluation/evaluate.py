@@ -23,7 +23,8 @@ from typing import Any
 from sacrebleu.metrics import BLEU, CHRF
 
 from aiayn.config import AiaynError
-from aiayn.data.corpus import load_meta, read_lines, read_references, read_split
+from aiayn.data.corpus import load_meta, read_references, read_split
+from aiayn.data.text import read_lines
 from aiayn.inference.translate import Translator
 
 

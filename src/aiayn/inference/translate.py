@@ -25,8 +25,8 @@ from tqdm import tqdm
 
 from aiayn.config import BOS_ID, EOS_ID, PAD_ID, AiaynError, Config, from_dict
 from aiayn.data.batching import pad_rows, source_row
-from aiayn.data.corpus import arriving_chunks, line_chunks, stream_lines
 from aiayn.data.symbols import open_tokenizer
+from aiayn.data.text import arriving_chunks, line_chunks, stream_lines
 from aiayn.inference import search
 from aiayn.inference.fused import FusedDecoder
 from aiayn.inference.quantize import check_quantization, pack_model, quantize_model
