@@ -74,12 +74,14 @@ def probe_precision(data: Path, threads: int) -> str:
 
 
 def aiayn_curve(rows: list[dict[str, str]]) -> list[dict[str, float]]:
-    """Valid NLL by update from metrics.csv; the end-of-run row replaces an evaluation at the same step."""
+    """Valid NLL by update from metrics.csv (``ema_nll``: the moving average's, for a run with
+    ``train.ema_decay``); the end-of-run row replaces an evaluation at the same step."""
     points = {
         int(r["step"]): {
             "step": int(r["step"]),
             "minutes": float(r["minutes"]),
             "nll": round(math.log(float(r["valid_ppl"])), 4),
+            **({"ema_nll": round(math.log(float(r["ema_valid_ppl"])), 4)} if r.get("ema_valid_ppl") else {}),
         }
         for r in rows
         if r.get("valid_ppl")
@@ -125,6 +127,9 @@ def run_aiayn(
         "outside_updates": timing["outside_fraction"],
         "tgt_tok_per_s": round(statistics.fmean(rates)) if rates else None,
         "valid_nll": round(math.log(float(rows[-1]["valid_ppl"])), 4),
+        "ema_valid_nll": round(math.log(float(rows[-1]["ema_valid_ppl"])), 4)
+        if rows[-1].get("ema_valid_ppl")
+        else None,
         "curve": aiayn_curve(rows),
         "overrides": overrides,
     }
@@ -206,6 +211,7 @@ COLUMNS = (
     "train_minutes",
     "tgt_tok_per_s",
     "valid_nll",
+    "ema_valid_nll",
     "bleu",
     "chrf",
     "length_ratio",
@@ -225,7 +231,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """One system over its seeds: mean, sample standard deviation, min and max of each score."""
     out: dict[str, Any] = {"system": runs[0]["system"], "seeds": [r["seed"] for r in runs], "runs": len(runs)}
-    for key in ("updates", "train_minutes", "tgt_tok_per_s", "valid_nll", "bleu", "chrf"):
+    for key in ("updates", "train_minutes", "tgt_tok_per_s", "valid_nll", "ema_valid_nll", "bleu", "chrf"):
         values = [r[key] for r in runs if r.get(key) is not None]
         if values:
             out[key] = round(statistics.fmean(values), 4)
@@ -236,7 +242,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def plot(runs: list[dict[str, Any]], path: Path, title: str) -> None:
     """Valid NLL against updates and against minutes: each system's mean over seeds, and a band
-    from the lowest to the highest seed."""
+    from the lowest to the highest seed; dashed, the moving average of the weights where a run kept one."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(11, 4.2), layout="constrained")
@@ -253,6 +259,9 @@ def plot(runs: list[dict[str, Any]], path: Path, title: str) -> None:
             ys = [[c[i]["nll"] for c in curves] for i in range(points)]
             ax.plot(x, [statistics.fmean(y) for y in ys], color=color, lw=2, label=f"{system} ({len(curves)} seeds)")
             ax.fill_between(x, [min(y) for y in ys], [max(y) for y in ys], color=color, alpha=0.2, lw=0)
+            if all("ema_nll" in c[i] for c in curves for i in range(points)):
+                ema = [statistics.fmean(c[i]["ema_nll"] for c in curves) for i in range(points)]
+                ax.plot(x, ema, color=color, lw=1.5, ls="--", label=f"{system}, moving average of the weights")
     axes[0].set_xlabel("updates")
     axes[1].set_xlabel("minutes of training")
     axes[0].set_ylabel("valid NLL per target subword (float32)")

@@ -115,6 +115,9 @@ class TrainConfig:
     # > 0: the last ``keep_last`` checkpoints are spread evenly over this final fraction of the
     # budget (max_steps or max_minutes), so averaging them averages the end of training.
     tail_fraction: float = 0.0
+    # > 0: keep an exponential moving average of the weights with this decay (training/ema.py),
+    # validated beside them and offered to `aiayn average` as a candidate; 0: none.
+    ema_decay: float = 0.0
     precision: str = "auto"  # auto (bf16 on CUDA; on CPU only where it measures faster) | fp32 | bf16
     compile: bool = False
     threads: int = 0  # CPU threads; 0: all cores of this process (or OMP_NUM_THREADS)
@@ -452,6 +455,8 @@ def validate(cfg: Config) -> Config:
     for name in ("adam_beta1", "adam_beta2"):
         if not 0.0 <= getattr(cfg.train, name) < 1.0:
             raise AiaynError(f"config key 'train.{name}' must be in [0, 1)")
+    if not 0.0 <= cfg.train.ema_decay < 1.0:
+        raise AiaynError(f"config key 'train.ema_decay' must be in [0, 1), got {cfg.train.ema_decay}")
     if not 0.0 <= cfg.train.tail_fraction < 1.0:
         raise AiaynError(f"config key 'train.tail_fraction' must be in [0, 1), got {cfg.train.tail_fraction}")
     for name in (

@@ -5,15 +5,19 @@ interrupted one resumed; the FLOPs of the LSTM kernel the counter does not know.
 from __future__ import annotations
 
 import json
+import random
 import shutil
 
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from aiayn.claims.compare import LSTM_FLOPS, parse_archs
+from aiayn.claims.compare import LSTM_FLOPS, parse_archs, tokens_and_flops
 from aiayn.cli import main
-from aiayn.config import AiaynError
+from aiayn.config import AiaynError, load_config
+from aiayn.data.batching import BatchStream, tokenized_split
+from aiayn.data.corpus import prepare_files
+from aiayn.data.symbols import open_tokenizer
 from aiayn.training import checkpoint as ckpt
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -50,6 +54,28 @@ def test_compare_two_networks_end_to_end_then_resume(toy_corpus, tmp_path, capsy
     assert "rnn is finished" in captured.out and "resuming" in captured.err and "(step 10)" in captured.err
     assert (out / "rnn" / "result.json").read_text() == rnn_result
     assert json.loads((out / "conv" / "result.json").read_text())["updates"] == 20
+
+
+def test_tokens_of_an_update_are_those_of_the_batches_training_cuts(tmp_path):
+    """The run's own batch rule (``data.limit``, ``data.sort``), not a default one: the mean of the
+    target tokens (EOS included) over one epoch of the batches ``train`` would make. Sources longer
+    than their targets, so that the two ways of counting a batch cut it differently."""
+    rng = random.Random(0)
+    sources = [" ".join(rng.choice("abcdefgh") for _ in range(rng.randint(3, 30))) for _ in range(600)]
+    (tmp_path / "train.xx").write_text("\n".join(sources) + "\n", encoding="utf-8")
+    (tmp_path / "train.yy").write_text("\n".join(s[:3] for s in sources) + "\n", encoding="utf-8")
+    data = tmp_path / "data"
+    prepare_files(data, src=tmp_path / "train.xx", tgt=tmp_path / "train.yy", vocab_size=20)
+    tokenizer = open_tokenizer(data)
+    found = {}
+    for limit in ("side", "total"):
+        cfg = load_config("tiny", overrides=[f"vocab_size={tokenizer.vocab_size}", f"limit={limit}", "sort=target"])
+        found[limit], _ = tokens_and_flops(cfg, data, tokenizer)
+        _, _, src, tgt = tokenized_split(data, "train", tokenizer)
+        stream = BatchStream(src, tgt, cfg.data.batch_tokens, cfg.data.max_len, 1, sort="target", limit=limit)
+        batches = [b for _, (_, _, b) in zip(range(len(stream)), stream)]
+        assert found[limit] == pytest.approx(sum(b.n_tgt_tokens for b in batches) / len(batches))
+    assert found["total"] > 1.5 * found["side"]  # with short targets, counting both sides fits more rows
 
 
 def test_lstm_kernel_flops_are_counted_as_its_matrix_products():

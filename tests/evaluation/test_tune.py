@@ -112,6 +112,22 @@ def test_average_that_wins_on_valid_is_kept(trained, tmp_path):
     assert found["averaged_steps"] == [10, 20, 30, 40, 50]
 
 
+def test_moving_average_that_wins_on_valid_is_kept(trained, tmp_path, capsys):
+    """A run trained with ema_decay: its last checkpoint's moving average is a third candidate."""
+    data, run = trained
+    last = ckpt.load_checkpoint(ckpt.list_checkpoints(run)[-1])["model"]
+    folder = copy_run(run, tmp_path / "run", [noisy(last, 1.0, s) for s in range(5)])
+    newest = ckpt.list_checkpoints(folder)[-1]
+    ckpt.save_checkpoint(newest, {**ckpt.load_checkpoint(newest), "ema": last})
+    assert main(["average", str(folder), "--last", "5"]) == 0
+    assert "the moving average of the weights scored best on valid" in capsys.readouterr().out
+    saved = ckpt.load_checkpoint(folder / "averaged.pt")
+    assert all(torch.equal(saved["model"][k], last[k]) for k in last)
+    selection = json.loads(saved["selection"])
+    assert selection["selected"] == "ema" and set(selection["valid"]) == {"average", "last", "ema"}
+    assert saved["averaged_steps"] == [50]
+
+
 def test_tune_decoding_picks_the_best_on_valid_and_translate_uses_it(trained, tmp_path, capsys):
     """Tuned on a copy of the data whose test files are folders, which no read can get through
     (root's included): decoding is never chosen on the test split."""

@@ -107,6 +107,7 @@ def test_sigkill_and_resume_is_bit_exact(toy, tmp_path):
         "schedule=linear",
         "warmup_steps=2",
         "dropout=0.1",
+        "ema_decay=0.9",
         "max_steps=160",
         "checkpoint_every_steps=4",
         "eval_every=1000",
@@ -135,10 +136,24 @@ def test_sigkill_and_resume_is_bit_exact(toy, tmp_path):
         args = aiayn_cmd("train", "--resume", str(run))
     subprocess.run(args, check=True, env=env, capture_output=True)
     assert kills == 3, "the run finished before it could be killed: make it longer"
-    assert (
-        max_diff(weights(full / "checkpoints" / "step_00000160.pt"), weights(run / "checkpoints" / "step_00000160.pt"))
-        == 0.0
-    )
+    whole, resumed = (ckpt.load_checkpoint(r / "checkpoints" / "step_00000160.pt") for r in (full, run))
+    assert max_diff(whole["model"], resumed["model"]) == 0.0
+    assert max_diff(whole["ema"], resumed["ema"]) == 0.0  # the moving average resumes too
+
+
+def test_moving_average_is_validated_and_saved_and_leaves_training_alone(toy, tmp_path):
+    common = [*TINY, "dropout=0.1", "max_steps=30", "eval_every=10", "checkpoint_every_steps=10"]
+    common += ["checkpoint_every_minutes=0"]
+    for name, extra in (("plain", []), ("ema", ["ema_decay=0.9"])):
+        assert main(["train", "--data", str(toy), "--out", str(tmp_path / name), *common, *extra]) == 0
+    plain, ema = (ckpt.load_checkpoint(tmp_path / n / "checkpoints" / "step_00000030.pt") for n in ("plain", "ema"))
+    assert max_diff(plain["model"], ema["model"]) == 0.0  # the average never feeds back
+    assert "ema" not in plain and ema["ema"].keys() == ema["model"].keys()
+    assert max_diff(ema["model"], ema["ema"]) > 0.0
+    with (tmp_path / "ema" / "metrics.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if r["valid_loss"]]
+    assert [int(r["step"]) for r in rows] == [10, 20, 30, 30]  # the evaluations, then the final row
+    assert all(r["ema_valid_loss"] and float(r["ema_valid_loss"]) != float(r["valid_loss"]) for r in rows)
 
 
 def test_two_gloo_ranks_equal_one_process(toy, tmp_path):

@@ -98,7 +98,9 @@ def tokens_and_flops(cfg: Config, data: Path, tokenizer: Tokenizer) -> tuple[flo
     """(mean target tokens of an update, training FLOPs per target token), both from the run's
     own batches: the FLOPs of the forward and backward pass of its first batch (module doc)."""
     _, _, src, tgt = tokenized_split(data, "train", tokenizer)
-    stream = BatchStream(src, tgt, cfg.data.batch_tokens, cfg.data.max_len, cfg.train.seed, sort=cfg.data.sort)
+    stream = BatchStream(
+        src, tgt, cfg.data.batch_tokens, cfg.data.max_len, cfg.train.seed, sort=cfg.data.sort, limit=cfg.data.limit
+    )
     accumulate = max(1, math.ceil(cfg.train.update_tokens / cfg.data.batch_tokens))
     per_update = sum(len(tgt[i]) + 1 for i in stream.kept) / len(stream) * accumulate  # + EOS
     batch = next(iter(stream))[2]

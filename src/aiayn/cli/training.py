@@ -77,6 +77,11 @@ def _average(args: argparse.Namespace) -> None:
     steps = ", ".join(map(str, found["averaged_steps"]))
     if found["selected"] == "average":
         print(f"aiayn: averaged steps {steps} into {found['path']}")
+    elif found["selected"] == "ema":
+        print(
+            f"aiayn: the moving average of the weights scored best on valid; {found['path']} holds it "
+            f"(step {found['averaged_steps'][-1]})"
+        )
     else:
         print(
             f"aiayn: the average of steps {steps} scored lower on valid than the last checkpoint; "

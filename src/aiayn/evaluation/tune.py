@@ -93,8 +93,10 @@ def choose_average(
     log=print,
 ) -> dict[str, Any]:
     """Average the last ``last`` checkpoints; keep the average only where it beats the last
-    checkpoint in valid BLEU (the run's decoding settings). Writes RUN/averaged.pt either way:
-    the winner's weights, with ``selected`` saying which it is."""
+    checkpoint in valid BLEU (the run's decoding settings; the task's own metric for other tasks).
+    A run trained with ``train.ema_decay`` offers its moving average of the weights (the last
+    checkpoint's) as a third candidate. Writes RUN/averaged.pt either way: the winner's weights,
+    with ``selected`` saying which it is."""
     run_dir = Path(run_dir)
     paths = ckpt.list_checkpoints(run_dir)
     if not paths:
@@ -104,22 +106,35 @@ def choose_average(
     states = [ckpt.load_checkpoint(p) for p in paths[-last:]]
     averaged = ckpt.average_state_dicts([s["model"] for s in states])
     steps = [int(s["step"]) for s in states]
+    candidates = {"average": averaged, "last": states[-1]["model"]}
+    if "ema" in states[-1]:
+        candidates["ema"] = states[-1]["ema"]
     result: dict[str, Any] = {"averaged_steps": steps, "selected": "average"}
-    if compare and len(states) > 1:
+    if compare and len(candidates) > 1 and (len(states) > 1 or "ema" in candidates):
         data_dir = run_data_dir(run_dir, data)
         task, src, ref = load_meta(data_dir)["task"], *valid_split(data_dir, sentences)
         metric = primary_metric(task)[0]
         scores = {}
-        for name, weights in (("last", states[-1]["model"]), ("average", averaged)):
-            what = "average of steps " + ", ".join(map(str, steps)) if name == "average" else "last checkpoint"
+        whats = {
+            "average": "average of steps " + ", ".join(map(str, steps)),
+            "last": "last checkpoint",
+            "ema": f"moving average of the weights at step {steps[-1]}",
+        }
+        for name, weights in candidates.items():
+            if name == "average" and len(states) == 1:
+                continue  # the average of one checkpoint is that checkpoint
+            what = whats[name]
             translator = Translator.from_state(weights, states[-1]["config"], run_dir, device)
             scores[name] = score(translator, src, ref, task=task)
             ratio = f" (length ratio {scores[name]['length_ratio']:.3f})" if "length_ratio" in scores[name] else ""
             log(f"aiayn: valid {metric.upper()} {scores[name][metric]:.2f}{ratio} with the {what}")
         result.update(valid=scores, valid_sentences=len(src))
-        if better(task, scores["last"][metric], scores["average"][metric]):
-            result["selected"] = "last"
-    weights = averaged if result["selected"] == "average" else states[-1]["model"]
+        best = next(iter(scores))  # the average where there is one: it wins ties
+        for name in scores:
+            if better(task, scores[name][metric], scores[best][metric]):
+                best = name
+        result["selected"] = best
+    weights = candidates[result["selected"]]
     out = run_dir / "averaged.pt"
     ckpt.save_checkpoint(
         out,

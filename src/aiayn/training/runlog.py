@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import csv
+import json
+import sys
 import time
 from pathlib import Path
 
 METRICS = (
-    "step epoch minutes train_loss train_nll lr tokens_per_s grad_norm valid_loss valid_ppl valid_bleu valid_beam_bleu"
+    "step epoch minutes train_loss train_nll lr tokens_per_s grad_norm valid_loss valid_ppl valid_bleu valid_beam_bleu "
+    "ema_valid_loss ema_valid_ppl"
 ).split()
 
 
@@ -54,3 +57,27 @@ class RateMeter:
         rate = self.tokens / max(time.monotonic() - self.start, 1e-9)
         self.tokens, self.start = 0.0, time.monotonic()
         return rate
+
+
+def report_outside(run_dir: Path, outside: dict[str, list], run_minutes: float, updates: int) -> None:
+    """One line and ``timing.json``: the budget's minutes, and how much of them went to validation
+    and checkpoint writes rather than updates (``outside``: kind -> [seconds, count])."""
+    (val_s, val_n), (ckpt_s, ckpt_n) = outside["validation"], outside["checkpoints"]
+    spent = (val_s + ckpt_s) / 60
+    timing = {
+        "updates": updates,
+        "minutes": round(run_minutes, 3),
+        "update_minutes": round(run_minutes - spent, 3),
+        "validation_minutes": round(val_s / 60, 3),
+        "validation_passes": val_n,
+        "checkpoint_minutes": round(ckpt_s / 60, 3),
+        "checkpoint_writes": ckpt_n,
+        "outside_fraction": round(spent / max(run_minutes, 1e-9), 4),
+    }
+    (run_dir / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
+    print(
+        f"aiayn: {updates:,} updates in {run_minutes:.1f} min; outside the updates: validation "
+        f"{val_s / 60:.2f} min ({val_n} passes), checkpoints {ckpt_s / 60:.2f} min ({ckpt_n} writes), "
+        f"{100 * timing['outside_fraction']:.1f} % of the run",
+        file=sys.stderr,
+    )

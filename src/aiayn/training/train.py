@@ -29,8 +29,9 @@ from aiayn.evaluation.evaluate import model_bleu
 from aiayn.models.transformer import count_parameters
 from aiayn.runtime import Runtime, rng_state, set_rng_state, setup_runtime
 from aiayn.training import checkpoint as ckpt
+from aiayn.training.ema import WeightEMA
 from aiayn.training.kernel_caches import bound_kernel_caches
-from aiayn.training.runlog import MetricsLog, RateMeter
+from aiayn.training.runlog import MetricsLog, RateMeter, report_outside
 from aiayn.training.schedule import budget_progress
 from aiayn.training.step import build_training_step
 
@@ -86,6 +87,11 @@ class Trainer:
             self.training.warmup_progress = float(resume.get("warmup_progress", 0.0))
             self.best_valid = float(resume["best_valid"])
             set_rng_state(resume["rng"][runtime.rank])
+        # Made after a resume's weights are loaded: a run given ema_decay when resumed starts its
+        # average there.
+        self.ema = WeightEMA(self.model, t.ema_decay) if t.ema_decay else None
+        if self.ema is not None and resume is not None and "ema" in resume:
+            self.ema.load_state_dict(self.model, resume["ema"])
         self.log = MetricsLog(run_dir, self.step) if runtime.is_main else None
         # Seconds and count of the work inside the budget that is not updates: it buys no learning,
         # so every run says what it cost (``timing.json``, and a line at the end).
@@ -102,11 +108,10 @@ class Trainer:
         fixed subset, or at the end of training beam-search BLEU (the config's decoding settings)
         on the whole valid split."""
         self.model.eval()
-        loss_sum = nll_sum = tokens = 0.0
-        for batch in self.valid_batches:
-            loss, nll, n = self.training.loss(batch.to(self.rt.device), forward=self.model, exact=True)
-            loss_sum, nll_sum, tokens = loss_sum + loss.item(), nll_sum + nll.item(), tokens + n
-        result = {"valid_loss": loss_sum / max(tokens, 1), "valid_ppl": math.exp(min(nll_sum / max(tokens, 1), 50))}
+        result = self.valid_loss()
+        if self.ema is not None:
+            with self.ema.applied(self.model):
+                result.update({f"ema_{k}": v for k, v in self.valid_loss().items()})
         bleu_wanted = self.rt.is_main and self.valid_src and self.task == "translation"  # others: loss only
         n_bleu = self.cfg.data.valid_bleu_sentences if bleu_wanted else 0
         if n_bleu:
@@ -116,6 +121,13 @@ class Trainer:
             result["valid_beam_bleu" if final else "valid_bleu"] = bleu
         self.model.train()
         return result
+
+    def valid_loss(self) -> dict:
+        loss_sum = nll_sum = tokens = 0.0
+        for batch in self.valid_batches:
+            loss, nll, n = self.training.loss(batch.to(self.rt.device), forward=self.model, exact=True)
+            loss_sum, nll_sum, tokens = loss_sum + loss.item(), nll_sum + nll.item(), tokens + n
+        return {"valid_loss": loss_sum / max(tokens, 1), "valid_ppl": math.exp(min(nll_sum / max(tokens, 1), 50))}
 
     # ------------------------------------------------------------------ checkpoints
     def state(self, minutes: float) -> dict:
@@ -134,6 +146,7 @@ class Trainer:
             "rng": rngs,
             "best_valid": self.best_valid,
             "warmup_progress": self.training.warmup_progress,
+            **({"ema": self.ema.state_dict(self.model)} if self.ema is not None else {}),
         }
 
     def save(self, minutes: float, best: bool = False) -> None:
@@ -214,6 +227,8 @@ class Trainer:
                     )
                 continue
             bad_steps = 0
+            if self.ema is not None:
+                self.ema.update(self.model, self.step)
             meter.add(last["tokens"])
             bar.update(1)
             row = {}
@@ -228,6 +243,7 @@ class Trainer:
                 self.best_valid = min(self.best_valid, row["valid_loss"])
                 bar.write(
                     f"step {self.step}: valid loss {row['valid_loss']:.3f}, ppl {row['valid_ppl']:.2f}"
+                    + (f", moving average's loss {row['ema_valid_loss']:.3f}" if "ema_valid_loss" in row else "")
                     + (f", greedy BLEU {row['valid_bleu']:.1f}" if "valid_bleu" in row else "")
                 )
             if row and self.log:
@@ -279,7 +295,7 @@ class Trainer:
         """After the budget: what the time inside it went to, beam BLEU on all of valid, the final
         checkpoint, the last metrics row."""
         if self.rt.is_main and run_minutes > 0:
-            self.report_outside(run_minutes, updates)
+            report_outside(self.run_dir, self.outside, run_minutes, updates)
         if self.rt.is_main and self.step and self.cfg.data.valid_bleu_sentences and self.task == "translation":
             print(
                 f"aiayn: beam-{self.cfg.decode.beam_size} BLEU on all {len(self.valid_src)} valid sentences ...",
@@ -293,29 +309,6 @@ class Trainer:
         if self.log:
             self.log.write({"step": self.step, "epoch": self.stream.epoch, "minutes": round(minutes, 3), **final})
         return {"step": self.step, "minutes": minutes, **final}
-
-    def report_outside(self, run_minutes: float, updates: int) -> None:
-        """One line and ``timing.json``: the budget's minutes, and how much of them went to
-        validation and checkpoint writes rather than updates."""
-        (val_s, val_n), (ckpt_s, ckpt_n) = self.outside["validation"], self.outside["checkpoints"]
-        outside = (val_s + ckpt_s) / 60
-        timing = {
-            "updates": updates,
-            "minutes": round(run_minutes, 3),
-            "update_minutes": round(run_minutes - outside, 3),
-            "validation_minutes": round(val_s / 60, 3),
-            "validation_passes": val_n,
-            "checkpoint_minutes": round(ckpt_s / 60, 3),
-            "checkpoint_writes": ckpt_n,
-            "outside_fraction": round(outside / max(run_minutes, 1e-9), 4),
-        }
-        (self.run_dir / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
-        print(
-            f"aiayn: {updates:,} updates in {run_minutes:.1f} min; outside the updates: validation "
-            f"{val_s / 60:.2f} min ({val_n} passes), checkpoints {ckpt_s / 60:.2f} min ({ckpt_n} writes), "
-            f"{100 * timing['outside_fraction']:.1f} % of the run",
-            file=sys.stderr,
-        )
 
     def _broadcast(self, values: list[float]) -> list[float]:
         t = torch.tensor(values, dtype=torch.float64, device=self.rt.device)
