@@ -455,10 +455,10 @@ def validate(cfg: Config) -> Config:
     for name in ("adam_beta1", "adam_beta2"):
         if not 0.0 <= getattr(cfg.train, name) < 1.0:
             raise AiaynError(f"config key 'train.{name}' must be in [0, 1)")
-    if not 0.0 <= cfg.train.ema_decay < 1.0:
-        raise AiaynError(f"config key 'train.ema_decay' must be in [0, 1), got {cfg.train.ema_decay}")
-    if not 0.0 <= cfg.train.tail_fraction < 1.0:
-        raise AiaynError(f"config key 'train.tail_fraction' must be in [0, 1), got {cfg.train.tail_fraction}")
+    for name in ("ema_decay", "tail_fraction"):
+        value = getattr(cfg.train, name)
+        if not 0.0 <= value < 1.0:
+            raise AiaynError(f"config key 'train.{name}' must be in [0, 1), got {value}")
     for name in (
         "max_minutes",
         "clip_norm",

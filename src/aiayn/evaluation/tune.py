@@ -110,7 +110,7 @@ def choose_average(
     if "ema" in states[-1]:
         candidates["ema"] = states[-1]["ema"]
     result: dict[str, Any] = {"averaged_steps": steps, "selected": "average"}
-    if compare and len(candidates) > 1 and (len(states) > 1 or "ema" in candidates):
+    if compare and (len(states) > 1 or "ema" in candidates):
         data_dir = run_data_dir(run_dir, data)
         task, src, ref = load_meta(data_dir)["task"], *valid_split(data_dir, sentences)
         metric = primary_metric(task)[0]
