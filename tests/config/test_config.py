@@ -1,5 +1,6 @@
-"""config.py: presets, preset < YAML file < key=value overrides, errors that name the key, and
-round trips through the saved forms (dict/JSON in checkpoints, YAML in run folders)."""
+"""aiayn/config/: presets, preset < YAML file < key=value overrides (load.py), errors that name
+the key and bounds on every size (bounds.py), and round trips through the saved forms (dict/JSON
+in checkpoints, YAML in run folders)."""
 
 from __future__ import annotations
 
