@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from figurekit import assert_png_matches, png_size
 from toydata import save_run, train_toy_tokenizer
 
 from aiayn.cli import main
@@ -18,11 +18,11 @@ from aiayn.config import BOS_ID, preset
 from aiayn.data.batching import source_row
 from aiayn.data.tokenizer import Tokenizer
 from aiayn.evaluation import visualize as v
+from aiayn.evaluation.plots import DPI
 from aiayn.inference.translate import Translator
 from aiayn.models.transformer import Transformer
 
 SENTENCE = "en el principio creo dios los cielos y la tierra"
-MAX_PNG_BYTES = 300_000
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -109,28 +109,6 @@ def test_sentence_attention_is_teacher_forced_on_the_beam_translation(translator
 # ---------------------------------------------------------------------------- the figures
 
 
-def png_size(path: Path) -> tuple[int, int]:
-    assert path.stat().st_size > 1000, f"{path} is (nearly) empty"
-    assert path.stat().st_size < MAX_PNG_BYTES, f"{path} is {path.stat().st_size} bytes"
-    with Image.open(path) as image:
-        image.load()
-        return image.size
-
-
-def expected_pixels(fig) -> tuple[int, int]:
-    """What ``bbox_inches="tight"`` at ``v.DPI`` must give: the drawn extent plus the padding."""
-    fig.set_dpi(v.DPI)  # text extents depend a little on the resolution they are measured at
-    box = fig.get_tightbbox()
-    return round((box.width + 0.3) * v.DPI), round((box.height + 0.3) * v.DPI)
-
-
-def assert_png_matches(fig, path: Path) -> None:
-    w, h = png_size(path)
-    ew, eh = expected_pixels(fig)
-    # Constrained layout is solved again at each draw, so allow a pixel per hundred.
-    assert abs(w - ew) <= 2 + ew / 100 and abs(h - eh) <= 2 + eh / 100, f"{path}: {w}×{h} px, expected {ew}×{eh}"
-
-
 def test_attention_grids_have_a_panel_per_layer_and_head_with_labels(maps, tmp_path):
     figures = v.attention_figures(maps)
     assert list(figures) == [
@@ -156,7 +134,7 @@ def test_attention_grids_have_a_panel_per_layer_and_head_with_labels(maps, tmp_p
         assert [p.suffix for p in paths] == [".png", ".svg"] and paths[1].stat().st_size > 1000
         assert_png_matches(fig, paths[0])
         # Readable: every heatmap cell at least 10 pixels wide in the PNG.
-        cell = first.get_window_extent().width / fig.dpi * v.DPI / t_k
+        cell = first.get_window_extent().width / fig.dpi * DPI / t_k
         assert cell >= 10, f"{kind}: cells of {cell:.1f} px"
 
 
@@ -179,90 +157,6 @@ def test_lines_view_draws_each_weight_as_line_opacity(maps, tmp_path):
     assert_png_matches(fig, v.save_figure(fig, tmp_path / "lines.png", "unused")[0])
     with pytest.raises(Exception, match="has 2 encoder layers"):
         v.attention_figures(maps, layer=layer + 1)
-
-
-def test_positions_heatmap_is_the_papers_formula(tmp_path):
-    fig = v.positions_figure(d_model=64, max_len=50)
-    image = fig.axes[0].images[0].get_array()
-    pos, dim = np.arange(50)[:, None], np.arange(64)[None, :]
-    angle = pos / 10000 ** ((dim - dim % 2) / 64)
-    expected = np.where(dim % 2 == 0, np.sin(angle), np.cos(angle))
-    np.testing.assert_allclose(image, expected, atol=1e-6)
-    assert len(fig.axes) == 2 and "d_model = 64" in fig.axes[0].get_title()
-    assert_png_matches(fig, v.save_figure(fig, tmp_path, "positions")[0])
-
-
-def test_schedule_follows_eq3_and_marks_the_warmup(tmp_path):
-    fig = v.schedule_figure(d_model=512, warmup_steps=4000, steps=20_000)
-    ax = fig.axes[0]
-    curve, warmup = ax.lines
-    steps, rates = curve.get_xdata(), curve.get_ydata()
-    hand = [512**-0.5 * min(s**-0.5, s * 4000**-1.5) for s in steps]
-    np.testing.assert_allclose(rates, hand, rtol=1e-12)
-    assert steps[np.argmax(rates)] == 4000 and steps[0] == 1 and steps[-1] == 20_000
-    assert list(warmup.get_xdata()) == [4000, 4000]
-    assert_png_matches(fig, v.save_figure(fig, tmp_path, "schedule")[0])
-
-
-def test_budgeted_schedule_figure_rises_then_falls_to_zero_by_hand():
-    """`small`'s default: a linear rise over 300 updates to 0.27713 · 256^-0.5 · 300^-0.5 ≈ 1e-3,
-    then a straight fall from there to zero at the budget's last update."""
-    fig = v.schedule_figure(d_model=256, warmup_steps=300, scale=0.27713, steps=1500, name="linear")
-    steps, rates = fig.axes[0].lines[0].get_xdata(), fig.axes[0].lines[0].get_ydata()
-    peak = 0.27713 * 256**-0.5 * 300**-0.5
-    assert peak == pytest.approx(1e-3, rel=1e-4)
-    hand = [peak * s / 300 if s <= 300 else peak * (1 - (s - 1) / 1500) / (1 - 299 / 1500) for s in steps]
-    np.testing.assert_allclose(rates, hand, rtol=1e-12)
-    assert steps[np.argmax(rates)] == 300 and rates[-1] == pytest.approx(peak / 1201)
-    assert "linear budget of 1,500 updates" in fig.axes[0].get_title()
-
-
-def write_metrics(run: Path, rows: list[dict]) -> None:
-    from aiayn.training.runlog import METRICS
-
-    run.mkdir(parents=True, exist_ok=True)
-    lines = [",".join(METRICS)] + [",".join(str(r.get(k, "")) for k in METRICS) for r in rows]
-    (run / "metrics.csv").write_text("\n".join(lines) + "\n")
-
-
-def test_run_curves_plot_every_logged_value(tmp_path):
-    rows = [
-        {
-            "step": s,
-            "epoch": 0,
-            "train_loss": 5 - s / 100,
-            "train_nll": 4.5 - s / 100,
-            "lr": s * 1e-5,
-            "tokens_per_s": 1000 + s,
-        }
-        for s in range(10, 110, 10)
-    ]
-    rows += [
-        {"step": 50, "valid_loss": 4.2, "valid_ppl": 60, "valid_bleu": 1.5},
-        {"step": 100, "valid_loss": 3.9, "valid_ppl": 40, "valid_bleu": 3.25},
-    ]
-    write_metrics(tmp_path / "run", rows)
-    fig = v.run_figure(tmp_path / "run")
-    assert len(fig.axes) == 4
-    loss, bleu, lr, speed = fig.axes
-    assert [line.get_label() for line in loss.lines] == [
-        "train (label-smoothed)",
-        "train NLL",
-        "valid (label-smoothed)",
-    ]
-    np.testing.assert_allclose(loss.lines[0].get_ydata(), [5 - s / 100 for s in range(10, 110, 10)])
-    assert list(bleu.lines[0].get_xdata()) == [50, 100] and list(bleu.lines[0].get_ydata()) == [1.5, 3.25]
-    np.testing.assert_allclose(lr.lines[0].get_ydata(), [s * 1e-5 for s in range(10, 110, 10)])
-    assert speed.lines[0].get_ydata()[-1] == 1100
-    assert_png_matches(fig, v.save_figure(fig, tmp_path, "curves")[0])
-
-
-def test_run_curves_name_the_bad_file_and_line(tmp_path):
-    with pytest.raises(Exception, match="no metrics.csv"):
-        v.run_figure(tmp_path)
-    write_metrics(tmp_path, [{"step": 10, "train_loss": 1.0}, {"step": 20, "train_loss": "oops"}])
-    with pytest.raises(Exception, match=r"metrics.csv:3: 'train_loss' is not a number"):
-        v.run_figure(tmp_path)
 
 
 # ---------------------------------------------------------------------------- the commands
@@ -297,27 +191,8 @@ def test_attention_command_writes_and_prints_every_figure(run_dir, tmp_path, cap
         png_size(out / f"{s}.png")
 
 
-def test_plot_commands_write_files_and_report_errors_in_one_line(run_dir, tmp_path, capsys):
-    assert main(["plot", "positions", "--d-model", "32", "--max-len", "20", "--out", str(tmp_path / "pe.png")]) == 0
-    assert (
-        main(
-            ["plot", "schedule", "--preset", "tiny", "warmup_steps=50", "--steps", "300", "--out", str(tmp_path / "s")]
-        )
-        == 0
-    )
-    write_metrics(run_dir, [{"step": 10, "train_loss": 2.0, "lr": 1e-4, "tokens_per_s": 900}])
-    assert main(["plot", "run", str(run_dir)]) == 0
-    assert capsys.readouterr().out.splitlines() == [
-        str(tmp_path / "pe.png"),
-        str(tmp_path / "s" / "schedule.png"),
-        str(tmp_path / "s" / "schedule.svg"),
-        str(run_dir / "curves.png"),
-        str(run_dir / "curves.svg"),
-    ]
-    assert not (tmp_path / "pe.svg").exists()
+def test_attention_command_reports_a_bad_layer_in_one_line(run_dir, capsys):
     assert main(["attention", "--model", str(run_dir), SENTENCE, "--layer", "3"]) == 2
-    assert main(["plot", "run", str(tmp_path)]) == 2
-    assert main(["plot", "schedule", "warmup=3"]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 3 and all(line.startswith("aiayn: error: ") for line in err)
+    assert len(err) == 1 and err[0].startswith("aiayn: error: ")
     assert "--layer 3: the model has 2 encoder layers" in err[0]

@@ -43,8 +43,8 @@ from aiayn.data.batching import BatchStream, tokenized_split
 from aiayn.data.corpus import read_split
 from aiayn.data.tokenizer import Tokenizer
 from aiayn.evaluation.evaluate import evaluate
+from aiayn.evaluation.plots import read_metrics, save_figure
 from aiayn.evaluation.tune import choose_average, tune_decoding
-from aiayn.evaluation.visualize import read_metrics, save_figure
 from aiayn.inference.translate import Translator
 from aiayn.models.build import ARCHS, build_model
 from aiayn.models.transformer import count_parameters

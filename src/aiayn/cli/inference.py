@@ -158,7 +158,7 @@ def add_attention(sub) -> None:
 
 
 def _plot(args: argparse.Namespace) -> None:
-    from aiayn.evaluation.visualize import run_plot
+    from aiayn.evaluation.plots import run_plot
 
     run_plot(args)
 
