@@ -147,7 +147,7 @@ def test_tiny_sweep_end_to_end_skips_finished_rows_and_resumes_interrupted_ones(
         assert r["parameters"] == hand_count(vocab=vocab, positions=positions, **sizes)
     assert load_config(path=out / "E-learned" / "config.yaml").model.positional == "learned"
     base = load_config(path=out / "base" / "config.yaml")  # tiny's own dropout is 0.0: the paper's base is kept
-    assert (base.model.dropout, base.train.label_smoothing) == (0.1, 0.1)
+    assert (base.model.dropout, base.train.dropout_from_epoch, base.train.label_smoothing) == (0.1, 0, 0.1)
     assert "per subword" in (out / "table3.md").read_text()
     assert (out / "table3.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     capsys.readouterr()

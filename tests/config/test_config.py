@@ -182,13 +182,14 @@ def test_recipes_paper_and_budget(tmp_path: Path) -> None:
     small = load_config("small")
     t = small.train
     assert (small.recipe, t.schedule, t.tail_fraction, small.model.init) == ("budget", "inverse_sqrt", 0.1, "normal")
-    assert (t.warmup_steps, t.lr_scale, t.checkpoint_every_steps) == (300, 0.27713, 0)
+    assert (t.warmup_steps, t.lr_scale, t.checkpoint_every_steps, t.dropout_from_epoch) == (300, 0.27713, 0, 4)
     assert (small.data.sort, small.data.limit, small.data.batch_tokens) == ("target", "total", 3000)
     paper = load_config("small", overrides=["recipe=paper"])
     t = paper.train
     assert (paper.recipe, t.schedule, t.tail_fraction, paper.model.init) == ("paper", "inverse_sqrt", 0.0, "xavier")
     # small's own values, as before the budget recipe existed
-    assert (t.warmup_steps, t.lr_scale, t.checkpoint_every_steps) == (400, 0.4, 200)
+    assert (t.warmup_steps, t.lr_scale, t.checkpoint_every_steps, t.dropout_from_epoch) == (400, 0.4, 200, 0)
+    assert paper.model.dropout == small.model.dropout == 0.1  # budget gates the same P_drop by epoch
     assert (paper.data.sort, paper.data.limit, paper.data.batch_tokens) == ("length", "side", 3000)
     assert load_config("small", overrides=["recipe=paper", "recipe=budget"]) == small
     assert dataclasses.replace(paper.model, init="normal") == small.model  # the network's shape stays
@@ -220,6 +221,7 @@ def test_recipes_paper_and_budget(tmp_path: Path) -> None:
         (["tail_fraction=1.0"], "train.tail_fraction"),
         (["init=kaiming"], "model.init"),
         (["init_std=0"], "model.init_std"),
+        (["dropout_from_epoch=-1"], "train.dropout_from_epoch"),
     ],
 )
 def test_new_keys_are_checked(overrides: list[str], key: str) -> None:

@@ -156,6 +156,29 @@ def test_moving_average_is_validated_and_saved_and_leaves_training_alone(toy, tm
     assert all(r["ema_valid_loss"] and float(r["ema_valid_loss"]) != float(r["valid_loss"]) for r in rows)
 
 
+def test_late_dropout_trains_the_first_epochs_without_dropout_then_with_it(toy, tmp_path, capsys):
+    """dropout_from_epoch=1 is, bit for bit, an epoch trained with dropout=0.0 and then resumed with
+    dropout=0.1 (the switch by hand); and it differs from both dropout 0.0 and 0.1 throughout."""
+    common = ["--data", str(toy), *TINY, "eval_every=1000", "checkpoint_every_minutes=0", "checkpoint_every_steps=1000"]
+
+    def run(name: str, *extra: str) -> Path:
+        assert main(["train", "--out", str(tmp_path / name), *common, *extra]) == 0
+        return tmp_path / name
+
+    first = run("first", "dropout=0.0", "max_epochs=1")  # stops where epoch 1 begins
+    epoch = newest_step(first)
+    steps = f"max_steps={epoch + 6}"
+    assert main(["train", "--resume", str(first), "dropout=0.1", "max_epochs=0", steps]) == 0
+    capsys.readouterr()
+    late = run("late", "dropout=0.1", "dropout_from_epoch=1", steps)
+    said = capsys.readouterr()
+    assert "dropout 0.1 from epoch 1" in said.out + said.err
+    never, always = run("never", "dropout=0.0", steps), run("always", "dropout=0.1", steps)
+    final = {r: weights(r / "checkpoints" / f"step_{epoch + 6:08d}.pt") for r in (first, late, never, always)}
+    assert max_diff(final[late], final[first]) == 0.0
+    assert max_diff(final[late], final[never]) > 0.0 and max_diff(final[late], final[always]) > 0.0
+
+
 def test_two_gloo_ranks_equal_one_process(toy, tmp_path):
     """torchrun with 2 CPU ranks (gloo) vs 1 process accumulating the same 2 batches per update
     (docs/pitfalls.md: "DDP normalisation": the loss is normalised by the global token count)."""

@@ -47,6 +47,7 @@ MAXIMA = {
     ("train", "warmup_steps"): 100_000_000,
     ("train", "max_steps"): 100_000_000,
     ("train", "max_epochs"): 1_000_000,
+    ("train", "dropout_from_epoch"): 1_000_000,
     ("train", "update_tokens"): 100_000_000,
     ("train", "keep_last"): 1000,
     ("train", "threads"): 1024,
@@ -161,6 +162,7 @@ def validate(cfg: Config) -> Config:
         "checkpoint_every_minutes",
         "update_tokens",
         "max_epochs",
+        "dropout_from_epoch",
         "threads",
         "checkpoint_every_steps",
     ):

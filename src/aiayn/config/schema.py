@@ -100,6 +100,10 @@ class TrainConfig:
     clip_norm: float = 0.0  # 0: no clipping
     max_steps: int = 100_000
     max_epochs: int = 0  # 0: no limit
+    # > 0: no dropout before this epoch (counted from 0), model.dropout from it on ("late dropout",
+    # Liu et al. 2023): a box of a few epochs is underfit and dropout only slows it; longer runs
+    # start to overfit, and dropout helps them from there.
+    dropout_from_epoch: int = 0
     max_minutes: float = 0.0  # 0: no limit
     seed: int = 1
     log_every: int = 50  # steps between metrics.csv lines

@@ -19,3 +19,13 @@ ARCHS: dict[str, type[nn.Module]] = {"transformer": Transformer, "rnn": Recurren
 def build_model(cfg: ModelConfig) -> nn.Module:
     """The network ``cfg.arch`` names (config validation has checked the name)."""
     return ARCHS[cfg.arch](cfg)
+
+
+def set_dropout(model: nn.Module, p: float) -> None:
+    """Every dropout of ``model`` to probability ``p``, in place (``train.dropout_from_epoch``): the
+    ``nn.Dropout`` modules, and the dropout ``nn.LSTM`` applies between its layers."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = p
+        elif isinstance(module, nn.RNNBase) and module.num_layers > 1:
+            module.dropout = p

@@ -26,6 +26,7 @@ from aiayn.data.batching import BatchStream, fixed_batches, tokenized_split
 from aiayn.data.corpus import load_meta
 from aiayn.data.symbols import open_tokenizer, tokenizer_file
 from aiayn.evaluation.evaluate import model_bleu
+from aiayn.models.build import set_dropout
 from aiayn.models.transformer import count_parameters
 from aiayn.runtime import Runtime, rng_state, set_rng_state, setup_runtime
 from aiayn.training import checkpoint as ckpt
@@ -216,6 +217,8 @@ class Trainer:
             if in_tail and self.saved_step != self.step:
                 self.save(minutes())
                 last_ckpt_minutes = minutes()
+            if t.dropout_from_epoch:  # read from the epoch each update, so a resumed run switches alike
+                set_dropout(self.model, self.cfg.model.dropout if epoch >= t.dropout_from_epoch else 0.0)
             last = self.training.update([next(stream)[2] for _ in range(self.accumulate)], self.progress)
             if not last["finite"]:
                 bad_steps += 1
@@ -264,11 +267,12 @@ class Trainer:
         return self.finish(minutes(), minutes() - self.minutes_before, self.step - first_step)
 
     def describe(self) -> str:
+        m, late = self.cfg.model, self.cfg.train.dropout_from_epoch
         return (
             f"aiayn: {count_parameters(self.model):,} parameters, {len(self.stream)} batches/epoch per rank, "
             f"{self.accumulate} micro-batch(es) x {self.rt.world_size} rank(s) per update, "
             f"precision {'bf16' if self.training.autocast else 'fp32'}, {torch.get_num_threads()} threads, "
-            f"device {self.rt.device}"
+            f"device {self.rt.device}, dropout {m.dropout:g}" + (f" from epoch {late}" if late else "")
         )
 
     def _train_row(self, last: dict, epoch: int, minutes: float, rate: float, bar: tqdm, first_step: int) -> dict:
