@@ -229,6 +229,8 @@ def run(
         eval_every=eval_every,
     )
     nll = valid_nll(peer.model, *valid)
+    if not peer.curve or peer.curve[-1]["step"] != peer.steps:  # as aiayn's last validation: the final model
+        peer.curve.append({"step": peer.steps, "minutes": round(peer.train_seconds / 60, 3), "nll": round(nll, 4)})
     row = {
         "system": "hf-marian",
         "precision": "bf16" if bf16 else "fp32",

@@ -254,10 +254,11 @@ def plot(runs: list[dict[str, Any]], path: Path, title: str) -> None:
         if not curves:
             continue
         points = min(len(c) for c in curves)
+        label = f"{system} ({len(curves)} seed{'s' if len(curves) > 1 else ''})"
         for ax, x_key in zip(axes, ("step", "minutes")):
             x = [statistics.fmean(c[i][x_key] for c in curves) for i in range(points)]
             ys = [[c[i]["nll"] for c in curves] for i in range(points)]
-            ax.plot(x, [statistics.fmean(y) for y in ys], color=color, lw=2, label=f"{system} ({len(curves)} seeds)")
+            ax.plot(x, [statistics.fmean(y) for y in ys], color=color, lw=2, label=label)
             ax.fill_between(x, [min(y) for y in ys], [max(y) for y in ys], color=color, alpha=0.2, lw=0)
             if all("ema_nll" in c[i] for c in curves for i in range(points)):
                 ema = [statistics.fmean(c[i]["ema_nll"] for c in curves) for i in range(points)]

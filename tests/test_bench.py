@@ -198,6 +198,8 @@ def test_quality_harness_runs_both_systems_end_to_end(tmp_path):
     rows = [r for r in lines if r["bench"] == "quality"]
     assert [r["system"] for r in rows] == ["aiayn-small", "hf-marian"]
     for r in rows:
+        assert [c["step"] for c in r["curve"]] == [3]  # no validation due: the curve still ends in the final model
+        assert r["curve"][-1]["nll"] == pytest.approx(r["valid_nll"], abs=1e-3)
         assert r["updates"] == 3 and r["beam"] == 4 and 0 <= r["bleu"] <= 100 and r["length_ratio"] > 0
         assert r["signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp")
         assert r["valid_nll"] > 0 and r["seed"] == 1
