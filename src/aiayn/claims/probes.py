@@ -29,13 +29,6 @@ from torch.profiler import ProfilerActivity, profile
 from aiayn.config import AiaynError
 from aiayn.models.attention import MultiHeadAttention
 
-LAYERS = (
-    "self-attention",
-    "self-attention, Eq. 1 unfused",
-    "recurrent (LSTM)",
-    "convolutional (GLU)",
-    "convolutional, dilated",  # dilation k^i in layer i, as ByteNet and WaveNet: O(log_k(n)) paths
-)
 PROBE_WIDTH = 8  # d_model of the path-length probe: whether a gradient is zero does not depend on it
 
 
@@ -75,20 +68,24 @@ class CausalConv(nn.Module):
         return F.glu(y, dim=1).transpose(1, 2)  # (B, n, d)
 
 
+# Each kind's layer from (d_model, heads, kernel, depth in a stack).
+_BUILD: dict[str, Callable[[int, int, int, int], nn.Module]] = {
+    "self-attention": lambda d, heads, k, i: SelfAttention(d, heads),
+    "self-attention, Eq. 1 unfused": lambda d, heads, k, i: SelfAttention(d, heads, explicit=True),
+    "recurrent (LSTM)": lambda d, heads, k, i: Recurrent(d),
+    "convolutional (GLU)": lambda d, heads, k, i: CausalConv(d, k),
+    # dilation k^i in layer i, as ByteNet and WaveNet: O(log_k(n)) paths
+    "convolutional, dilated": lambda d, heads, k, i: CausalConv(d, k, dilation=k**i),
+}
+LAYERS = tuple(_BUILD)
+
+
 def make_layer(kind: str, d_model: int, *, heads: int, kernel: int, index: int = 0) -> nn.Module:
     """A layer of ``kind`` (a name of ``LAYERS``); ``index`` is its depth in a stack
     (a dilated convolution's layer i has dilation kernel^i)."""
-    if kind == "self-attention":
-        return SelfAttention(d_model, heads)
-    if kind == "self-attention, Eq. 1 unfused":
-        return SelfAttention(d_model, heads, explicit=True)
-    if kind == "recurrent (LSTM)":
-        return Recurrent(d_model)
-    if kind == "convolutional (GLU)":
-        return CausalConv(d_model, kernel)
-    if kind == "convolutional, dilated":
-        return CausalConv(d_model, kernel, dilation=kernel**index)
-    raise AiaynError(f"unknown layer kind '{kind}' (choose from {', '.join(LAYERS)})")
+    if kind not in _BUILD:
+        raise AiaynError(f"unknown layer kind '{kind}' (choose from {', '.join(LAYERS)})")
+    return _BUILD[kind](d_model, heads, kernel, index)
 
 
 @contextmanager
