@@ -12,7 +12,8 @@ and ``aiayn tune-decoding`` (both choose on the valid split, never on test), the
 exactly where aiayn's precision probe picks bf16 on this machine (``--peer-precision auto``: a
 competent Hugging Face user turns it on), else both in float32. ``--max-steps`` with
 ``--minutes 0`` gives both the same number of updates; ``--nll-only`` then skips decoding and
-compares the valid NLL (float32, unsmoothed, per target token) alone. One JSON line per run and
+compares the valid NLL (float32, unsmoothed, per target token) alone: of each system's last
+weights, and of aiayn's tail-checkpoint average, the candidate ``aiayn average`` offers. One JSON line per run and
 one summary line per system (mean and spread over ``--seeds``) on stdout, a table on stderr,
 and ``WORK/quality.png``: valid NLL against updates and against minutes, for both systems, the
 band spanning the seeds (``--first-seed S`` starts them at S, so that seeds can run in separate
@@ -89,6 +90,43 @@ def aiayn_curve(rows: list[dict[str, str]]) -> list[dict[str, float]]:
     return list(points.values())
 
 
+@torch.no_grad()
+def weights_nll(weights: dict[str, torch.Tensor], config: str, data: Path) -> float:
+    """Valid NLL of some weights as training measures it: float32, unsmoothed, per target subword,
+    EOS included, over the same fixed valid batches."""
+    from aiayn.config.load import from_dict
+    from aiayn.data.batching import fixed_batches, tokenized_split
+    from aiayn.data.symbols import open_tokenizer
+    from aiayn.models.build import build_model
+    from aiayn.training.loss import label_smoothed_cross_entropy
+
+    cfg = from_dict(json.loads(config))
+    _, _, vs, vt = tokenized_split(data, "valid", open_tokenizer(data))
+    model = build_model(cfg.model)
+    model.load_state_dict(weights)
+    model.eval()
+    nll_sum = tokens = 0.0
+    for b in fixed_batches(vs, vt, cfg.data.batch_tokens, cfg.data.max_len):
+        logits = model(b.src, b.tgt_in, b.src_mask, b.tgt_mask).float()  # (n, V)
+        _, nll, n = label_smoothed_cross_entropy(logits, b.tgt_out[b.tgt_mask], 0.0)
+        nll_sum, tokens = nll_sum + nll.item(), tokens + n
+    return nll_sum / max(tokens, 1)
+
+
+def tail_average_nll(run: Path, data: Path, last: int = 5) -> dict[str, Any]:
+    """The valid NLL of the average of the run's last ``last`` checkpoints, which ``aiayn average``
+    offers against the last checkpoint: with ``--nll-only`` nothing is decoded, so the delivered
+    candidates are compared by NLL instead."""
+    from aiayn.training import checkpoint as ckpt
+
+    states = [ckpt.load_checkpoint(p) for p in ckpt.list_checkpoints(run)[-last:]]
+    averaged = ckpt.average_state_dicts([s["model"] for s in states])
+    return {
+        "average_steps": [int(s["step"]) for s in states],
+        "average_valid_nll": round(weights_nll(averaged, states[-1]["config"], data), 4),
+    }
+
+
 def run_aiayn(
     data: Path,
     run: Path,
@@ -134,7 +172,7 @@ def run_aiayn(
         "overrides": overrides,
     }
     if nll_only:
-        return row
+        return {**row, **tail_average_nll(run, data)}
     start = time.monotonic()
     aiayn_cli("average", str(run), "--last", "5", "--sentences", "500")
     if tune:
@@ -203,6 +241,16 @@ def run_marian(
     }
 
 
+SUMMARISED = (
+    "updates",
+    "train_minutes",
+    "tgt_tok_per_s",
+    "valid_nll",
+    "ema_valid_nll",
+    "average_valid_nll",
+    "bleu",
+    "chrf",
+)
 COLUMNS = (
     "system",
     "seed",
@@ -212,6 +260,7 @@ COLUMNS = (
     "tgt_tok_per_s",
     "valid_nll",
     "ema_valid_nll",
+    "average_valid_nll",
     "bleu",
     "chrf",
     "length_ratio",
@@ -231,7 +280,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """One system over its seeds: mean, sample standard deviation, min and max of each score."""
     out: dict[str, Any] = {"system": runs[0]["system"], "seeds": [r["seed"] for r in runs], "runs": len(runs)}
-    for key in ("updates", "train_minutes", "tgt_tok_per_s", "valid_nll", "ema_valid_nll", "bleu", "chrf"):
+    for key in SUMMARISED:
         values = [r[key] for r in runs if r.get(key) is not None]
         if values:
             out[key] = round(statistics.fmean(values), 4)
@@ -242,7 +291,8 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def plot(runs: list[dict[str, Any]], path: Path, title: str) -> None:
     """Valid NLL against updates and against minutes: each system's mean over seeds, and a band
-    from the lowest to the highest seed; dashed, the moving average of the weights where a run kept one."""
+    from the lowest to the highest seed; dashed, the moving average of the weights where a run kept one;
+    a diamond at the end, the mean NLL of the tail checkpoints' average where runs measured it."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(11, 4.2), layout="constrained")
@@ -263,6 +313,11 @@ def plot(runs: list[dict[str, Any]], path: Path, title: str) -> None:
             if all("ema_nll" in c[i] for c in curves for i in range(points)):
                 ema = [statistics.fmean(c[i]["ema_nll"] for c in curves) for i in range(points)]
                 ax.plot(x, ema, color=color, lw=1.5, ls="--", label=f"{system}, moving average of the weights")
+        averages = [r for r in runs if r["system"] == system and r.get("average_valid_nll") is not None]
+        if averages:
+            nll = statistics.fmean(r["average_valid_nll"] for r in averages)
+            at = statistics.fmean(r["updates"] for r in averages)
+            axes[0].plot([at], [nll], "D", color=color, label=f"{system}, average of the tail checkpoints")
     axes[0].set_xlabel("updates")
     axes[1].set_xlabel("minutes of training")
     axes[0].set_ylabel("valid NLL per target subword (float32)")

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -219,8 +220,9 @@ def test_quality_harness_runs_both_systems_end_to_end(tmp_path):
 @needs_transformers
 def test_quality_harness_equal_updates_over_seeds(tmp_path):
     """The per-update mode: both systems, the same four updates, two seeds, no decoding; each run
-    carries its valid-NLL curve every two updates, each system a summary over its seeds, and the
-    runs with the same seed start from the same weights only within a system (seeds differ)."""
+    carries its valid-NLL curve every two updates, aiayn's the NLL of its tail average, each system a
+    summary over its seeds, and the runs with the same seed start from the same weights only within
+    a system (seeds differ)."""
     from toydata import make_toy_data
 
     data = make_toy_data(tmp_path / "toy", pairs=400)
@@ -231,6 +233,7 @@ def test_quality_harness_equal_updates_over_seeds(tmp_path):
             "bench.quality",
             *("--data", str(data), "--minutes", "0", "--max-steps", "4", "--threads", "1"),
             *("--seeds", "2", "--nll-only", "--eval-every", "2", "--precision", "fp32", "--work", str(tmp_path / "q")),
+            *("--aiayn-args", "tail_fraction=0.5"),  # tail checkpoints at updates 2, 3 and 4
         ],
         cwd=ROOT,
         capture_output=True,
@@ -251,6 +254,19 @@ def test_quality_harness_equal_updates_over_seeds(tmp_path):
         assert [c["step"] for c in r["curve"]] == [2, 4]
         assert r["curve"][-1]["nll"] == pytest.approx(r["valid_nll"], abs=1e-3)  # the last point is the final model
     assert runs[0]["valid_nll"] != runs[1]["valid_nll"]  # another seed, another run
+    # The tail average's NLL, against the checkpoints averaged here by hand; the same measure on
+    # the last checkpoint gives what training logged for it.
+    from bench.quality import weights_nll
+
+    run = tmp_path / "q" / "aiayn-s1"
+    states = [torch.load(p, weights_only=False) for p in sorted((run / "checkpoints").glob("step_*.pt"))]
+    assert runs[0]["average_steps"] == [s["step"] for s in states][-5:] == [2, 3, 4]
+    by_hand = {k: torch.stack([s["model"][k].double() for s in states]).mean(0).float() for k in states[-1]["model"]}
+    config = states[-1]["config"]
+    assert runs[0]["average_valid_nll"] == pytest.approx(weights_nll(by_hand, config, data), abs=1e-4)
+    assert runs[0]["average_valid_nll"] != pytest.approx(runs[0]["valid_nll"], abs=1e-4)
+    assert weights_nll(states[-1]["model"], config, data) == pytest.approx(runs[0]["valid_nll"], abs=1e-3)
+    assert "average_valid_nll" not in runs[2]  # the peer delivers its last weights
     summaries = {s["system"]: s for s in lines if s["bench"] == "quality-summary"}
     aiayn = [r["valid_nll"] for r in runs[:2]]
     assert summaries["aiayn-small"]["valid_nll"] == pytest.approx(sum(aiayn) / 2, abs=1e-4)
@@ -275,7 +291,10 @@ def test_quality_harness_equal_updates_over_seeds(tmp_path):
     )
     assert again.returncode == 0, again.stderr[-2000:]
     replotted = {s["system"]: s for s in map(json.loads, again.stdout.splitlines())}
-    assert replotted["aiayn-small"]["valid_nll"] == summaries["aiayn-small"]["valid_nll"]
+    # --replot names a variant by its system and overrides
+    variant = replotted["aiayn-small tail_fraction=0.5"]
+    assert variant["valid_nll"] == summaries["aiayn-small"]["valid_nll"]
+    assert variant["average_valid_nll"] == summaries["aiayn-small"]["average_valid_nll"]
     assert replotted["hf-marian"]["runs"] == 2 and (tmp_path / "r" / "quality.png").is_file()
 
 
