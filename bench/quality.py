@@ -241,6 +241,7 @@ def run_marian(
     }
 
 
+# The scores summarised over seeds, and the table's columns: those with the run's settings around them.
 SUMMARISED = (
     "updates",
     "train_minutes",
@@ -251,24 +252,7 @@ SUMMARISED = (
     "bleu",
     "chrf",
 )
-COLUMNS = (
-    "system",
-    "seed",
-    "precision",
-    "updates",
-    "train_minutes",
-    "tgt_tok_per_s",
-    "valid_nll",
-    "ema_valid_nll",
-    "average_valid_nll",
-    "bleu",
-    "chrf",
-    "length_ratio",
-    "bp",
-    "beam",
-    "length_penalty",
-    "alpha",
-)
+COLUMNS = ("system", "seed", "precision", *SUMMARISED, "length_ratio", "bp", "beam", "length_penalty", "alpha")
 
 
 def table(rows: list[dict[str, Any]]) -> str:
