@@ -97,6 +97,7 @@ def _measure_with(monkeypatch, failing: str) -> list[dict]:
 
     import bench.decode as decode
     from bench.common import Reporter
+    from bench.decode_systems import BATCH, Subject, synthetic_workload
 
     def measure_best(spec, subject, w, jobs, args, device):
         if spec.kind == failing:
@@ -105,8 +106,8 @@ def _measure_with(monkeypatch, failing: str) -> list[dict]:
 
     monkeypatch.setattr(decode, "measure_best", measure_best)
     cfg = load_config("tiny")
-    w = decode.synthetic_workload(decode.BATCH, cfg.model.vocab_size, 8, 8)
-    subject = decode.Subject(cfg, "random weights", Path("unused"), False, None, {"synthetic": w})
+    w = synthetic_workload(BATCH, cfg.model.vocab_size, 8, 8)
+    subject = Subject(cfg, "random weights", Path("unused"), False, None, {"synthetic": w})
     report = Reporter("decode", torch.device("cpu"), 1)
     args = argparse.Namespace(quick=True, threads=1, reps=5)
     decode.measure_workload(report, subject, "synthetic", args, torch.device("cpu"))
@@ -131,16 +132,14 @@ def test_an_aiayn_failure_is_never_skipped(monkeypatch):
 def test_ctranslate2_without_its_conversion_is_a_one_line_error():
     import torch
 
-    import bench.decode as decode
     from aiayn.config import AiaynError
+    from bench.decode_systems import Spec, Subject, build_system, synthetic_workload
 
     cfg = load_config("tiny")
-    subject = decode.Subject(cfg, "random weights", Path("unused"), False, None, {})
-    spec = decode.Spec("ctranslate2 fp32", "ctranslate2", "float32")
+    subject = Subject(cfg, "random weights", Path("unused"), False, None, {})
+    spec = Spec("ctranslate2 fp32", "ctranslate2", "float32")
     with pytest.raises(AiaynError, match="ctranslate2 is not installed"):
-        decode.build_system(
-            spec, subject, decode.synthetic_workload(2, cfg.model.vocab_size, 4, 4), torch.device("cpu")
-        )
+        build_system(spec, subject, synthetic_workload(2, cfg.model.vocab_size, 4, 4), torch.device("cpu"))
 
 
 def test_reference_has_aiayns_shape():
