@@ -19,7 +19,7 @@ import torch
 from toydata import make_toy_data
 
 from aiayn.cli import main
-from aiayn.config import AiaynError
+from aiayn.config import AiaynError, load_config
 from aiayn.training import checkpoint as ckpt
 
 TINY = ["--preset", "tiny", "threads=1", "valid_bleu_sentences=0", "precision=fp32"]
@@ -333,7 +333,6 @@ def test_budget_recipe_decays_to_zero_and_writes_the_tail_checkpoints(toy, tmp_p
 
 
 def test_time_budget_progress_and_tail_marks():
-    from aiayn.config import load_config
     from aiayn.training.schedule import budget_progress
     from aiayn.training.train import tail_marks
 
@@ -381,3 +380,22 @@ def test_train_bounds_the_kernel_caches_before_the_first_bf16_matmul(toy, tmp_pa
     finally:
         torch.set_num_threads(threads)
     assert seen == [LIMITS]
+
+
+@pytest.mark.parametrize(("late", "probed"), [(4, 0.0), (0, 0.1)])
+def test_precision_probe_times_the_steps_the_run_starts_with(late, probed, monkeypatch):
+    """Under late dropout (``dropout_from_epoch`` > 0) the first epochs train without dropout, so the
+    probe must time steps without it; with dropout from the first update, steps with it."""
+    from aiayn.runtime import Runtime
+    from aiayn.training import step
+
+    seen = []
+
+    def spy(setting, device, model, batch_tokens, log):
+        seen.append({m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)})
+        return None
+
+    monkeypatch.setattr(step, "choose_precision", spy)
+    cfg = load_config("tiny", overrides=["dropout=0.1", f"dropout_from_epoch={late}"])
+    step.build_training_step(cfg, Runtime(torch.device("cpu")), log=lambda _: None)
+    assert seen == [{probed}]

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from aiayn.config import AiaynError, Config
 from aiayn.data.batching import Batch
-from aiayn.models.build import build_model
+from aiayn.models.build import build_model, set_dropout
 from aiayn.runtime import Runtime
 from aiayn.training.loss import label_smoothed_cross_entropy
 from aiayn.training.precision import choose_precision
@@ -117,6 +117,8 @@ def build_training_step(cfg: Config, runtime: Runtime, *, log: Callable[[str], N
     torch.manual_seed(t.seed)
     random.seed(t.seed)
     model = build_model(cfg.model).to(runtime.device)
+    if t.dropout_from_epoch:  # the probe times the steps a run starts with: under late dropout, none
+        set_dropout(model, 0.0)
     if log is None:
         log = (lambda m: print(m, file=sys.stderr)) if runtime.is_main else (lambda m: None)
     autocast = choose_precision(t.precision, runtime.device, model, cfg.data.batch_tokens, log=log)
