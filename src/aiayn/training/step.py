@@ -110,6 +110,12 @@ class TrainingStep:
         }
 
 
+def dropout_at(cfg: Config, *, epoch: int) -> float:
+    """P_drop of an update in ``epoch``: none before ``train.dropout_from_epoch`` ("late dropout"),
+    ``model.dropout`` from there."""
+    return cfg.model.dropout if epoch >= cfg.train.dropout_from_epoch else 0.0
+
+
 def build_training_step(cfg: Config, runtime: Runtime, *, log: Callable[[str], None] | None = None) -> TrainingStep:
     """The model (seeded by train.seed), its precision (``choose_precision``, the same on every
     rank), DDP when there are several ranks, Adam with the config's betas and ε, the schedule."""
@@ -118,7 +124,7 @@ def build_training_step(cfg: Config, runtime: Runtime, *, log: Callable[[str], N
     random.seed(t.seed)
     model = build_model(cfg.model).to(runtime.device)
     if t.dropout_from_epoch:  # the probe times the steps a run starts with: under late dropout, none
-        set_dropout(model, 0.0)
+        set_dropout(model, dropout_at(cfg, epoch=0))
     if log is None:
         log = (lambda m: print(m, file=sys.stderr)) if runtime.is_main else (lambda m: None)
     autocast = choose_precision(t.precision, runtime.device, model, cfg.data.batch_tokens, log=log)

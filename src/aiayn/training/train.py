@@ -34,7 +34,7 @@ from aiayn.training.ema import WeightEMA
 from aiayn.training.kernel_caches import bound_kernel_caches
 from aiayn.training.runlog import MetricsLog, RateMeter, report_outside
 from aiayn.training.schedule import budget_progress
-from aiayn.training.step import build_training_step
+from aiayn.training.step import build_training_step, dropout_at
 
 
 class Trainer:
@@ -218,7 +218,7 @@ class Trainer:
                 self.save(minutes())
                 last_ckpt_minutes = minutes()
             if t.dropout_from_epoch:  # read from the epoch each update, so a resumed run switches alike
-                set_dropout(self.model, self.cfg.model.dropout if epoch >= t.dropout_from_epoch else 0.0)
+                set_dropout(self.model, dropout_at(self.cfg, epoch=epoch))
             last = self.training.update([next(stream)[2] for _ in range(self.accumulate)], self.progress)
             if not last["finite"]:
                 bad_steps += 1
