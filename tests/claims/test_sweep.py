@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from aiayn.claims.sweep import ROWS, Row, row_overrides, select_rows
+from aiayn.claims.sweep import ROWS, Row, plot, row_overrides, select_rows
 from aiayn.cli import main
 from aiayn.config import AiaynError, load_config, parameter_count
 from aiayn.models.transformer import Transformer, count_parameters
@@ -160,3 +160,16 @@ def test_tiny_sweep_end_to_end_skips_finished_rows_and_resumes_interrupted_ones(
     assert (out / "base" / "row.json").stat().st_mtime_ns == finished["base"]
     again = {r["row"]: r for r in json.loads((out / "table3.json").read_text())["rows"]}
     assert again["E-learned"]["updates"] == 12  # resumed at its last step: no update more
+
+
+def test_plot_bleu_axis_is_at_least_one_point_wide():
+    """BLEU of 0.004 and 0.006 both print as 0.0: on an axis scaled to 0.006 they would look like a
+    difference. The axis spans at least a BLEU point, and grows with the largest row."""
+
+    def row(name, group, bleu):
+        return {"row": name, "group": group, "valid_ppl": 300.0, "valid_bleu": bleu}
+
+    near_zero = plot([row("base", "base", 0.004), row("A-h1", "A", 0.006)])
+    assert near_zero.axes[1].get_xlim() == (0.0, 1.0)
+    trained = plot([row("base", "base", 20.0), row("A-h1", "A", 24.0)])
+    assert trained.axes[1].get_xlim()[1] == pytest.approx(24.0 * 1.15)

@@ -228,6 +228,8 @@ def plot(rows: list[dict]) -> Figure:
         ax.bar_label(bars, fmt="%.2f" if key == "valid_ppl" else "%.1f", fontsize=8, padding=2)
         if rows[0]["row"] == "base" and rows[0][key] is not None:
             ax.axvline(rows[0][key], color="black", linestyle="--", linewidth=1)
+        if key == "valid_bleu":  # at least one BLEU point wide: hundredths printed as 0.0 must not look like bars
+            ax.set_xlim(0.0, max(1.0, 1.15 * max(values)))
         ax.set_title(f"valid {label}" + (" per subword" if key == "valid_ppl" else ""))
     fig.axes[0].invert_yaxis()
     fig.tight_layout()
