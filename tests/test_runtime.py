@@ -9,6 +9,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
+
+from aiayn.runtime import machine
 
 # Decoding's pattern: each step makes and frees a batch's logits, their log-softmax and the beam
 # candidates. At 128 rows × 80,000 pieces (41 MB) they are past glibc's largest automatic mmap
@@ -55,3 +58,11 @@ def test_reuse_freed_memory_stops_the_page_faults_of_decoding_steps():
 def test_reuse_freed_memory_leaves_a_user_setting_alone():
     applied, _, _ = run_child(MALLOC_TRIM_THRESHOLD_="1")
     assert not applied
+
+
+def test_machine_names_the_cpu_from_cpuinfo_and_falls_back_without_it(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9B14\nprocessor\t: 1\n")
+    m = machine(cpuinfo)
+    assert m["cpu"] == "AMD EPYC 9B14" and m["cores"] == os.cpu_count() and m["torch"] == torch.__version__
+    assert machine(tmp_path / "missing")["cpu"]  # no cpuinfo (macOS, Windows): platform's name, never empty

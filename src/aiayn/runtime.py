@@ -1,12 +1,15 @@
 """Where a process runs: its device, its threads, its rank in a torchrun job, its random state,
-and how its C library's malloc treats large blocks."""
+how its C library's malloc treats large blocks, and which CPU it is."""
 
 from __future__ import annotations
 
 import ctypes
 import os
+import platform
 import random
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -26,6 +29,19 @@ def resolve_device(name: str | torch.device | None = None, *, cpu_only: bool = F
     if device.type == "cuda" and not (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()):
         raise AiaynError(f"device '{name}' is not available here; use --device cpu")
     return device
+
+
+def machine(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, Any]:
+    """The machine a measurement ran on, for its report: the CPU model (``cpuinfo``'s first
+    "model name", else what ``platform`` says), its cores and torch's version. Threads are not a
+    property of the machine: each run's config records its own."""
+    cpu = platform.processor() or platform.machine() or "unknown"
+    try:
+        lines = cpuinfo.read_text().splitlines()
+        cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__}
 
 
 @dataclass

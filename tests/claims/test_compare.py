@@ -5,6 +5,7 @@ interrupted one resumed; the FLOPs of the LSTM kernel the counter does not know.
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 
@@ -18,6 +19,7 @@ from aiayn.config import AiaynError, load_config
 from aiayn.data.batching import BatchStream, tokenized_split
 from aiayn.data.corpus import prepare_files
 from aiayn.data.symbols import open_tokenizer
+from aiayn.runtime import machine
 from aiayn.training import checkpoint as ckpt
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -39,6 +41,7 @@ def test_compare_two_networks_end_to_end_then_resume(toy_corpus, tmp_path, capsy
         assert (out / arch / "averaged.pt").is_file() and (out / arch / "decoding.json").is_file()
     table = (out / "compare.md").read_text()
     assert "| rnn |" in table and "| conv |" in table and table in capsys.readouterr().out
+    assert f"on {machine()['cpu']} ({os.cpu_count()} cores)" in table  # the budgets' machine, named
     for stem in ("compare_bleu_minutes", "compare_bleu_flops", "compare_loss_tokens"):
         assert (out / f"{stem}.png").stat().st_size > 1000 and (out / f"{stem}.svg").is_file()
 

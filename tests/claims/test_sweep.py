@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from aiayn.claims.sweep import ROWS, Row, plot, row_overrides, select_rows
 from aiayn.cli import main
 from aiayn.config import AiaynError, load_config, parameter_count
 from aiayn.models.transformer import Transformer, count_parameters
+from aiayn.runtime import machine
 
 # Table 3 of the paper as printed: (change, PPL, BLEU, params in M or None where blank).
 PAPER = {
@@ -149,6 +151,7 @@ def test_tiny_sweep_end_to_end_skips_finished_rows_and_resumes_interrupted_ones(
     base = load_config(path=out / "base" / "config.yaml")  # tiny's own dropout is 0.0: the paper's base is kept
     assert (base.model.dropout, base.train.dropout_from_epoch, base.train.label_smoothing) == (0.1, 0, 0.1)
     assert "per subword" in (out / "table3.md").read_text()
+    assert f"per row on {machine()['cpu']} ({os.cpu_count()} cores)" in (out / "table3.md").read_text()
     assert (out / "table3.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     capsys.readouterr()
 

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import platform
 import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -48,6 +46,7 @@ from aiayn.evaluation.tune import choose_average, tune_decoding
 from aiayn.inference.translate import Translator
 from aiayn.models.build import ARCHS, build_model
 from aiayn.models.transformer import count_parameters
+from aiayn.runtime import machine
 from aiayn.training import checkpoint as ckpt
 from aiayn.training.loss import label_smoothed_cross_entropy
 from aiayn.training.train import train
@@ -183,7 +182,7 @@ def compare(
         "networks": results,
     }
     (out / "compare.json").write_text(json.dumps(summary, indent=2) + "\n")
-    text = table(results, minutes)
+    text = table(results, minutes, summary["machine"])
     (out / "compare.md").write_text(text + "\n")
     log(text)
     for stem, fig in figures(out, results).items():
@@ -191,21 +190,11 @@ def compare(
     return summary
 
 
-def machine() -> dict[str, Any]:
-    """The CPU the budgets ran on: its name, cores and PyTorch's threads."""
-    name = platform.processor() or platform.machine()
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), name)
-    except OSError:
-        pass
-    return {"cpu": name, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__}
-
-
-def table(results: dict[str, dict[str, Any]], minutes: float) -> str:
-    """The comparison as a Markdown table, one row per network."""
+def table(results: dict[str, dict[str, Any]], minutes: float, where: dict[str, Any]) -> str:
+    """The comparison as a Markdown table, one row per network, under the machine ``where`` it ran on."""
     lines = [
-        f"Each network trained for {minutes:g} minutes on this machine, then averaged, tuned on valid, scored on test.",
+        f"Each network trained for {minutes:g} minutes on {where['cpu']} ({where['cores']} cores), torch "
+        f"{where['torch']}, then averaged, tuned on valid, scored on test.",
         "",
         "| network | parameters | updates | target tokens/s | training FLOPs | valid ppl | test BLEU | test chrF |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",

@@ -34,7 +34,6 @@ on the left (causal), kernel k.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -46,6 +45,7 @@ from tqdm import tqdm
 
 from aiayn.claims.probes import fit_slope, make_layer, measure, path_layers
 from aiayn.config import AiaynError
+from aiayn.runtime import machine
 
 DEFAULT_LENGTHS = (16, 32, 64, 128, 256, 512, 1024)
 PROBE_LENGTHS = (16, 64, 256)
@@ -170,19 +170,6 @@ def run_complexity(
     plot(points, d_model).savefig(out / "complexity.png", dpi=120)
     print(text)
     return summary
-
-
-def machine() -> dict:
-    """The CPU model (from /proc/cpuinfo where there is one), threads and torch version."""
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__}
 
 
 def _slope_cell(value: float | None) -> str:

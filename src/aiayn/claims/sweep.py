@@ -40,6 +40,7 @@ from matplotlib.figure import Figure
 
 from aiayn.config import AiaynError, from_dict
 from aiayn.models.transformer import Transformer, count_parameters
+from aiayn.runtime import machine
 from aiayn.training import checkpoint as ckpt
 from aiayn.training.train import train
 
@@ -176,7 +177,14 @@ def run_sweep(
     selected, out = select_rows(rows), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     common = [f"train.max_minutes={minutes}", *PAPER_BASE, *overrides]
-    report = {"preset": preset, "minutes": minutes, "overrides": list(overrides), "note": NOTE, "rows": []}
+    report = {
+        "preset": preset,
+        "minutes": minutes,
+        "overrides": list(overrides),
+        "machine": machine(),
+        "note": NOTE,
+        "rows": [],
+    }
     for i, row in enumerate(selected, 1):
         print(f"aiayn: sweep: row {i}/{len(selected)}: {row.name} ({describe(row.small)})", file=sys.stderr)
         report["rows"].append(run_row(row, Path(data), out / row.name, preset=preset, overrides=common))
@@ -196,8 +204,10 @@ def _cell(value: float | None, digits: int) -> str:
 
 def table3_markdown(report: dict) -> str:
     """Table 3's layout: the change, then this sweep's figures beside the paper's."""
+    m = report["machine"]
     lines = [
-        f"Table 3 at the `{report['preset']}` scale: {report['minutes']:g} minutes per row"
+        f"Table 3 at the `{report['preset']}` scale: {report['minutes']:g} minutes per row on {m['cpu']} "
+        f"({m['cores']} cores), torch {m['torch']}"
         + (f", with {' '.join(report['overrides'])}" if report["overrides"] else "")
         + ".",
         "",
