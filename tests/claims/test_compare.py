@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from aiayn.claims.compare import LSTM_FLOPS, parse_archs, tokens_and_flops
+from aiayn.claims.compare import LSTM_FLOPS, network_overrides, parse_archs, tokens_and_flops
 from aiayn.cli import main
 from aiayn.config import AiaynError, load_config
 from aiayn.data.batching import BatchStream, tokenized_split
@@ -30,8 +30,10 @@ TINY += ["threads=1", "precision=fp32", "valid_bleu_sentences=10"]
 def test_compare_two_networks_end_to_end_then_resume(toy_corpus, tmp_path, capsys):
     out = tmp_path / "compare"
     args = ["compare", "--data", str(toy_corpus), "--minutes", "5", "--out", str(out), "--archs", "rnn,conv"]
-    args += ["--preset", "tiny", "--sentences", "10", *TINY]
+    args += ["--preset", "tiny", "--sentences", "10", *TINY, "conv:train.lr_scale=0.5"]
     assert main(args) == 0
+    lr_scale = {arch: load_config(path=out / arch / "config.yaml").train.lr_scale for arch in ("rnn", "conv")}
+    assert lr_scale == {"rnn": load_config("tiny").train.lr_scale, "conv": 0.5}  # conv's own, rnn's the preset's
     summary = json.loads((out / "compare.json").read_text())
     assert list(summary["networks"]) == ["rnn", "conv"] and summary["budget_minutes"] == 5
     for arch, r in summary["networks"].items():
@@ -95,3 +97,16 @@ def test_unknown_network_is_one_line():
     assert parse_archs("conv, transformer,conv") == ["conv", "transformer"]
     with pytest.raises(AiaynError, match=r"^--archs: unknown network 'lstm' \(choose from transformer, rnn, conv\)$"):
         parse_archs("transformer,lstm")
+
+
+def test_an_override_prefixed_by_a_network_reaches_that_network_alone():
+    got = network_overrides(["threads=1", "conv:lr_scale=1.1", "rnn:train.warmup_steps=100", "seed=2"], ["rnn", "conv"])
+    assert got == {
+        "rnn": ["threads=1", "train.warmup_steps=100", "seed=2"],
+        "conv": ["threads=1", "lr_scale=1.1", "seed=2"],
+    }
+    assert network_overrides(["config_dir=a:b"], ["conv"]) == {"conv": ["config_dir=a:b"]}  # a colon in a value
+    with pytest.raises(AiaynError, match="'lstm' is no network"):
+        network_overrides(["lstm:lr_scale=2"], ["rnn"])
+    with pytest.raises(AiaynError, match="conv is not compared here; add it to --archs"):
+        network_overrides(["conv:lr_scale=2"], ["transformer", "rnn"])

@@ -84,6 +84,25 @@ def parse_archs(text: str) -> list[str]:
     return list(dict.fromkeys(archs))
 
 
+def network_overrides(overrides: Sequence[str], archs: Sequence[str]) -> dict[str, list[str]]:
+    """Each network's overrides, in the order given: ``key=value`` for every network, and
+    ``ARCH:key=value`` for that one alone (a network's own learning rate: ``conv:lr_scale=1.1``)."""
+    own: dict[str, list[str]] = {arch: [] for arch in archs}
+    for item in overrides:
+        head, _, rest = item.partition("=")
+        name, colon, key = head.partition(":")
+        if not colon:
+            for items in own.values():
+                items.append(item)
+            continue
+        if name.strip() not in ARCHS:
+            raise AiaynError(f"override '{item}': '{name}' is no network (choose from {', '.join(ARCHS)})")
+        if name.strip() not in own:
+            raise AiaynError(f"override '{item}': {name} is not compared here; add it to --archs or drop the override")
+        own[name.strip()].append(f"{key}={rest}")
+    return own
+
+
 def train_network(data: Path, run: Path, arch: str, minutes: float, preset: str, overrides: Sequence[str]) -> None:
     """Train ``arch`` for ``minutes`` into ``run``, or resume it from its newest checkpoint."""
     budget = f"train.max_minutes={minutes}"
@@ -162,6 +181,7 @@ def compare(
         raise AiaynError(f"{data}: not a prepared data folder (no spm.model); run `aiayn prepare` first")
     if not minutes > 0:
         raise AiaynError(f"--minutes must be positive, got {minutes:g}")
+    own = network_overrides(overrides, archs)
     results = {}
     for arch in archs:
         run = out / arch
@@ -170,7 +190,7 @@ def compare(
             log(f"aiayn: compare: {arch} is finished ({done}); not trained again")
         else:
             log(f"aiayn: compare: {arch}, {minutes:g} minutes in {run}")
-            train_network(data, run, arch, minutes, preset, overrides)
+            train_network(data, run, arch, minutes, preset, own[arch])
             done.write_text(json.dumps(finish_network(run, data, arch, sentences, device, log), indent=2) + "\n")
         results[arch] = json.loads(done.read_text())
     summary = {

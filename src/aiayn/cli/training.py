@@ -206,5 +206,10 @@ def add_compare(sub) -> None:
         help=f"valid sentences for averaging and tune-decoding (default {TUNE_SENTENCES}; 0: all)",
     )
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every network")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="config overrides for every network; ARCH:key=value for that network alone (conv:lr_scale=1.1)",
+    )
     p.set_defaults(func=_compare)
