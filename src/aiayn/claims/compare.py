@@ -95,11 +95,12 @@ def network_overrides(overrides: Sequence[str], archs: Sequence[str]) -> dict[st
             for items in own.values():
                 items.append(item)
             continue
-        if name.strip() not in ARCHS:
+        name = name.strip()
+        if name not in ARCHS:
             raise AiaynError(f"override '{item}': '{name}' is no network (choose from {', '.join(ARCHS)})")
-        if name.strip() not in own:
+        if name not in own:
             raise AiaynError(f"override '{item}': {name} is not compared here; add it to --archs or drop the override")
-        own[name.strip()].append(f"{key}={rest}")
+        own[name].append(f"{key}={rest}")
     return own
 
 
