@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 
 import pytest
 import torch
 
 from aiayn.cli import main
 from aiayn.config import BOS_ID, EOS_ID, PAD_ID, AiaynError
-from aiayn.data.batching import BatchStream, collate, format_report, make_batches, padding_report, shard, source_row
+from aiayn.data.batching import (
+    BatchStream,
+    collate,
+    format_report,
+    make_batches,
+    padding_report,
+    shard,
+    source_row,
+    target_counts,
+)
 from aiayn.data.tokenizer import Tokenizer
 
 
@@ -237,3 +247,14 @@ def test_data_stats_missing_folder_is_one_line_error(tmp_path, capsys):
 def test_format_report_aligns_values():
     text = format_report({"pairs": 1234, "padding_efficiency": 0.91234, "split": "train"})
     assert text.splitlines() == ["pairs               1,234", "padding_efficiency  0.912", "split               train"]
+
+
+def test_target_counts_count_what_tgt_out_holds():
+    """Every real position of the collated tgt_out rows, counted with a Counter: each subword of
+    y and one EOS a sentence, nothing of BOS or padding."""
+    tgt = [[5, 6, 6], [7], [], [6, 5, 9, 9, 9]]
+    rows = collate(range(len(tgt)), [[4]] * len(tgt), tgt).tgt_out
+    expected = Counter(i for i in rows.flatten().tolist() if i != PAD_ID)
+    counts = target_counts(tgt, 12)
+    assert counts.shape == (12,) and counts.sum().item() == sum(expected.values()) == 13
+    assert {i: c for i, c in enumerate(counts.tolist()) if c} == dict(expected)

@@ -3,10 +3,21 @@ its own, the bidirectional first encoder layer and input feeding."""
 
 from __future__ import annotations
 
+import math
+from collections import Counter
+
 import archkit
 import pytest
 import torch
 from modelkit import max_diff
+
+from aiayn.cli import main
+from aiayn.config import EOS_ID, load_config
+from aiayn.data.corpus import read_split
+from aiayn.data.symbols import encode_targets, open_tokenizer
+from aiayn.runtime import setup_runtime
+from aiayn.training.checkpoint import latest_good_checkpoint
+from aiayn.training.train import Trainer, prepare_run_dir
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ARCH = "rnn"
@@ -65,3 +76,41 @@ def test_input_feeding_carries_the_previous_attentional_vector():
         tgt[:, 1:2], cache=cache.__class__(**{**vars(cache), "feed": torch.zeros_like(cache.feed)})
     )
     assert max_diff(fed, unfed) > 1e-6
+
+
+def test_output_bias_starts_at_the_add_one_unigram_distribution():
+    """With h̃ = 0 the logits are the softmax bias alone; their softmax is the hand-computed
+    add-one frequencies of the counts."""
+    model = archkit.tiny_model(ARCH)  # vocabulary 64
+    counts = torch.zeros(64, dtype=torch.long)
+    counts[3], counts[10] = 5, 2  # 7 counted, plus one for each of the 64 ids: 71
+    model.init_output_bias(counts)
+    probs = model.out_proj(torch.zeros(1, 32, dtype=torch.float64)).softmax(dim=-1)[0]
+    assert probs[3].item() == pytest.approx(6 / 71, rel=1e-12)
+    assert probs[10].item() == pytest.approx(3 / 71, rel=1e-12)
+    assert probs[0].item() == pytest.approx(1 / 71, rel=1e-12)
+
+
+def test_a_fresh_run_starts_from_the_unigram_and_a_resumed_one_from_its_checkpoint(toy_corpus, tmp_path):
+    """The trainer sets the bias from the training targets (counted here with a Counter over the
+    tokenized text, EOS once a line) on a new run, and leaves a resumed run's trained bias alone."""
+    run = tmp_path / "run"
+    cfg = load_config("tiny", overrides=[f"model.arch={ARCH}", "threads=1", "precision=fp32"])
+    prepare_run_dir(cfg, toy_corpus, run)
+    fresh = Trainer(cfg, toy_corpus, run, setup_runtime(1))
+    tokenizer = open_tokenizer(toy_corpus)
+    targets = read_split(toy_corpus, "train")[1]
+    counted = Counter(i for y in encode_targets(tokenizer, targets) for i in y)
+    counted[EOS_ID] += len(targets)
+    total = sum(counted.values()) + tokenizer.vocab_size
+    bias = fresh.model.out_proj.bias.detach()
+    for i in (EOS_ID, *[i for i, _ in counted.most_common(3)], tokenizer.vocab_size - 1):
+        assert bias[i].item() == pytest.approx(math.log((counted[i] + 1) / total), rel=1e-5)
+
+    tiny = ["--preset", "tiny", f"model.arch={ARCH}", "threads=1", "precision=fp32", "valid_bleu_sentences=0"]
+    assert main(["train", "--data", str(toy_corpus), "--out", str(tmp_path / "trained"), *tiny, "max_steps=1"]) == 0
+    _, state = latest_good_checkpoint(tmp_path / "trained")
+    trained = torch.full_like(state["model"]["out_proj.bias"], 0.5)
+    state["model"]["out_proj.bias"] = trained
+    resumed = Trainer(cfg, toy_corpus, tmp_path / "trained", setup_runtime(1), state)
+    assert torch.equal(resumed.model.out_proj.bias.detach(), trained)

@@ -6,7 +6,7 @@ model always says how it was built. Three modules, each importing only those bef
 ``validate``) and ``load`` (presets, recipes, files, overrides). Everything is importable from
 here, so the rest of aiayn writes ``from aiayn.config import ...`` without knowing the split.
 
-    cfg = load_config(preset="small", path="my.yaml", overrides=["d_model=128", "train.max_minutes=20"])
+    cfg = load_config("small", path="my.yaml", overrides=["d_model=128", "train.max_minutes=20"])
 """
 
 from aiayn.config.bounds import ENUMS, MAX_PARAMETERS, MAXIMA, parameter_count, validate

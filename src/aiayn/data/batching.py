@@ -93,6 +93,15 @@ def collate(indices: Sequence[int], src_ids: Sequence[Sequence[int]], tgt_ids: S
     return Batch(src, tgt_in, tgt_out, src_mask, tgt_mask, torch.tensor(list(indices), dtype=torch.long))
 
 
+def target_counts(tgt_ids: Sequence[Sequence[int]], vocab_size: int) -> torch.Tensor:
+    """(V,) how often each id is a target in ``tgt_out`` rows: every subword of y, and EOS once a
+    sentence (for a model that starts from the unigram distribution: ``init_output_bias``)."""
+    ids = np.fromiter((i for y in tgt_ids for i in y), dtype=np.int64)
+    counts = torch.from_numpy(np.bincount(ids, minlength=vocab_size))
+    counts[EOS_ID] += len(tgt_ids)
+    return counts
+
+
 def make_batches(
     src_lens: Sequence[int],
     tgt_lens: Sequence[int],

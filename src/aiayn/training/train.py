@@ -22,7 +22,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from aiayn.config import AiaynError, Config, apply_override, from_dict, load_config
-from aiayn.data.batching import BatchStream, fixed_batches, tokenized_split
+from aiayn.data.batching import BatchStream, fixed_batches, target_counts, tokenized_split
 from aiayn.data.corpus import load_meta
 from aiayn.data.symbols import open_tokenizer, tokenizer_file
 from aiayn.evaluation.evaluate import model_bleu
@@ -73,6 +73,8 @@ class Trainer:
         self.valid_batches = fixed_batches(vs, vt, cfg.data.batch_tokens, cfg.data.max_len)
         self.training = build_training_step(cfg, runtime)
         self.model = self.training.model
+        if resume is None and hasattr(self.model, "init_output_bias"):  # a network that starts from the unigram
+            self.model.init_output_bias(target_counts(tgt, cfg.model.vocab_size).to(runtime.device))
         self.progress = 0.0  # fraction of the budget used, for the budgeted schedules
         self.minutes_before, self.best_valid, self.saved_step = 0.0, math.inf, -1
         if resume is not None:
