@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from aiayn.claims.compare import LSTM_FLOPS, network_overrides, parse_archs, tokens_and_flops
+from aiayn.claims.compare import LSTM_FLOPS, compare, network_overrides, parse_archs, tokens_and_flops
 from aiayn.cli import main
 from aiayn.config import AiaynError, load_config
 from aiayn.data.batching import BatchStream, tokenized_split
@@ -110,3 +110,10 @@ def test_an_override_prefixed_by_a_network_reaches_that_network_alone():
         network_overrides(["lstm:lr_scale=2"], ["rnn"])
     with pytest.raises(AiaynError, match="conv is not compared here; add it to --archs"):
         network_overrides(["conv:lr_scale=2"], ["transformer", "rnn"])
+
+
+def test_a_misspelt_override_of_the_last_network_fails_before_the_first_trains(toy_corpus, tmp_path):
+    out = tmp_path / "compare"
+    with pytest.raises(AiaynError, match=r"^compare: conv: .*lr_scael"):
+        compare(toy_corpus, 0.01, out, archs=["transformer", "conv"], preset="tiny", overrides=["conv:lr_scael=2"])
+    assert not out.exists() or not any(out.iterdir())  # nothing trained, no folder left behind

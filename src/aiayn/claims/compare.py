@@ -36,7 +36,7 @@ import torch
 from matplotlib.figure import Figure
 from torch.utils.flop_counter import FlopCounterMode
 
-from aiayn.config import TUNE_SENTENCES, AiaynError, Config
+from aiayn.config import TUNE_SENTENCES, AiaynError, Config, load_config
 from aiayn.data.batching import BatchStream, tokenized_split
 from aiayn.data.corpus import read_split
 from aiayn.data.tokenizer import Tokenizer
@@ -183,6 +183,12 @@ def compare(
     if not minutes > 0:
         raise AiaynError(f"--minutes must be positive, got {minutes:g}")
     own = network_overrides(overrides, archs)
+    for arch in archs:  # each network's config checked before the first trains, not at its own turn
+        if not (out / arch / RESULT_FILE).is_file() and not ckpt.list_checkpoints(out / arch):
+            try:
+                load_config(preset, overrides=[*own[arch], f"model.arch={arch}"])
+            except AiaynError as e:
+                raise AiaynError(f"compare: {arch}: {e}") from None
     results = {}
     for arch in archs:
         run = out / arch
