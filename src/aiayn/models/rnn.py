@@ -151,7 +151,7 @@ class RecurrentSeq2Seq(nn.Module):
         src_tokens = tgt_tokens if cfg.tie_embeddings == "all" else nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.encoder = Encoder(cfg, src_tokens)
         self.decoder = Decoder(cfg, tgt_tokens)
-        self.out_proj = Linear(cfg.d_model, cfg.vocab_size)  # Eq. 6, with the softmax bias of Luong's code
+        self.out_proj = Linear(cfg.d_model, cfg.vocab_size)  # Eq. 6, with a softmax bias (init_output_bias)
         self.reset_parameters()
         if cfg.tie_embeddings != "none":
             self.out_proj.weight = tgt_tokens.weight
