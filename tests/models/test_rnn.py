@@ -15,6 +15,7 @@ from aiayn.cli import main
 from aiayn.config import EOS_ID, load_config
 from aiayn.data.corpus import read_split
 from aiayn.data.symbols import encode_targets, open_tokenizer
+from aiayn.inference.translate import Translator
 from aiayn.runtime import setup_runtime
 from aiayn.training.checkpoint import latest_good_checkpoint
 from aiayn.training.train import Trainer, prepare_run_dir
@@ -114,3 +115,23 @@ def test_a_fresh_run_starts_from_the_unigram_and_a_resumed_one_from_its_checkpoi
     state["model"]["out_proj.bias"] = trained
     resumed = Trainer(cfg, toy_corpus, tmp_path / "trained", setup_runtime(1), state)
     assert torch.equal(resumed.model.out_proj.bias.detach(), trained)
+
+
+def test_a_run_from_before_the_softmax_bias_translates_as_trained_and_refuses_to_resume(toy_corpus, tmp_path, capsys):
+    """Such a checkpoint lacks out_proj.bias: it loads with a zero bias (the model it was
+    trained as), so it translates as the same weights do with the bias zeroed by hand."""
+    run = tmp_path / "old"
+    tiny = ["--preset", "tiny", f"model.arch={ARCH}", "threads=1", "precision=fp32", "valid_bleu_sentences=0"]
+    assert main(["train", "--data", str(toy_corpus), "--out", str(run), *tiny, "max_steps=2"]) == 0
+    path, state = latest_good_checkpoint(run)
+    state["model"]["out_proj.bias"].zero_()
+    torch.save(state, path)
+    zeroed = Translator.load(path, "cpu").translate(archkit.LINES[:2], beam_size=2)
+    del state["model"]["out_proj.bias"]
+    torch.save(state, path)
+    old = Translator.load(path, "cpu").translate(archkit.LINES[:2], beam_size=2)
+    assert [[(t.text, t.score) for t in nb] for nb in old] == [[(t.text, t.score) for t in nb] for nb in zeroed]
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "max_steps=4"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "written before the LSTM had a softmax bias" in err[0]

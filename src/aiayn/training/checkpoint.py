@@ -270,6 +270,12 @@ def _misfit(expected: dict[str, torch.Tensor], weights: Any) -> str:
     return ""
 
 
+def predates_softmax_bias(config: Config, weights: dict[str, Any]) -> bool:
+    """An LSTM run written before the LSTM had a softmax bias (models/rnn.py) holds no
+    ``out_proj.bias``; a zero bias is exactly the model it was trained as."""
+    return config.model.arch == "rnn" and "out_proj.weight" in weights and "out_proj.bias" not in weights
+
+
 def load_for_inference(path: str | Path, device: str | torch.device = "cpu", use_tuned: bool = True) -> Loaded:
     """Model (eval mode), config and tokenizer from a run folder or a checkpoint file. The
     decoding settings ``aiayn tune-decoding`` chose on valid replace the config's, unless
@@ -293,6 +299,8 @@ def load_for_inference(path: str | Path, device: str | torch.device = "cpu", use
         apply_tuned(config, model_path)
     with torch.device("meta"):  # the shapes the config makes, without allocating them
         expected = build_model(config.model).state_dict()
+    if predates_softmax_bias(config, state["model"]):
+        state["model"]["out_proj.bias"] = torch.zeros(state["model"]["out_proj.weight"].size(0))
     misfit = _misfit(expected, state["model"])
     if misfit:
         raise AiaynError(

@@ -361,6 +361,11 @@ def train(
             raise AiaynError(f"{run_dir}: no usable checkpoint to resume from")
         path, state = found
         cfg = from_dict(json.loads(state["config"]))
+        if ckpt.predates_softmax_bias(cfg, state["model"]):  # its optimizer state has one tensor fewer
+            raise AiaynError(
+                f"{path}: this LSTM run was written before the LSTM had a softmax bias; translate and "
+                "evaluate it as it is, or train it again to continue"
+            )
         for item in overrides:  # e.g. a longer max_minutes for the continued run
             apply_override(cfg, item)
         data_dir = Path(data_dir or json.loads((run_dir / "run.json").read_text())["data_dir"])
