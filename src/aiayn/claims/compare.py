@@ -104,13 +104,17 @@ def network_overrides(overrides: Sequence[str], archs: Sequence[str]) -> dict[st
     return own
 
 
+def new_run_overrides(arch: str, minutes: float, overrides: Sequence[str]) -> list[str]:
+    """What a network's new run is trained with: its overrides, then its arch and the budget."""
+    return [*overrides, f"model.arch={arch}", f"train.max_minutes={minutes}"]
+
+
 def train_network(data: Path, run: Path, arch: str, minutes: float, preset: str, overrides: Sequence[str]) -> None:
     """Train ``arch`` for ``minutes`` into ``run``, or resume it from its newest checkpoint."""
-    budget = f"train.max_minutes={minutes}"
     if ckpt.list_checkpoints(run):
-        train(data, run, overrides=[budget], resume=True)
+        train(data, run, overrides=[f"train.max_minutes={minutes}"], resume=True)
     else:
-        train(data, run, preset, overrides=[*overrides, f"model.arch={arch}", budget])
+        train(data, run, preset, overrides=new_run_overrides(arch, minutes, overrides))
 
 
 def tokens_and_flops(cfg: Config, data: Path, tokenizer: Tokenizer) -> tuple[float, float]:
@@ -183,10 +187,10 @@ def compare(
     if not minutes > 0:
         raise AiaynError(f"--minutes must be positive, got {minutes:g}")
     own = network_overrides(overrides, archs)
-    for arch in archs:  # each network's config checked before the first trains, not at its own turn
+    for arch in archs:  # each new run's config checked before the first network trains, not at its turn
         if not (out / arch / RESULT_FILE).is_file() and not ckpt.list_checkpoints(out / arch):
             try:
-                load_config(preset, overrides=[*own[arch], f"model.arch={arch}"])
+                load_config(preset, overrides=new_run_overrides(arch, minutes, own[arch]))
             except AiaynError as e:
                 raise AiaynError(f"compare: {arch}: {e}") from None
     results = {}
