@@ -22,6 +22,7 @@ from aiayn.training.train import Trainer, prepare_run_dir
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ARCH = "rnn"
+TINY = ["--preset", "tiny", f"model.arch={ARCH}", "threads=1", "precision=fp32", "valid_bleu_sentences=0"]
 
 
 def test_shapes_and_attention_weights():
@@ -108,8 +109,7 @@ def test_a_fresh_run_starts_from_the_unigram_and_a_resumed_one_from_its_checkpoi
     for i in (EOS_ID, *[i for i, _ in counted.most_common(3)], tokenizer.vocab_size - 1):
         assert bias[i].item() == pytest.approx(math.log((counted[i] + 1) / total), rel=1e-5)
 
-    tiny = ["--preset", "tiny", f"model.arch={ARCH}", "threads=1", "precision=fp32", "valid_bleu_sentences=0"]
-    assert main(["train", "--data", str(toy_corpus), "--out", str(tmp_path / "trained"), *tiny, "max_steps=1"]) == 0
+    assert main(["train", "--data", str(toy_corpus), "--out", str(tmp_path / "trained"), *TINY, "max_steps=1"]) == 0
     _, state = latest_good_checkpoint(tmp_path / "trained")
     trained = torch.full_like(state["model"]["out_proj.bias"], 0.5)
     state["model"]["out_proj.bias"] = trained
@@ -121,8 +121,7 @@ def test_a_run_from_before_the_softmax_bias_translates_as_trained_and_refuses_to
     """Such a checkpoint lacks out_proj.bias: it loads with a zero bias (the model it was
     trained as), so it translates as the same weights do with the bias zeroed by hand."""
     run = tmp_path / "old"
-    tiny = ["--preset", "tiny", f"model.arch={ARCH}", "threads=1", "precision=fp32", "valid_bleu_sentences=0"]
-    assert main(["train", "--data", str(toy_corpus), "--out", str(run), *tiny, "max_steps=2"]) == 0
+    assert main(["train", "--data", str(toy_corpus), "--out", str(run), *TINY, "max_steps=2"]) == 0
     path, state = latest_good_checkpoint(run)
     state["model"]["out_proj.bias"].zero_()
     torch.save(state, path)
