@@ -35,11 +35,13 @@ def call(
     path: str,
     body: bytes | dict | list | None = None,
     headers: dict[str, str | None] | None = None,
+    timeout: float = 30,
 ) -> tuple[int, Any, http.client.HTTPResponse]:
     """One request; POSTs are application/json unless ``headers`` say otherwise (None drops a
-    header). Returns the status, the parsed JSON (or the text) and the response."""
+    header); the client gives up after ``timeout`` seconds. Returns the status, the parsed JSON
+    (or the text) and the response."""
     host, port = server.server_address[:2]
-    conn = http.client.HTTPConnection(host, port, timeout=30)
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
     data = json.dumps(body).encode() if isinstance(body, (dict, list)) else body
     sent = {"Content-Type": "application/json"} if method == "POST" else {}
     sent = {k: v for k, v in {**sent, **(headers or {})}.items() if v is not None}

@@ -164,14 +164,18 @@ def test_work_per_request_is_bounded_before_the_model_runs(explorer):
 
 def test_concurrent_requests_use_the_model_one_at_a_time(explorer):
     """Six requests at once on six workers: the stand-in notes any call that starts while another
-    runs (each lasts 50 ms), so without the model lock this fails."""
+    runs (each lasts 50 ms), so without the model lock this fails. What is tested is the order of
+    the calls, not their speed: six threads that hand the model on at every decoding step each
+    wait to be scheduled, which on a loaded machine once took more than the 30 s allowed, so the
+    server's time limit and the client's are both 10 minutes here."""
     guarded, stand = stand_in(explorer, delay=0.05)
+    guarded.decode_seconds = 600.0
     expected = explorer.translator.translate([SENTENCE])[0][0].text
     results: list = []
     with serving(guarded, workers=6) as server:
 
         def worker() -> None:
-            status, body, _ = call(server, "POST", "/translate", {"sentences": [SENTENCE]})
+            status, body, _ = call(server, "POST", "/translate", {"sentences": [SENTENCE]}, timeout=600)
             results.append((status, body["translations"][0][0]["text"]))
 
         threads = [threading.Thread(target=worker) for _ in range(6)]
